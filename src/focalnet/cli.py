@@ -1,0 +1,273 @@
+"""The ``focalnet`` command: a thin layer over the Python API.
+
+Core subcommands live here (``models``, ``info``, ``convert``, ``classify``); task packages add theirs
+through a ``register(subparsers)`` function in the modules listed in ``_TASK_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+# modules that add subcommands; each defines ``register(subparsers) -> None``
+_TASK_MODULES = [
+    "focalnet.classification.cli",
+    "focalnet.detection.cli",
+    "focalnet.segmentation.cli",
+    "focalnet.visualize_cli",
+    "focalnet.demo",
+    "focalnet.benchmark",
+    "focalnet.export",
+]
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import VARIANTS, count_flops
+
+    rows, records = [], []
+    for name, v in VARIANTS.items():
+        if args.filter and args.filter not in name:
+            continue
+        params = _count_params(v.cfg)
+        flops = count_flops(v.cfg, v.input_size)
+        rec = {
+            "name": name,
+            "params_m": round(params / 1e6, 2),
+            "gflops": round(flops / 1e9, 2),
+            "resolution": v.input_size,
+            "num_classes": v.cfg.num_classes,
+            "top1": v.top1,
+            "pretrained": list(v.tags),
+        }
+        records.append(rec)
+        rows.append([name, f"{rec['params_m']:.1f}", f"{rec['gflops']:.1f}", str(v.input_size),
+                     str(v.cfg.num_classes), "-" if v.top1 is None else f"{v.top1:.1f}", ",".join(v.tags)])
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        _print_table(rows, ["model", "params(M)", "GFLOPs", "res", "classes", "top1", "pretrained tags"])
+    return 0
+
+
+def _count_params(cfg) -> int:
+    import torch
+
+    from .models import FocalNet, num_params
+
+    with torch.device("meta"):
+        return num_params(FocalNet(cfg))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .factory import _original_sd
+    from .models import FocalNet, FocalNetBackbone, match_variant
+    from .weights import infer_config, read_checkpoint
+    from .weights.infer import check_state_dict
+
+    ckpt = read_checkpoint(args.checkpoint)
+    sd = _original_sd(ckpt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = infer_config(sd, stored=ckpt.config if ckpt.config and "embed_dim" in ckpt.config else None)
+    variant = match_variant(cfg)
+    import torch
+
+    with torch.device("meta"):
+        if ckpt.backbone_prefix or any(k.startswith("norm0.") for k in sd):
+            model = FocalNetBackbone(cfg, out_indices=sorted({int(k[4]) for k in sd if k[:4] == "norm" and k[4].isdigit()}) or (0,))
+        else:
+            model = FocalNet(cfg)
+    try:
+        check_state_dict(model.state_dict(), sd)
+        fit = "all keys match"
+    except ValueError as e:
+        fit = str(e)
+    info = {
+        "path": ckpt.path,
+        "container": ckpt.file_format,
+        "layout": ckpt.layout,
+        "detection_or_segmentation_file": ckpt.backbone_prefix,
+        "num_tensors": len(ckpt.state_dict),
+        "num_params": int(sum(v.numel() for v in ckpt.state_dict.values())),
+        "variant": variant.name if variant else None,
+        "config": cfg.to_dict(),
+        "fit": fit,
+        "notes": [str(w.message) for w in caught],
+        "ignored_prefixes": ckpt.extra.get("ignored_prefixes", []),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if k == "config":
+                print("config:")
+                for ck, cv in v.items():
+                    print(f"    {ck}: {cv}")
+            else:
+                print(f"{k}: {v}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .factory import model_from_checkpoint, save_model
+    from .weights import convert_state_dict, read_checkpoint
+    from .weights.io import atomic_save
+
+    if args.to == "safetensors":
+        model = model_from_checkpoint(args.input)
+        save_model(model, args.output)
+    else:
+        ckpt = read_checkpoint(args.input)
+        use_postln = None
+        if args.to == "timm":
+            model = model_from_checkpoint(args.input)
+            use_postln = model.cfg.use_postln
+        sd = convert_state_dict(ckpt.state_dict, to=args.to, source=ckpt.layout, use_postln=use_postln)
+        if str(args.output).endswith(".safetensors"):
+            from .weights.io import save_safetensors
+
+            save_safetensors(sd, args.output)
+        else:
+            atomic_save({"model": sd} if args.to == "original" else sd, args.output)
+    print(f"wrote {args.output} ({args.to} layout)")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify images with a FocalNet (default: a sample photo shipped with scikit-image)."""
+    import torch
+    from PIL import Image
+
+    from .factory import create_model, model_from_checkpoint
+    from .weights import PretrainedUnavailableError
+
+    if args.checkpoint:
+        model = model_from_checkpoint(args.checkpoint)
+        weights = f"checkpoint {args.checkpoint}"
+    else:
+        try:
+            model = create_model(args.model, pretrained=args.pretrained or False)
+            weights = f"released {args.model} weights" if args.pretrained else None
+        except PretrainedUnavailableError as e:
+            print(f"note: {e}", file=sys.stderr)
+            model = create_model(args.model)
+            weights = None
+        if weights is None:
+            weights = f"RANDOMLY INITIALISED {args.model} (no pretrained weights: predictions are meaningless)"
+    model.eval()
+    images: list[tuple[str, Image.Image]] = []
+    if args.images:
+        for p in args.images:
+            try:
+                images.append((p, Image.open(p).convert("RGB")))
+            except (OSError, ValueError) as e:
+                print(f"error: cannot read image {p}: {e}", file=sys.stderr)
+                return 2
+    else:
+        from skimage import data
+
+        images.append(("skimage.data.chelsea (a cat)", Image.fromarray(data.chelsea())))
+    from timm.data import create_transform
+
+    pc = model.pretrained_cfg
+    tf = create_transform(input_size=pc.input_size, interpolation=pc.interpolation, crop_pct=pc.crop_pct,
+                          mean=pc.mean, std=pc.std)
+    names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
+    print(f"weights: {weights}")
+    results = []
+    with torch.no_grad():
+        for label, img in images:
+            probs = model(tf(img).unsqueeze(0)).softmax(-1)[0]
+            top = probs.topk(min(args.topk, probs.numel()))
+            preds = [{"class": names[i] if names else str(i), "index": int(i), "prob": float(p)}
+                     for p, i in zip(top.values.tolist(), top.indices.tolist())]
+            results.append({"image": label, "top": preds})
+            print(f"\n{label}")
+            for r in preds:
+                print(f"  {r['prob']:6.2%}  {r['class']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"weights": weights, "results": results}, indent=2))
+    return 0
+
+
+def _imagenet_names(num_classes: int) -> list[str] | None:
+    try:
+        from timm.data import ImageNetInfo
+
+        if num_classes == 1000:
+            return ImageNetInfo().label_descriptions()
+        if num_classes == 21842:
+            return ImageNetInfo("imagenet-22k-ms").label_descriptions()
+    except Exception:
+        return None
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="table of the registered variants")
+    p.add_argument("--filter", default="", help="substring of the names to show")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="inspect a checkpoint: layout, inferred architecture, key fit")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between layouts")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--to", required=True, choices=["original", "timm", "transformers", "safetensors"])
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("classify", help="classify images (default: a scikit-image sample photo)")
+    p.add_argument("images", nargs="*")
+    p.add_argument("--model", default="focalnet_tiny_srf")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
+    p.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", help="also write the predictions to this JSON file")
+    p.set_defaults(func=cmd_classify)
+
+    for mod in _TASK_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and mod.startswith(e.name):
+                continue  # task not installed in this tree
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

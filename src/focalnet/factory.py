@@ -1,0 +1,274 @@
+"""Building models: ``create_model``, ``create_backbone``, ``model_from_checkpoint``, ``save_model``."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.focalnet import FocalNet, FocalNetBackbone, FocalNetConfig, PretrainedCfg
+from .models.registry import get_variant, match_variant
+from .weights.convert import convert_state_dict
+from .weights.hub import download_pretrained
+from .weights.infer import CheckpointMismatchError, check_state_dict, infer_config
+from .weights.io import Checkpoint, read_checkpoint, save_safetensors
+
+__all__ = [
+    "create_model",
+    "create_backbone",
+    "model_from_checkpoint",
+    "save_model",
+    "load_weights",
+    "adapt_to_backbone",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _pretrained_cfg(cfg: FocalNetConfig, name: str | None) -> PretrainedCfg:
+    size = 224
+    tags: dict[str, dict[str, str]] = {}
+    if name is not None:
+        v = get_variant(name)
+        size = v.input_size
+        tags = {t: {"url": s.url, "hf_hub_id": s.timm_repo or ""} for t, s in v.tags.items()}
+    return PretrainedCfg(num_classes=cfg.num_classes, input_size=(cfg.in_chans, size, size), tags=tags)
+
+
+def _original_sd(ckpt: Checkpoint) -> StateDict:
+    return convert_state_dict(ckpt.state_dict, to="original", source=ckpt.layout)
+
+
+def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], ignore: tuple[str, ...] = ()) -> None:
+    """Load an original-layout state dict strictly (keys starting with ``ignore`` may be missing),
+    raising :class:`CheckpointMismatchError` that lists the offending keys and shapes."""
+    check_state_dict(model.state_dict(), sd, ignore)
+    result = model.load_state_dict(sd, strict=not ignore)
+    bad = [k for k in result.unexpected_keys]
+    if bad:
+        raise CheckpointMismatchError(f"unexpected keys: {bad}")
+
+
+def _load_into_classifier(model: FocalNet, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
+    ckpt_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+    if ckpt_classes == 0 and model.num_classes > 0:
+        warnings.warn(f"{source} has no classifier head: the head of {model.num_classes} classes is freshly initialised",
+                      stacklevel=3)
+        load_weights(model, sd, ignore=("head.",))
+    else:
+        load_weights(model, sd)
+    if num_classes is not None and num_classes != model.num_classes:
+        warnings.warn(
+            f"{source} has a {ckpt_classes}-class head; it is dropped and a new {num_classes}-class head is "
+            "initialised (fine-tuning)",
+            stacklevel=3,
+        )
+        model.reset_classifier(num_classes)
+    return model
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> FocalNet:
+    """A registered FocalNet classifier, optionally with weights.
+
+    ``pretrained=True`` (or a tag such as ``"ms_in1k"``) downloads the released weights (cached);
+    ``checkpoint_path`` loads a local file or model folder in any supported layout. ``num_classes``
+    differing from the checkpoint's head replaces the head (with a warning). ``overrides`` change any
+    :class:`FocalNetConfig` field (e.g. ``drop_path_rate=0.2``, ``in_chans=1``).
+    """
+    variant = get_variant(name)
+    cfg = variant.cfg.replace(**overrides)
+    path = checkpoint_path
+    if path is None and pretrained:
+        path = download_pretrained(name, pretrained)
+    if path is None:
+        if num_classes is not None:
+            cfg = cfg.replace(num_classes=num_classes)
+        model = FocalNet(cfg)
+    else:
+        ckpt = read_checkpoint(path)
+        sd = _original_sd(ckpt)
+        if "head.weight" in sd:
+            cfg = cfg.replace(num_classes=int(sd["head.weight"].shape[0]))
+        model = FocalNet(cfg)
+        _load_into_classifier(model, sd, num_classes, str(path))
+        if "class_names" in ckpt.extra:
+            model.class_names = list(ckpt.extra["class_names"])
+    model.pretrained_cfg = _pretrained_cfg(model.cfg, name)
+    return model
+
+
+def _resize_kernel(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero-pad a square kernel into the centre of a larger one, or centre-crop it to a smaller one."""
+    k0 = w.shape[-1]
+    if k0 == k:
+        return w
+    if k0 < k:
+        p = (k - k0) // 2
+        return F.pad(w, (p, k - k0 - p, p, k - k0 - p))
+    s = (k0 - k) // 2
+    return w[..., s : s + k, s : s + k].clone()
+
+
+def adapt_to_backbone(sd: Mapping[str, torch.Tensor], backbone: FocalNetBackbone) -> StateDict:
+    """Turn an ImageNet (classification) state dict into one for ``backbone``.
+
+    Focal kernels are zero-padded into the centre of larger kernels (same output) or centre-cropped;
+    when the backbone has more focal levels, the new levels keep their fresh init and the ``f`` rows
+    are mapped: query/context copied, level gates to the first levels, the global gate to the last
+    row, new gate rows zero. ``norm``/``head`` are dropped; ``norm{i}`` keep their init (1, 0).
+    """
+    target = backbone.state_dict()
+    cfg = backbone.cfg
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k.startswith(("norm.", "head.")):
+            continue
+        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.modulation\.(focal_layers\.(\d+)\.0\.weight|f\.weight|f\.bias)$", k)
+        if m and k not in target and m.group(4) is not None:
+            continue  # checkpoint level beyond the backbone's levels
+        if m and m.group(4) is not None:
+            out[k] = _resize_kernel(v, target[k].shape[-1])
+            continue
+        if m:  # f.weight / f.bias: remap gate rows when level counts differ
+            stage = int(m.group(1))
+            dim = cfg.dims[stage]
+            new_levels = cfg.focal_levels[stage]
+            old_levels = v.shape[0] - 2 * dim - 1
+            if old_levels != new_levels:
+                t = target[k].clone()
+                t[: 2 * dim] = v[: 2 * dim]
+                n = min(old_levels, new_levels)
+                t[2 * dim : 2 * dim + n] = v[2 * dim : 2 * dim + n]
+                t[2 * dim + n : 2 * dim + new_levels] = 0
+                t[2 * dim + new_levels] = v[2 * dim + old_levels]
+                v = t
+            out[k] = v
+            continue
+        out[k] = v
+    # new focal levels keep their fresh initialisation
+    for k, v in target.items():
+        if k not in out and ".modulation.focal_layers." in k:
+            out[k] = v
+    return out
+
+
+def _load_backbone_ckpt(backbone: FocalNetBackbone, ckpt: Checkpoint) -> None:
+    sd = _original_sd(ckpt)
+    norms = tuple(f"norm{i}." for i in range(backbone.cfg.num_stages))
+    if ckpt.backbone_prefix or any(k.startswith(norms) for k in sd):
+        # detection/segmentation checkpoint: same module, strict apart from unused output norms
+        sd = {k: v for k, v in sd.items() if not k.startswith(norms) or k in backbone.state_dict()}
+        load_weights(backbone, sd)
+        return
+    load_weights(backbone, adapt_to_backbone(sd, backbone), ignore=norms)
+
+
+def create_backbone(
+    name: str,
+    *,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    checkpoint_path: str | os.PathLike | None = None,
+    pretrained: bool | str = False,
+    frozen_stages: int = -1,
+    **overrides: Any,
+) -> FocalNetBackbone:
+    """A dense-prediction backbone (list of NCHW maps at strides 4..32) of a registered variant.
+
+    ``checkpoint_path`` may be an original detection/segmentation checkpoint (``backbone.`` keys;
+    other prefixes ignored), or any ImageNet checkpoint (kernels resized, levels expanded; see
+    :func:`adapt_to_backbone`). ``overrides`` set e.g. ``focal_windows=(9, 9, 9, 9)``, ``drop_path_rate``.
+    """
+    cfg = get_variant(name).cfg.replace(**overrides)
+    if cfg.num_stages == 1 and tuple(out_indices) == (0, 1, 2, 3):
+        out_indices = (0,)
+    backbone = FocalNetBackbone(cfg, out_indices=out_indices, frozen_stages=frozen_stages)
+    path = checkpoint_path
+    if path is None and pretrained:
+        path = download_pretrained(name, pretrained)
+    if path is not None:
+        _load_backbone_ckpt(backbone, read_checkpoint(path))
+        backbone._freeze_stages()
+    return backbone
+
+
+def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet | FocalNetBackbone:
+    """Build the model a checkpoint describes, reading the architecture off the file, and load it.
+
+    Depths, widths, patch size, levels, windows, conv stem, layer scale, modulation LayerNorm and head
+    size come from the weights; post-norm and ``normalize_modulator`` from the config stored in the
+    file (ours, or a hub folder's ``config.json``), else from the registered variant of that structure.
+    Detection/segmentation files give a :class:`FocalNetBackbone` with their ``norm{i}`` outputs.
+    """
+    ckpt = read_checkpoint(path)
+    sd = _original_sd(ckpt)
+    stored = ckpt.config
+    flags_only = stored is not None and set(stored) <= {"use_postln", "normalize_modulator", "layerscale_value"}
+    if ckpt.variant and stored is None:
+        try:
+            v = get_variant(ckpt.variant)
+            stored = {"use_postln": v.cfg.use_postln, "normalize_modulator": v.cfg.normalize_modulator}
+            flags_only = True
+        except ValueError:
+            pass
+    if stored is None:
+        cfg = infer_config(sd)
+    elif flags_only:
+        cfg = infer_config(sd, warn=False).replace(**stored)
+    else:
+        cfg = infer_config(sd, stored=stored)
+    norms = sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k)))
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    variant = match_variant(cfg)
+    kind = ckpt.extra.get("kind")
+    if ckpt.backbone_prefix or norms or kind == "backbone":
+        model: FocalNet | FocalNetBackbone = FocalNetBackbone(cfg, out_indices=norms or tuple(range(cfg.num_stages)))
+        load_weights(model, sd)
+    else:
+        model = FocalNet(cfg)
+        load_weights(model, sd, ignore=("head.",) if cfg.num_classes == 0 else ())
+        model.pretrained_cfg = _pretrained_cfg(cfg, variant.name if variant else None)
+        if "pretrained_cfg" in ckpt.extra and isinstance(ckpt.extra["pretrained_cfg"], Mapping):
+            for k in ("input_size", "crop_pct", "interpolation", "mean", "std"):
+                if k in ckpt.extra["pretrained_cfg"]:
+                    setattr(model.pretrained_cfg, k, tuple(ckpt.extra["pretrained_cfg"][k])
+                            if isinstance(ckpt.extra["pretrained_cfg"][k], list) else ckpt.extra["pretrained_cfg"][k])
+    if "class_names" in ckpt.extra:
+        model.class_names = list(ckpt.extra["class_names"])
+    model.variant_name = variant.name if variant else None
+    return model
+
+
+def save_model(
+    model: FocalNet | FocalNetBackbone,
+    path: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Save weights as safetensors with the full model config (and class names) in the metadata, so
+    that :func:`model_from_checkpoint` rebuilds exactly this model."""
+    meta: dict[str, Any] = {"format": "focalnet", "focalnet_config": model.cfg.to_dict()}
+    if isinstance(model, FocalNetBackbone):
+        meta["kind"] = "backbone"
+        meta["out_indices"] = list(model.out_indices)
+    else:
+        meta["kind"] = "classifier"
+        meta["pretrained_cfg"] = model.pretrained_cfg.to_dict()
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    if names is not None:
+        meta["class_names"] = list(names)
+    meta.update(extra or {})
+    save_safetensors(model.state_dict(), path, meta)

@@ -1,0 +1,33 @@
+"""FocalNet modules, the variant registry and FLOP counting."""
+
+from .focalnet import (
+    FocalModulation,
+    FocalNet,
+    FocalNetBackbone,
+    FocalNetBlock,
+    FocalNetConfig,
+    FocalNetStage,
+    PatchEmbed,
+    PretrainedCfg,
+    count_flops,
+    num_params,
+)
+from .registry import VARIANTS, Variant, get_variant, list_models, match_variant
+
+__all__ = [
+    "VARIANTS",
+    "FocalModulation",
+    "FocalNet",
+    "FocalNetBackbone",
+    "FocalNetBlock",
+    "FocalNetConfig",
+    "FocalNetStage",
+    "PatchEmbed",
+    "PretrainedCfg",
+    "Variant",
+    "count_flops",
+    "get_variant",
+    "list_models",
+    "match_variant",
+    "num_params",
+]

@@ -1,0 +1,23 @@
+"""Checkpoint files, layouts (original, timm, transformers), architecture inference and downloads."""
+
+from .convert import LAYOUTS, convert_state_dict, detect_layout, unwrap_state_dict
+from .hub import PretrainedUnavailableError, download_pretrained
+from .infer import CheckpointMismatchError, check_state_dict, infer_config, infer_structure
+from .io import Checkpoint, atomic_save, read_checkpoint, save_safetensors
+
+__all__ = [
+    "LAYOUTS",
+    "Checkpoint",
+    "CheckpointMismatchError",
+    "PretrainedUnavailableError",
+    "atomic_save",
+    "check_state_dict",
+    "convert_state_dict",
+    "detect_layout",
+    "download_pretrained",
+    "infer_config",
+    "infer_structure",
+    "read_checkpoint",
+    "save_safetensors",
+    "unwrap_state_dict",
+]

@@ -1,0 +1,175 @@
+"""Reading and writing checkpoint files safely (``weights_only=True`` or safetensors, atomic writes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .convert import detect_layout, unwrap_state_dict
+
+__all__ = ["Checkpoint", "read_checkpoint", "save_safetensors", "atomic_save"]
+
+_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+
+
+@dataclass
+class Checkpoint:
+    """A state dict read from disk with what is known about it."""
+
+    state_dict: dict[str, torch.Tensor]
+    layout: str  # original | timm | transformers
+    path: str
+    file_format: str  # torch | safetensors | folder
+    config: dict[str, Any] | None = None  # our own FocalNetConfig dict, or flags from a folder's config.json
+    variant: str | None = None  # a registered variant named by the file (timm config.json)
+    extra: dict[str, Any] = field(default_factory=dict)  # other metadata (class names, ...)
+    backbone_prefix: bool = False  # detection/segmentation file: weights were under 'backbone.'
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``state_dict`` as safetensors (atomically), JSON-encoding non-string metadata values."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, unsafe globals
+        raise ValueError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(files are loaded with weights_only=True: only tensors and plain containers are accepted; "
+            "a truncated or corrupt file also fails here)"
+        ) from e
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"cannot read safetensors file {path}: {e}") from e
+    return sd, meta
+
+
+def _folder_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
+    """(flags, variant, extra) from a transformers or timm ``config.json``."""
+    extra: dict[str, Any] = {}
+    if config.get("model_type") == "focalnet":  # transformers
+        flags = {
+            "use_postln": bool(config.get("use_post_layernorm", False)),
+            "normalize_modulator": bool(config.get("normalize_modulator", False)),
+            "layerscale_value": float(config.get("layerscale_value", 1e-4)),
+        }
+        id2label = config.get("id2label")
+        if id2label and len(id2label) > 2:
+            extra["class_names"] = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+        return flags, None, extra
+    arch = config.get("architecture")
+    if arch:
+        extra["pretrained_cfg"] = config.get("pretrained_cfg", {})
+        if "label_names" in config:
+            extra["class_names"] = config["label_names"]
+        return None, str(arch), extra
+    return None, None, extra
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a FocalNet checkpoint in any supported container and layout.
+
+    ``path`` may be a ``.pth``/``.pt``/``.bin`` file (``{"model": sd}``, ``{"state_dict": sd}`` with
+    ``backbone.`` prefixes, or bare, possibly with ``module.`` prefixes), a ``.safetensors`` file (ours
+    carries the model config in its metadata), or a model folder with ``config.json`` and weights
+    (timm or transformers hub layout).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    config: dict[str, Any] | None = None
+    variant: str | None = None
+    extra: dict[str, Any] = {}
+    if path.is_dir():
+        weights = next((path / n for n in _FOLDER_WEIGHTS if (path / n).exists()), None)
+        if weights is None:
+            raise FileNotFoundError(f"model folder {path} has none of {', '.join(_FOLDER_WEIGHTS)}")
+        cfg_file = path / "config.json"
+        if cfg_file.exists():
+            try:
+                config_json = json.loads(cfg_file.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
+            config, variant, extra = _folder_config(config_json)
+        inner = read_checkpoint(weights)
+        return Checkpoint(inner.state_dict, inner.layout, str(path), "folder", config or inner.config,
+                          variant or inner.variant, {**inner.extra, **extra})
+    if path.suffix == ".safetensors":
+        raw, meta = _load_safetensors(path)
+        fmt = "safetensors"
+        if "focalnet_config" in meta:
+            config = json.loads(meta["focalnet_config"])
+        for k, v in meta.items():
+            if k not in ("focalnet_config", "format"):
+                try:
+                    extra[k] = json.loads(v)
+                except json.JSONDecodeError:
+                    extra[k] = v
+        obj: Any = raw
+    else:
+        obj = _load_torch(path)
+        fmt = "torch"
+        if isinstance(obj, Mapping):
+            if isinstance(obj.get("focalnet_config"), Mapping):
+                config = dict(obj["focalnet_config"])
+            if isinstance(obj.get("class_names"), list):
+                extra["class_names"] = obj["class_names"]
+    sd = unwrap_state_dict(obj)
+    backbone = False
+    if any(k.startswith("backbone.") for k in sd):
+        # mmdetection / mmsegmentation file: keep the backbone, ignore neck/heads
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        backbone = True
+        extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in unwrap_state_dict(obj) if not k.startswith("backbone.")})
+    layout = detect_layout(sd)
+    return Checkpoint(sd, layout, str(path), fmt, config, variant, extra, backbone)
