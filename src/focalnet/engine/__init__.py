@@ -1,0 +1,33 @@
+"""The training engine shared by every task: loop, AMP, DDP, checkpoints, resume, logging, configs."""
+
+from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .config import ConfigError, apply_overrides, build_config, config_to_dict, load_config, save_config
+from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
+from .optim import build_adamw, layer_id, param_groups
+from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
+
+__all__ = [
+    "CheckpointManager",
+    "ConfigError",
+    "DistInfo",
+    "ResumableSampler",
+    "Trainer",
+    "TrainerConfig",
+    "all_reduce",
+    "apply_overrides",
+    "barrier",
+    "build_adamw",
+    "build_config",
+    "cleanup_distributed",
+    "collate_skip_none",
+    "config_to_dict",
+    "init_distributed",
+    "layer_id",
+    "load_config",
+    "param_groups",
+    "rng_state",
+    "save_config",
+    "set_rng_state",
+    "setup_logging",
+    "write_json",
+]

@@ -1,0 +1,576 @@
+"""What a FocalNet attends to: gating maps, modulator, per-level contexts and focal kernels.
+
+Everything is observed with forward hooks on the submodules of each ``FocalModulation`` (``f``,
+``focal_layers[l]`` and ``h``). The hooks exist only inside :func:`capture_modulation` and are removed
+when it exits, so a model used normally keeps no extra state and pays nothing.
+
+>>> import torch, focalnet
+>>> from focalnet.visualize import modulation_maps
+>>> model = focalnet.FocalNet(focalnet.FocalNetConfig(embed_dim=8, depths=(1, 1), num_classes=3)).eval()
+>>> maps, logits = modulation_maps(model, torch.randn(2, 3, 32, 48))  # last block of the last stage
+>>> tuple(maps.gates.shape), tuple(maps.modulator_norm.shape), logits.shape[-1]
+((2, 3, 4, 6), (2, 4, 6), 3)
+
+Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.focalnet import FocalModulation, FocalNetStage
+
+__all__ = [
+    "ModulationMaps",
+    "ModulationCapture",
+    "capture_modulation",
+    "modulation_maps",
+    "find_stages",
+    "resolve_block",
+    "focal_kernels",
+    "kernel_grid",
+    "upsample",
+    "to_display",
+    "plot_gates",
+    "plot_modulator",
+    "plot_kernels",
+    "plot_grid",
+    "write_index",
+    "save_maps",
+]
+
+ImageLike = np.ndarray | torch.Tensor
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------------------------- capture
+
+
+@dataclass
+class ModulationMaps:
+    """What one focal modulation computed for a batch (CPU float32 tensors, NCHW).
+
+    ``gates``: the ``L + 1`` raw gates ``(B, L+1, h, w)`` (index ``L`` is the global level);
+    ``modulator``: ``h(ctx_all)`` ``(B, C, h, w)``; ``contexts``: the context of each level
+    ``(B, C, h, w)`` (empty when not captured).
+    """
+
+    stage: int
+    block: int
+    kernel_sizes: list[int]
+    gates: torch.Tensor
+    modulator: torch.Tensor
+    contexts: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def num_levels(self) -> int:
+        """Number of focal levels ``L`` (the gates have ``L + 1`` channels)."""
+        return len(self.kernel_sizes)
+
+    @property
+    def modulator_norm(self) -> torch.Tensor:
+        """L2 norm of the modulator over channels, ``(B, h, w)``."""
+        return self.modulator.norm(dim=1)
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.stage}.blocks.{self.block}"
+
+    def to_numpy(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays keyed ``{prefix}gates``, ``modulator``, ``modulator_norm``, ``context{l}``."""
+        out = {
+            f"{prefix}gates": self.gates.numpy(),
+            f"{prefix}modulator": self.modulator.numpy(),
+            f"{prefix}modulator_norm": self.modulator_norm.numpy(),
+        }
+        for i, c in enumerate(self.contexts):
+            out[f"{prefix}context{i}"] = c.numpy()
+        return out
+
+
+def find_stages(model: nn.Module) -> nn.ModuleList:
+    """The stages (``layers``) of a FocalNet, a FocalNetBackbone, or any module that contains one."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) and all(isinstance(s, FocalNetStage) for s in layers):
+        return layers
+    for _, m in model.named_modules():
+        layers = getattr(m, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) and all(isinstance(s, FocalNetStage) for s in layers):
+            return layers
+    raise ValueError(f"{type(model).__name__} contains no FocalNet stages (no `layers` of FocalNetStage)")
+
+
+def resolve_block(model: nn.Module, stage: int = -1, block: int = -1) -> tuple[int, int]:
+    """Non-negative ``(stage, block)`` indices (negative ones count from the end), validated."""
+    stages = find_stages(model)
+    n = len(stages)
+    if not -n <= stage < n:
+        raise ValueError(f"stage {stage} out of range: the model has {n} stage(s) (0..{n - 1})")
+    s = stage % n
+    nb = len(stages[s].blocks)
+    if not -nb <= block < nb:
+        raise ValueError(f"block {block} out of range: stage {s} has {nb} block(s) (0..{nb - 1})")
+    return s, block % nb
+
+
+def _modulation(model: nn.Module, stage: int, block: int) -> FocalModulation:
+    return find_stages(model)[stage].blocks[block].modulation
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float32).clone()
+
+
+class ModulationCapture:
+    """Filled by :func:`capture_modulation`; ``capture[stage, block]`` gives :class:`ModulationMaps`.
+
+    Each forward pass overwrites the previous one's record (the last pass wins).
+    """
+
+    def __init__(self, blocks: Sequence[tuple[int, int]], kernel_sizes: Mapping[tuple[int, int], list[int]]) -> None:
+        self.blocks = list(blocks)
+        self._kernel_sizes = dict(kernel_sizes)
+        self._raw: dict[tuple[int, int], dict[str, Any]] = {b: {} for b in self.blocks}
+
+    def __getitem__(self, key: tuple[int, int]) -> ModulationMaps:
+        if key not in self._raw:
+            raise KeyError(f"block {key} was not hooked; hooked: {self.blocks}")
+        raw = self._raw[key]
+        if "gates" not in raw or "modulator" not in raw:
+            raise RuntimeError(
+                f"layers.{key[0]}.blocks.{key[1]} did not run: call the model inside the `with` block "
+                "(a backbone whose out_indices stop before this stage never reaches it)"
+            )
+        ks = self._kernel_sizes[key]
+        ctx = raw.get("contexts", {})
+        contexts = [ctx[i] for i in range(len(ks))] if len(ctx) == len(ks) else []
+        return ModulationMaps(key[0], key[1], list(ks), raw["gates"], raw["modulator"], contexts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw and "modulator" in self._raw[key]  # type: ignore[index]
+
+    def maps(self) -> dict[tuple[int, int], ModulationMaps]:
+        """All hooked blocks that ran."""
+        return {k: self[k] for k in self.blocks if k in self}
+
+    def clear(self) -> None:
+        """Drop the recorded tensors."""
+        self._raw = {b: {} for b in self.blocks}
+
+
+def _gate_hook(store: dict[str, Any], dim: int, levels: int):
+    n = 2 * dim + levels + 1
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        if out.shape[-1] == n:  # channels-last (B, H, W, 2C+L+1)
+            g = out[..., 2 * dim :].permute(0, 3, 1, 2)
+        elif out.ndim == 4 and out.shape[1] == n:  # NCHW
+            g = out[:, 2 * dim :]
+        else:
+            raise RuntimeError(f"unexpected output shape {tuple(out.shape)} of modulation.f (expected {n} channels)")
+        store["gates"] = _cpu(g)
+
+    return hook
+
+
+def _context_hook(store: dict[str, Any], level: int):
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        store.setdefault("contexts", {})[level] = _cpu(out)
+
+    return hook
+
+
+def _modulator_hook(store: dict[str, Any]):
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        store["modulator"] = _cpu(out)
+
+    return hook
+
+
+@contextmanager
+def capture_modulation(
+    model: nn.Module,
+    blocks: Sequence[tuple[int, int]] | None = None,
+    *,
+    contexts: bool = True,
+) -> Iterator[ModulationCapture]:
+    """Hook the focal modulations of ``blocks`` (``(stage, block)`` pairs, negative indices allowed;
+    default: the last block of the last stage) for the duration of the ``with`` block.
+
+    >>> # with capture_modulation(model, [(0, 0), (-1, -1)]) as cap:
+    >>> #     model(x)
+    >>> # cap[0, 0].gates, cap[3, 1].modulator_norm
+    """
+    if blocks is None:
+        blocks = [(-1, -1)]
+    keys = [resolve_block(model, s, b) for s, b in blocks]
+    keys = list(dict.fromkeys(keys))
+    mods = {k: _modulation(model, *k) for k in keys}
+    cap = ModulationCapture(keys, {k: list(m.kernel_sizes) for k, m in mods.items()})
+    handles = []
+    try:
+        for k, m in mods.items():
+            store = cap._raw[k]
+            handles.append(m.f.register_forward_hook(_gate_hook(store, m.dim, m.focal_level)))
+            handles.append(m.h.register_forward_hook(_modulator_hook(store)))
+            if contexts:
+                for lvl, layer in enumerate(m.focal_layers):
+                    handles.append(layer.register_forward_hook(_context_hook(store, lvl)))
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def modulation_maps(
+    model: nn.Module, x: torch.Tensor, stage: int = -1, block: int = -1, *, contexts: bool = True
+) -> tuple[ModulationMaps, Any]:
+    """Run ``model(x)`` without gradients and return the maps of one block and the model's output.
+
+    The model's train/eval mode is left as is (call ``model.eval()`` first for inference maps).
+    """
+    key = resolve_block(model, stage, block)
+    with capture_modulation(model, [key], contexts=contexts) as cap, torch.no_grad():
+        out = model(x)
+    return cap[key], out
+
+
+# --------------------------------------------------------------------------------------------- kernels
+
+
+def focal_kernels(model: nn.Module, stage: int = -1, block: int = -1) -> list[np.ndarray]:
+    """Channel mean of the depth-wise kernel of each focal level of one block: ``L`` arrays ``(k_l, k_l)``."""
+    s, b = resolve_block(model, stage, block)
+    mod = _modulation(model, s, b)
+    return [layer[0].weight.detach().float().mean(dim=(0, 1)).cpu().numpy() for layer in mod.focal_layers]
+
+
+def kernel_grid(model: nn.Module, block: int = -1) -> list[list[np.ndarray]]:
+    """Stages x levels: ``grid[s][l]`` is the channel-mean kernel of level ``l`` of block ``block`` of stage ``s``."""
+    return [focal_kernels(model, s, block) for s in range(len(find_stages(model)))]
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def to_display(image: ImageLike) -> np.ndarray:
+    """An image as float ``[0, 1]`` ``(H, W)`` or ``(H, W, 3)``; accepts HWC/HW arrays (uint8 or float)
+    and CHW/HW tensors (values min-max scaled when outside ``[0, 1]``)."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        a = t.numpy()
+    else:
+        a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.ndim not in (2, 3):
+        raise ValueError(f"expected an image (H, W) or (H, W, 3), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0.0 or hi > 1.0:
+        a = (a - lo) / max(hi - lo, 1e-12)
+    return a
+
+
+def upsample(m: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size = (H, W)``."""
+    t = torch.as_tensor(np.asarray(m), dtype=torch.float32)[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _new_figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _show_image(ax, img: np.ndarray, title: str | None = None) -> None:
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def _level_titles(maps: ModulationMaps) -> list[str]:
+    return [f"level {i + 1} ({k}x{k})" for i, k in enumerate(maps.kernel_sizes)] + ["global"]
+
+
+def _where(maps: ModulationMaps) -> str:
+    h, w = maps.gates.shape[-2:]
+    return f"stage {maps.stage}, block {maps.block} (0-based), {h}x{w} feature map"
+
+
+def _draw_gates(fig, axes, img: np.ndarray, maps: ModulationMaps, index: int, colorbar: bool = True):
+    g = maps.gates[index].numpy()
+    vmax = float(np.abs(g).max()) or 1.0
+    H, W = img.shape[:2]
+    im = None
+    for ax, gate, title in zip(axes, g, _level_titles(maps)):
+        im = ax.imshow(gate, cmap="RdBu_r", vmin=-vmax, vmax=vmax, extent=(0, W, H, 0), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    if colorbar and im is not None:
+        fig.colorbar(im, ax=list(axes), shrink=0.8, label="raw gate")
+    return im
+
+
+def _draw_modulator(fig, ax, img: np.ndarray, maps: ModulationMaps, index: int, colorbar: bool = True):
+    H, W = img.shape[:2]
+    heat = _minmax(upsample(maps.modulator_norm[index], (H, W)))
+    base = img if img.ndim == 2 else img.mean(-1)
+    ax.imshow(base, cmap="gray", vmin=0, vmax=1)
+    im = ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    ax.set_axis_off()
+    if colorbar:
+        fig.colorbar(im, ax=ax, shrink=0.8, label="|modulator| (min-max)")
+    return im
+
+
+def plot_gates(
+    image: ImageLike,
+    maps: ModulationMaps,
+    index: int = 0,
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> Path | None:
+    """Image | one raw gating map per focal level | the global gate (shared symmetric colour scale)."""
+    img = to_display(image)
+    n = maps.num_levels + 2
+    fig = _new_figure(2.3 * n + 0.8, 2.8)
+    axes = fig.subplots(1, n)
+    _show_image(axes[0], img, "input")
+    _draw_gates(fig, axes[1:], img, maps, index)
+    fig.suptitle(title or f"Gating maps - {_where(maps)}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_modulator(
+    image: ImageLike,
+    maps: ModulationMaps,
+    index: int = 0,
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> Path | None:
+    """Image | L2 norm of the modulator over channels, bilinearly upsampled to the image and
+    min-max normalised per image, overlaid on it (with a colour bar)."""
+    img = to_display(image)
+    fig = _new_figure(6.2, 3.0)
+    axes = fig.subplots(1, 2)
+    _show_image(axes[0], img, "input")
+    _draw_modulator(fig, axes[1], img, maps, index)
+    axes[1].set_title("modulator norm", fontsize=9)
+    fig.suptitle(title or f"Modulator - {_where(maps)}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_kernels(
+    model: nn.Module, block: int = -1, path: PathLike | None = None, title: str | None = None
+) -> Path | None:
+    """Stages x levels grid of the channel-mean focal kernels of block ``block`` of each stage."""
+    grid = kernel_grid(model, block)
+    stages = find_stages(model)
+    rows, cols = len(grid), max(len(r) for r in grid)
+    fig = _new_figure(1.9 * cols + 1.2, 1.8 * rows + 0.6)
+    axes = np.atleast_2d(np.array(fig.subplots(rows, cols, squeeze=False)))
+    for s, row in enumerate(grid):
+        for lvl in range(cols):
+            ax = axes[s, lvl]
+            if lvl >= len(row):
+                ax.set_axis_off()
+                continue
+            k = row[lvl]
+            v = float(np.abs(k).max()) or 1.0
+            im = ax.imshow(k, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"level {lvl + 1}: {k.shape[0]}x{k.shape[1]}", fontsize=8)
+            if lvl == 0:
+                dim = stages[s].blocks[0].dim
+                ax.set_ylabel(f"stage {s}\n(C={dim})", fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.7)
+    which = "the last block" if block == -1 else f"block {block}"
+    fig.suptitle(title or f"Focal kernels (mean over channels) of {which} of each stage", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_grid(
+    images: Sequence[ImageLike],
+    maps: ModulationMaps | Sequence[ModulationMaps],
+    labels: Sequence[str] | None = None,
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> Path | None:
+    """One row per image: image | modulator overlay | gating maps per level | global gate.
+
+    ``maps`` is either one batch (row ``i`` uses sample ``i``) or one :class:`ModulationMaps` per image.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError("plot_grid needs at least one image")
+    per = [(maps, i) for i in range(n)] if isinstance(maps, ModulationMaps) else [(m, 0) for m in maps]
+    if len(per) != n:
+        raise ValueError(f"{n} images but {len(per)} maps")
+    first = per[0][0]
+    cols = first.num_levels + 3
+    fig = _new_figure(1.9 * cols + 1.0, 1.9 * n + 0.7)
+    axes = np.array(fig.subplots(n, cols, squeeze=False))
+    for r, (img_like, (m, i)) in enumerate(zip(images, per)):
+        img = to_display(img_like)
+        _show_image(axes[r, 0], img, labels[r] if labels else ("input" if r == 0 else None))
+        _draw_modulator(fig, axes[r, 1], img, m, i, colorbar=False)
+        im = _draw_gates(fig, axes[r, 2:], img, m, i, colorbar=False)
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[r, 2:]), shrink=0.8, label="raw gate")
+        if r == 0:
+            axes[r, 1].set_title("modulator norm", fontsize=9)
+        else:
+            for ax in axes[r, 2:]:
+                ax.set_title("")
+    for ax, t in zip(axes[0, 2:], _level_titles(first)):
+        ax.set_title(f"gate: {t}", fontsize=9)
+    fig.suptitle(title or f"Modulation over {n} images - {_where(first)}", fontsize=10)
+    return _save(fig, path, dpi=100)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def save_maps(path: PathLike, maps: Sequence[ModulationMaps], extra: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write the raw arrays to ``.npz``: ``{stage}_{block}_gates``, ``..._modulator``, ``..._modulator_norm``,
+    ``..._context{l}`` for each block (batch first), plus ``extra`` arrays (e.g. the input images)."""
+    arrays: dict[str, np.ndarray] = {}
+    for m in maps:
+        arrays.update(m.to_numpy(prefix=f"stage{m.stage}_block{m.block}_"))
+        arrays[f"stage{m.stage}_block{m.block}_kernel_sizes"] = np.asarray(m.kernel_sizes)
+    arrays.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}figure{margin:1em 0}
+figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.9em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+.note{background:#fff6d6;border:1px solid #e6cf7a;padding:.5em .8em}.ok{color:#0a0}.bad{color:#b00}
+#image-status{color:#888;font-size:.8em}
+"""
+
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var el = document.getElementById('image-status');
+  el.setAttribute('data-loaded', String(ok.length));
+  el.setAttribute('data-total', String(imgs.length));
+  el.textContent = ok.length + '/' + imgs.length + ' images loaded';
+});
+"""
+
+
+def write_index(
+    out_dir: PathLike,
+    title: str,
+    figures: Sequence[tuple[str, str]],
+    *,
+    predictions: Sequence[Mapping[str, Any]] = (),
+    info: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``out_dir/index.html`` showing ``figures`` (``(file name relative to out_dir, caption)``),
+    a predictions table (``{"image", "top": [{"class", "prob"}], optional "true"}``), ``info`` and ``notes``.
+
+    A small script fills ``#image-status`` (``data-loaded``/``data-total``) once the page has loaded.
+    """
+    out = Path(out_dir)
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    parts += [f'<p class="note">{e(n)}</p>' for n in notes]
+    if info:
+        parts.append("<table>")
+        parts += [f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in info.items()]
+        parts.append("</table>")
+    if predictions:
+        parts.append("<h2>Predictions</h2><table><tr><th>image</th>")
+        has_true = any("true" in p for p in predictions)
+        if has_true:
+            parts.append("<th>true</th>")
+        parts.append("<th>top predictions</th></tr>")
+        for p in predictions:
+            top = p.get("top", [])
+            cells = ", ".join(f"{e(str(t['class']))} ({100 * float(t['prob']):.1f}%)" for t in top)
+            row = f"<tr><td>{e(str(p.get('image', '')))}</td>"
+            if has_true:
+                true = p.get("true")
+                hit = top and true is not None and str(top[0]["class"]) == str(true)
+                cls = "ok" if hit else "bad"
+                row += f'<td class="{cls}">{e(str(true))}</td>'
+            parts.append(row + f"<td>{cells}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for name, caption in figures:
+        src = e(Path(name).as_posix(), quote=True)
+        parts.append(f'<figure><img src="{src}" alt="{e(caption, quote=True)}"><figcaption>{e(caption)}</figcaption></figure>')
+    parts.append('<p id="image-status">images not checked yet</p>')
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def write_json(path: PathLike, data: Mapping[str, Any]) -> Path:
+    """``json.dump`` with numpy scalars and paths handled."""
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return path
