@@ -19,8 +19,9 @@ class Mlp(nn.Module):
 
 
 class FocalModulation(nn.Module):
-    def __init__(self, dim, focal_window, focal_level, focal_factor=2, use_postln_in_modulation=False,
-                 normalize_modulator=False):
+    def __init__(
+        self, dim, focal_window, focal_level, focal_factor=2, use_postln_in_modulation=False, normalize_modulator=False
+    ):
         super().__init__()
         self.dim = dim
         self.focal_level = focal_level
@@ -33,10 +34,14 @@ class FocalModulation(nn.Module):
         self.focal_layers = nn.ModuleList()
         for k in range(focal_level):
             kernel_size = focal_factor * k + focal_window
-            self.focal_layers.append(nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size=kernel_size, stride=1, groups=dim, padding=kernel_size // 2,
-                          bias=False),
-                nn.GELU()))
+            self.focal_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(
+                        dim, dim, kernel_size=kernel_size, stride=1, groups=dim, padding=kernel_size // 2, bias=False
+                    ),
+                    nn.GELU(),
+                )
+            )
         if use_postln_in_modulation:
             self.ln = nn.LayerNorm(dim)
 
@@ -47,9 +52,9 @@ class FocalModulation(nn.Module):
         ctx_all = 0
         for level in range(self.focal_level):
             ctx = self.focal_layers[level](ctx)
-            ctx_all = ctx_all + ctx * self.gates[:, level:level + 1]
+            ctx_all = ctx_all + ctx * self.gates[:, level : level + 1]
         ctx_global = self.act(ctx.mean(2, keepdim=True).mean(3, keepdim=True))
-        ctx_all = ctx_all + ctx_global * self.gates[:, self.focal_level:]
+        ctx_all = ctx_all + ctx_global * self.gates[:, self.focal_level :]
         if self.normalize_modulator:
             ctx_all = ctx_all / (self.focal_level + 1)
         self.modulator = self.h(ctx_all)
@@ -61,13 +66,23 @@ class FocalModulation(nn.Module):
 
 
 class FocalNetBlock(nn.Module):
-    def __init__(self, dim, focal_level, focal_window, use_layerscale=False, layerscale_value=1e-4,
-                 use_postln=False, use_postln_in_modulation=False, normalize_modulator=False):
+    def __init__(
+        self,
+        dim,
+        focal_level,
+        focal_window,
+        use_layerscale=False,
+        layerscale_value=1e-4,
+        use_postln=False,
+        use_postln_in_modulation=False,
+        normalize_modulator=False,
+    ):
         super().__init__()
         self.use_postln = use_postln
         self.norm1 = nn.LayerNorm(dim)
-        self.modulation = FocalModulation(dim, focal_window, focal_level, 2, use_postln_in_modulation,
-                                          normalize_modulator)
+        self.modulation = FocalModulation(
+            dim, focal_window, focal_level, 2, use_postln_in_modulation, normalize_modulator
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, dim * 4)
         self.gamma_1 = 1.0
@@ -137,22 +152,51 @@ class BasicLayer(nn.Module):
 class OriginalFocalNet(nn.Module):
     """Classification model (``backbone=False``) or detection backbone (``backbone=True``)."""
 
-    def __init__(self, embed_dim=96, depths=(2, 2, 6, 2), patch_size=4, in_chans=3, num_classes=1000,
-                 focal_levels=(2, 2, 2, 2), focal_windows=(3, 3, 3, 3), use_conv_embed=False, use_layerscale=False,
-                 use_postln=False, use_postln_in_modulation=False, normalize_modulator=False, backbone=False,
-                 out_indices=(0, 1, 2, 3)):
+    def __init__(
+        self,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        patch_size=4,
+        in_chans=3,
+        num_classes=1000,
+        focal_levels=(2, 2, 2, 2),
+        focal_windows=(3, 3, 3, 3),
+        use_conv_embed=False,
+        use_layerscale=False,
+        use_postln=False,
+        use_postln_in_modulation=False,
+        normalize_modulator=False,
+        backbone=False,
+        out_indices=(0, 1, 2, 3),
+    ):
         super().__init__()
         n = len(depths)
         dims = [embed_dim * 2**i for i in range(n)]
         self.backbone = backbone
         self.out_indices = out_indices
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, use_conv_embed, True, backbone)
-        kw = dict(use_layerscale=use_layerscale, use_postln=use_postln,
-                  use_postln_in_modulation=use_postln_in_modulation, normalize_modulator=normalize_modulator)
-        self.layers = nn.ModuleList([
-            BasicLayer(dims[i], dims[i + 1] if i < n - 1 else None, depths[i], focal_levels[i], focal_windows[i],
-                       i < n - 1, use_conv_embed, backbone, **kw)
-            for i in range(n)])
+        kw = dict(
+            use_layerscale=use_layerscale,
+            use_postln=use_postln,
+            use_postln_in_modulation=use_postln_in_modulation,
+            normalize_modulator=normalize_modulator,
+        )
+        self.layers = nn.ModuleList(
+            [
+                BasicLayer(
+                    dims[i],
+                    dims[i + 1] if i < n - 1 else None,
+                    depths[i],
+                    focal_levels[i],
+                    focal_windows[i],
+                    i < n - 1,
+                    use_conv_embed,
+                    backbone,
+                    **kw,
+                )
+                for i in range(n)
+            ]
+        )
         if backbone:
             for i in out_indices:
                 self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))

@@ -5,14 +5,26 @@ import math
 
 import pytest
 import torch
-from conftest import REFERENCE, need, randomize_
-from original_focalnet import OriginalFocalNet
 
 import focalnet
 from focalnet.models import VARIANTS, FocalNet, FocalNetBackbone, count_flops, num_params
 
-HP = ["embed_dim", "depths", "patch_size", "num_classes", "focal_levels", "focal_windows", "use_conv_embed",
-      "use_layerscale", "use_postln", "use_postln_in_modulation", "normalize_modulator"]
+from conftest import REFERENCE, need, randomize_
+from original_focalnet import OriginalFocalNet
+
+HP = [
+    "embed_dim",
+    "depths",
+    "patch_size",
+    "num_classes",
+    "focal_levels",
+    "focal_windows",
+    "use_conv_embed",
+    "use_layerscale",
+    "use_postln",
+    "use_postln_in_modulation",
+    "normalize_modulator",
+]
 
 
 def _ref(name):

@@ -56,8 +56,17 @@ def cmd_models(args: argparse.Namespace) -> int:
             "pretrained": list(v.tags),
         }
         records.append(rec)
-        rows.append([name, f"{rec['params_m']:.1f}", f"{rec['gflops']:.1f}", str(v.input_size),
-                     str(v.cfg.num_classes), "-" if v.top1 is None else f"{v.top1:.1f}", ",".join(v.tags)])
+        rows.append(
+            [
+                name,
+                f"{rec['params_m']:.1f}",
+                f"{rec['gflops']:.1f}",
+                str(v.input_size),
+                str(v.cfg.num_classes),
+                "-" if v.top1 is None else f"{v.top1:.1f}",
+                ",".join(v.tags),
+            ]
+        )
     if args.json:
         print(json.dumps(records, indent=2))
     else:
@@ -90,7 +99,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with torch.device("meta"):
         if ckpt.backbone_prefix or any(k.startswith("norm0.") for k in sd):
-            model = FocalNetBackbone(cfg, out_indices=sorted({int(k[4]) for k in sd if k[:4] == "norm" and k[4].isdigit()}) or (0,))
+            model = FocalNetBackbone(
+                cfg, out_indices=sorted({int(k[4]) for k in sd if k[:4] == "norm" and k[4].isdigit()}) or (0,)
+            )
         else:
             model = FocalNet(cfg)
     try:
@@ -186,8 +197,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from timm.data import create_transform
 
     pc = model.pretrained_cfg
-    tf = create_transform(input_size=pc.input_size, interpolation=pc.interpolation, crop_pct=pc.crop_pct,
-                          mean=pc.mean, std=pc.std)
+    tf = create_transform(
+        input_size=pc.input_size, interpolation=pc.interpolation, crop_pct=pc.crop_pct, mean=pc.mean, std=pc.std
+    )
     names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
     print(f"weights: {weights}")
     results = []
@@ -195,8 +207,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for label, img in images:
             probs = model(tf(img).unsqueeze(0)).softmax(-1)[0]
             top = probs.topk(min(args.topk, probs.numel()))
-            preds = [{"class": names[i] if names else str(i), "index": int(i), "prob": float(p)}
-                     for p, i in zip(top.values.tolist(), top.indices.tolist())]
+            preds = [
+                {"class": names[i] if names else str(i), "index": int(i), "prob": float(p)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())
+            ]
             results.append({"image": label, "top": preds})
             print(f"\n{label}")
             for r in preds:

@@ -58,8 +58,10 @@ def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], ignore: tuple
 def _load_into_classifier(model: FocalNet, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
     ckpt_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     if ckpt_classes == 0 and model.num_classes > 0:
-        warnings.warn(f"{source} has no classifier head: the head of {model.num_classes} classes is freshly initialised",
-                      stacklevel=3)
+        warnings.warn(
+            f"{source} has no classifier head: the head of {model.num_classes} classes is freshly initialised",
+            stacklevel=3,
+        )
         load_weights(model, sd, ignore=("head.",))
     else:
         load_weights(model, sd)
@@ -136,7 +138,9 @@ def adapt_to_backbone(sd: Mapping[str, torch.Tensor], backbone: FocalNetBackbone
     for k, v in sd.items():
         if k.startswith(("norm.", "head.")):
             continue
-        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.modulation\.(focal_layers\.(\d+)\.0\.weight|f\.weight|f\.bias)$", k)
+        m = re.match(
+            r"layers\.(\d+)\.blocks\.(\d+)\.modulation\.(focal_layers\.(\d+)\.0\.weight|f\.weight|f\.bias)$", k
+        )
         if m and k not in target and m.group(4) is not None:
             continue  # checkpoint level beyond the backbone's levels
         if m and m.group(4) is not None:
@@ -223,17 +227,17 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet
             flags_only = True
         except ValueError:
             pass
+    norms = sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k)))
+    is_backbone = ckpt.backbone_prefix or bool(norms) or ckpt.extra.get("kind") == "backbone"
     if stored is None:
-        cfg = infer_config(sd)
+        cfg = infer_config(sd, backbone=is_backbone)
     elif flags_only:
-        cfg = infer_config(sd, warn=False).replace(**stored)
+        cfg = infer_config(sd, warn=False, backbone=is_backbone).replace(**stored)
     else:
         cfg = infer_config(sd, stored=stored)
-    norms = sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k)))
     cfg = cfg.replace(**overrides) if overrides else cfg
     variant = match_variant(cfg)
-    kind = ckpt.extra.get("kind")
-    if ckpt.backbone_prefix or norms or kind == "backbone":
+    if is_backbone:
         model: FocalNet | FocalNetBackbone = FocalNetBackbone(cfg, out_indices=norms or tuple(range(cfg.num_stages)))
         load_weights(model, sd)
     else:
@@ -243,8 +247,13 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet
         if "pretrained_cfg" in ckpt.extra and isinstance(ckpt.extra["pretrained_cfg"], Mapping):
             for k in ("input_size", "crop_pct", "interpolation", "mean", "std"):
                 if k in ckpt.extra["pretrained_cfg"]:
-                    setattr(model.pretrained_cfg, k, tuple(ckpt.extra["pretrained_cfg"][k])
-                            if isinstance(ckpt.extra["pretrained_cfg"][k], list) else ckpt.extra["pretrained_cfg"][k])
+                    setattr(
+                        model.pretrained_cfg,
+                        k,
+                        tuple(ckpt.extra["pretrained_cfg"][k])
+                        if isinstance(ckpt.extra["pretrained_cfg"][k], list)
+                        else ckpt.extra["pretrained_cfg"][k],
+                    )
     if "class_names" in ckpt.extra:
         model.class_names = list(ckpt.extra["class_names"])
     model.variant_name = variant.name if variant else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ __all__ = [
     "focal_kernels",
     "kernel_grid",
     "upsample",
+    "center_crop",
+    "image_to_tensor",
     "to_display",
     "plot_gates",
     "plot_modulator",
@@ -49,6 +52,7 @@ __all__ = [
     "plot_grid",
     "write_index",
     "save_maps",
+    "write_json",
 ]
 
 ImageLike = np.ndarray | torch.Tensor
@@ -288,6 +292,35 @@ def to_display(image: ImageLike) -> np.ndarray:
     if lo < 0.0 or hi > 1.0:
         a = (a - lo) / max(hi - lo, 1e-12)
     return a
+
+
+def center_crop(img: Any, size: int | tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic") -> Any:
+    """Evaluation preprocessing of a PIL image: resize the short side to ``size / crop_pct``, then
+    centre-crop ``size`` (``(H, W)`` or an int)."""
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(
+        interpolation, Image.BICUBIC
+    )
+    short = int(math.floor(min(h, w) / crop_pct))
+    iw, ih = img.size
+    scale = short / min(iw, ih)
+    nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    img = img.resize((nw, nh), resample)
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return img.crop((left, top, left + w, top + h))
+
+
+def image_to_tensor(img: Any, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A PIL image (or HWC/HW uint8 array) as a normalised CHW float tensor."""
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[..., None]
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
+    s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
+    return (t - m) / s
 
 
 def upsample(m: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -552,7 +585,9 @@ def write_index(
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:
         src = e(Path(name).as_posix(), quote=True)
-        parts.append(f'<figure><img src="{src}" alt="{e(caption, quote=True)}"><figcaption>{e(caption)}</figcaption></figure>')
+        parts.append(
+            f'<figure><img src="{src}" alt="{e(caption, quote=True)}"><figcaption>{e(caption)}</figcaption></figure>'
+        )
     parts.append('<p id="image-status">images not checked yet</p>')
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     out.mkdir(parents=True, exist_ok=True)

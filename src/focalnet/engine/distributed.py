@@ -73,7 +73,12 @@ class ResumableSampler(Sampler[int]):
     start part-way through an epoch, so that a resumed run sees exactly the remaining samples."""
 
     def __init__(
-        self, length: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+        self,
+        length: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
         drop_last: bool = False,
     ) -> None:
         if length <= 0:

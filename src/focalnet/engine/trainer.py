@@ -106,7 +106,9 @@ def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) ->
     if output_dir is not None and is_main:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         path = str(Path(output_dir) / "train.log")
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in log.handlers):
+        if not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in log.handlers
+        ):
             fh = logging.FileHandler(path)
             fh.setFormatter(fmt)
             log.addHandler(fh)
@@ -176,7 +178,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        n_batches = len(self.sampler) // cfg.batch_size if cfg.drop_last else math.ceil(len(self.sampler) / cfg.batch_size)
+        n_batches = (
+            len(self.sampler) // cfg.batch_size if cfg.drop_last else math.ceil(len(self.sampler) / cfg.batch_size)
+        )
         if n_batches == 0:
             raise ValueError(
                 f"batch_size {cfg.batch_size} x {self.dist.world_size} process(es) is larger than the training set "
@@ -236,8 +240,11 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"])
         if state.get("world_size", self.dist.world_size) != self.dist.world_size:
-            log.warning("resuming a %s-process run with %s processes: the data order changes",
-                        state.get("world_size"), self.dist.world_size)
+            log.warning(
+                "resuming a %s-process run with %s processes: the data order changes",
+                state.get("world_size"),
+                self.dist.world_size,
+            )
 
     def _resume(self) -> None:
         r = self.cfg.resume
@@ -296,8 +303,14 @@ class Trainer:
             import matplotlib.pyplot as plt
         except Exception:
             return
-        keys = sorted({k for h in self.history for k, v in h.items()
-                       if isinstance(v, (int, float)) and k not in ("epoch", "step", "lr", "time")})
+        keys = sorted(
+            {
+                k
+                for h in self.history
+                for k, v in h.items()
+                if isinstance(v, (int, float)) and k not in ("epoch", "step", "lr", "time")
+            }
+        )
         if not keys or not self.history:
             return
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
@@ -320,8 +333,7 @@ class Trainer:
         def handler(signum: int, frame: Any) -> None:
             if self._stop:  # second signal: give up at once
                 raise KeyboardInterrupt
-            log.warning("received %s: saving a checkpoint at the next step, then stopping",
-                        signal.Signals(signum).name)
+            log.warning("received %s: saving a checkpoint at the next step, then stopping", signal.Signals(signum).name)
             self._stop = True
 
         for s in old:
@@ -352,8 +364,9 @@ class Trainer:
             return {}
         metrics = dict(self.eval_fn(self.model, self))
         if self.ema is not None:
-            metrics.update({f"ema_{k}": v for k, v in self.eval_fn(self.ema.module, self).items()
-                            if isinstance(v, (int, float))})
+            metrics.update(
+                {f"ema_{k}": v for k, v in self.eval_fn(self.ema.module, self).items() if isinstance(v, (int, float))}
+            )
         self.model.train()
         return metrics
 
@@ -365,8 +378,12 @@ class Trainer:
         self.history.append(rec)
         self.log_scalars("eval" if do_eval else "train_epoch", rec)
         self._write_metrics()
-        log.info("epoch %d step %d: %s", self.epoch, self.step,
-                 ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
+        log.info(
+            "epoch %d step %d: %s",
+            self.epoch,
+            self.step,
+            ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)),
+        )
         return rec
 
     def fit(self) -> dict[str, Any]:
@@ -388,9 +405,15 @@ class Trainer:
         cfg = self.cfg
         model = self.ddp_model
         model.train()
-        log.info("training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s",
-                 self.total_steps, self.updates_per_epoch, cfg.batch_size, self.dist.world_size, cfg.accum_steps,
-                 self.device)
+        log.info(
+            "training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s",
+            self.total_steps,
+            self.updates_per_epoch,
+            cfg.batch_size,
+            self.dist.world_size,
+            cfg.accum_steps,
+            self.device,
+        )
         self._set_lr()
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch * cfg.batch_size)
@@ -404,7 +427,9 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 epoch_based = cfg.max_steps <= 0
-                do_eval = epoch_based and (self.epoch % max(cfg.eval_every_epochs, 1) == 0 or self.step >= self.total_steps)
+                do_eval = epoch_based and (
+                    self.epoch % max(cfg.eval_every_epochs, 1) == 0 or self.step >= self.total_steps
+                )
                 if epoch_based:
                     self._record(stats, do_eval)
                     self.save_checkpoint()
@@ -444,12 +469,15 @@ class Trainer:
             sync = last_micro or not self.dist.distributed
             ctx = nullcontext() if sync else model.no_sync()
             with ctx:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     loss, logs, n = self.step_fn(model, batch, self.device)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); "
-                                             "lower the learning rate or enable gradient clipping")
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); "
+                        "lower the learning rate or enable gradient clipping"
+                    )
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
             n_loss += 1
@@ -470,8 +498,11 @@ class Trainer:
             if bar is not None:
                 bar.update(micro if micro < cfg.accum_steps else cfg.accum_steps)
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{seen * self.dist.world_size / max(elapsed, 1e-9):.1f}")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{seen * self.dist.world_size / max(elapsed, 1e-9):.1f}",
+                )
             if self.step % max(cfg.log_every, 1) == 0:
                 self.log_scalars("train", {"loss": float(loss.item()), "lr": lr, **logs})
             micro = 0

@@ -130,6 +130,25 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * mask.div_(keep)
 
 
+def _mkldnn_ok(x: torch.Tensor) -> bool:
+    """Whether the fused oneDNN inference kernels may run on ``x`` (CPU fp32, no autograd, eager)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules) or bool(
+        nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    )
+
+
 class DropPath(nn.Module):
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -192,27 +211,57 @@ class FocalModulation(nn.Module):
             for k in self.kernel_sizes
         )
         self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
+        self.folded_normalize = False  # set when ``normalize_modulator`` is folded into ``h``
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = self.dim
         L = self.focal_level
-        # NCHW view of channels-last memory: no copy
-        x = self.f(x).permute(0, 3, 1, 2)
-        q, ctx, gates = torch.split(x, (C, C, L + 1), dim=1)
-        ctx_all = None
+        x = self.f(x)
+        # NCHW views of channels-last memory: no copy
+        q, ctx, gates = torch.split(x.permute(0, 3, 1, 2), (C, C, L + 1), dim=1)
+        ctx_all = ctx  # placeholder, overwritten at level 0
         for level, layer in enumerate(self.focal_layers):
             ctx = layer(ctx)
-            term = ctx * gates[:, level : level + 1]
-            ctx_all = term if ctx_all is None else ctx_all + term
+            if level == 0:
+                ctx_all = ctx * gates[:, :1]
+            else:
+                ctx_all = ctx_all.addcmul_(ctx, gates[:, level : level + 1])
         ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
-        ctx_all = ctx_all + ctx_global * gates[:, L:]
-        if self.normalize_modulator:
-            ctx_all = ctx_all / (L + 1)
+        ctx_all = ctx_all.addcmul_(ctx_global, gates[:, L:])
+        if self.normalize_modulator and not self.folded_normalize:
+            ctx_all = ctx_all.mul_(1.0 / (L + 1))
         modulator = self.h(ctx_all)
         x = (q * modulator).permute(0, 2, 3, 1)
         if self.ln is not None:
             x = self.ln(x)
         return self.proj_drop(self.proj(x))
+
+    def _forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+        """Inference with oneDNN kernels: conv+GELU, ``h`` times the query, ``proj`` plus ``shortcut``."""
+        C = self.dim
+        L = self.focal_level
+        x = torch.ops.mkldnn._linear_pointwise(x, self.f.weight, self.f.bias, "none", [], "")
+        q, ctx, gates = torch.split(x, (C, C, L + 1), dim=-1)
+        ctx = ctx.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        ctx_all = ctx  # placeholder, overwritten at level 0
+        for level, layer in enumerate(self.focal_layers):
+            conv = layer[0]
+            ctx = torch.ops.mkldnn._convolution_pointwise(
+                ctx, conv.weight, None, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+            )
+            g = gates[..., level : level + 1].permute(0, 3, 1, 2)
+            ctx_all = ctx * g if level == 0 else ctx_all.addcmul_(ctx, g)
+        ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
+        ctx_all = ctx_all.addcmul_(ctx_global, gates[..., L:].permute(0, 3, 1, 2))
+        if self.normalize_modulator and not self.folded_normalize:
+            ctx_all = ctx_all.mul_(1.0 / (L + 1))
+        hw = self.h.weight.view(C, C)
+        x = torch.ops.mkldnn._linear_pointwise.binary(ctx_all.permute(0, 2, 3, 1), q, hw, self.h.bias, "mul")
+        if self.ln is not None:
+            x = self.ln(x)
+        if shortcut is None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.proj.weight, self.proj.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, shortcut, self.proj.weight, self.proj.bias, "add")
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, focal_level={self.focal_level}, kernel_sizes={self.kernel_sizes}"
@@ -258,19 +307,90 @@ class FocalNetBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        # set by :meth:`fold_`; cleared when weights are loaded (see ``_on_load``)
+        self.fused = False
+        self._register_load_state_dict_pre_hook(_on_load, with_module=True)
+
+    def _add(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        """``x + drop_path(gamma * y)`` in as few passes over memory as possible."""
+        if self.training and self.drop_path.p > 0.0:
+            return x + self.drop_path(y if gamma is None else gamma * y)
+        return x + y if gamma is None else torch.addcmul(x, y, gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and _mkldnn_ok(x) and not _has_hooks(self, self.modulation, *self.modulation.children()):
+            return self._forward_fused(x)
         if self.use_postln:
             y = self.norm1(self.modulation(x))
         else:
             y = self.modulation(self.norm1(x))
-        if self.gamma_1 is not None:
-            y = self.gamma_1 * y
-        x = x + self.drop_path(y)
+        x = self._add(x, y, self.gamma_1)
         y = self.norm2(self.mlp(x)) if self.use_postln else self.mlp(self.norm2(x))
-        if self.gamma_2 is not None:
-            y = self.gamma_2 * y
-        return x + self.drop_path(y)
+        return self._add(x, y, self.gamma_2)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference path after :meth:`fold_` (oneDNN kernels with fused GELU, gating and residual adds)."""
+        mod, mlp, C = self.modulation, self.mlp, self.dim
+        n1, n2 = self.norm1, self.norm2
+        if self.use_postln:
+            y = F.layer_norm(mod._forward_fused(x, None), (C,), n1.weight, n1.bias, n1.eps)
+            x = x + y  # layer scale folded into norm1
+            y = torch.ops.mkldnn._linear_pointwise(x, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none")
+            y = torch.ops.mkldnn._linear_pointwise(y, mlp.fc2.weight, mlp.fc2.bias, "none", [], "")
+            return x + F.layer_norm(y, (C,), n2.weight, n2.bias, n2.eps)
+        # pre-norm: norm affines folded into f / fc1, layer scale into proj / fc2
+        x = mod._forward_fused(F.layer_norm(x, (C,), None, None, n1.eps), x)
+        y = torch.ops.mkldnn._linear_pointwise(
+            F.layer_norm(x, (C,), None, None, n2.eps), mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none"
+        )
+        return torch.ops.mkldnn._linear_pointwise.binary(y, x, mlp.fc2.weight, mlp.fc2.bias, "add")
+
+    @torch.no_grad()
+    def fold_(self) -> None:
+        """Fold affine maps into the neighbouring projections; the block computes the same function.
+
+        Pre-norm: ``norm1``/``norm2`` affine into ``f``/``mlp.fc1``, layer scale into ``proj``/``mlp.fc2``.
+        Post-norm: layer scale into the ``norm1``/``norm2`` affine. Both: ``modulation.ln`` affine into
+        ``proj``, ``normalize_modulator`` into ``h``. Loading a state dict undoes it (exactly).
+        """
+        if self.fused:
+            return
+        mod, mlp = self.modulation, self.mlp
+        if mod.ln is not None:
+            _fold_norm_into_linear(mod.ln, mod.proj.weight, mod.proj.bias)
+        if mod.normalize_modulator:
+            mod.h.weight.mul_(1.0 / (mod.focal_level + 1))
+            mod.folded_normalize = True
+        if self.use_postln:
+            for norm, gamma in ((self.norm1, self.gamma_1), (self.norm2, self.gamma_2)):
+                if gamma is not None:
+                    norm.weight.mul_(gamma)
+                    norm.bias.mul_(gamma)
+                    gamma.fill_(1.0)
+        else:
+            _fold_norm_into_linear(self.norm1, mod.f.weight, mod.f.bias)
+            _fold_norm_into_linear(self.norm2, mlp.fc1.weight, mlp.fc1.bias)
+            for lin, gamma in ((mod.proj, self.gamma_1), (mlp.fc2, self.gamma_2)):
+                if gamma is not None:
+                    lin.weight.mul_(gamma[:, None])
+                    lin.bias.mul_(gamma)
+                    gamma.fill_(1.0)
+        self.fused = True
+
+
+def _fold_norm_into_linear(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """``W (n * w + b) + c == (W diag(w)) n + (W b + c)``; the norm's affine becomes the identity."""
+    bias.add_(weight @ norm.bias)
+    weight.mul_(norm.weight[None, :])
+    norm.weight.fill_(1.0)
+    norm.bias.zero_()
+
+
+def _on_load(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    """Loading this block's weights replaces the folded values: back to the plain path."""
+    if any(k.startswith(prefix) for k in state_dict):
+        module.fused = False
+        module.modulation.folded_normalize = False
 
 
 class PatchEmbed(nn.Module):
@@ -371,6 +491,22 @@ def _check_size(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"input is too small: the feature map became empty at {name}")
 
 
+def _fuse(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, FocalNetBlock):
+            m.fold_()
+
+
+_FUSE_DOC = """Fold what can be folded for inference and switch the blocks to fused oneDNN kernels.
+
+        The model computes the same function (within float rounding) and keeps its ``state_dict`` keys;
+        the *values* of the folded tensors change. ``load_state_dict`` of the original weights undoes
+        it exactly. The fused kernels run on CPU fp32 without autograd and without forward hooks on
+        the modulation submodules; elsewhere (training, GPU, hooks, ``torch.compile``, export) the
+        blocks take the regular path with the folded weights. Returns ``self``.
+        """
+
+
 @dataclass
 class PretrainedCfg:
     """Preprocessing of a released model (timm's ``pretrained_cfg`` fields)."""
@@ -415,6 +551,12 @@ class FocalNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
             stage.grad_checkpointing = enable
+
+    def fuse(self) -> FocalNet:
+        _fuse(self)
+        return self
+
+    fuse.__doc__ = _FUSE_DOC
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -495,6 +637,12 @@ class FocalNetBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
             stage.grad_checkpointing = enable
+
+    def fuse(self) -> FocalNetBackbone:
+        _fuse(self)
+        return self
+
+    fuse.__doc__ = _FUSE_DOC
 
     def _frozen_modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = []

@@ -50,8 +50,11 @@ _BIG = dict(use_conv_embed=True, use_layerscale=True, use_postln=True, num_class
 
 
 def _in1k(name: str, file: str, hf: str | None = None) -> dict[str, Source]:
-    return {"ms_in1k": Source(_BLOB + file, timm_repo=f"timm/{name}.ms_in1k" if hf != "iso" else None,
-                              hf_repo=hf if hf != "iso" else None)}
+    return {
+        "ms_in1k": Source(
+            _BLOB + file, timm_repo=f"timm/{name}.ms_in1k" if hf != "iso" else None, hf_repo=hf if hf != "iso" else None
+        )
+    }
 
 
 def _in22k(name: str, file: str) -> dict[str, Source]:
@@ -59,37 +62,141 @@ def _in22k(name: str, file: str) -> dict[str, Source]:
 
 
 _VARIANTS = [
-    Variant("focalnet_tiny_srf", _c(96, _T, 2, 3), 224, 82.1, 28.4, 4.4,
-            _in1k("focalnet_tiny_srf", "focalnet_tiny_srf.pth", "microsoft/focalnet-tiny")),
-    Variant("focalnet_tiny_lrf", _c(96, _T, 3, 3), 224, 82.3, 28.6, 4.5,
-            _in1k("focalnet_tiny_lrf", "focalnet_tiny_lrf.pth", "microsoft/focalnet-tiny-lrf")),
-    Variant("focalnet_small_srf", _c(96, _S, 2, 3), 224, 83.4, 49.9, 8.6,
-            _in1k("focalnet_small_srf", "focalnet_small_srf.pth", "microsoft/focalnet-small")),
-    Variant("focalnet_small_lrf", _c(96, _S, 3, 3), 224, 83.5, 50.3, 8.7,
-            _in1k("focalnet_small_lrf", "focalnet_small_lrf.pth", "microsoft/focalnet-small-lrf")),
-    Variant("focalnet_base_srf", _c(128, _S, 2, 3), 224, 83.7, 88.1, 15.3,
-            _in1k("focalnet_base_srf", "focalnet_base_srf.pth", "microsoft/focalnet-base")),
-    Variant("focalnet_base_lrf", _c(128, _S, 3, 3), 224, 83.9, 88.7, 15.4,
-            _in1k("focalnet_base_lrf", "focalnet_base_lrf.pth", "microsoft/focalnet-base-lrf")),
-    Variant("focalnet_tiny_iso", _c(192, _ISO, 3, 3, patch_size=16), 224, 74.1, 5.9, 1.1,
-            _in1k("focalnet_tiny_iso", "focalnet_tiny_iso_16.pth", "iso")),
-    Variant("focalnet_small_iso", _c(384, _ISO, 3, 3, patch_size=16), 224, 80.9, 22.4, 4.3,
-            _in1k("focalnet_small_iso", "focalnet_small_iso_16.pth", "iso")),
-    Variant("focalnet_base_iso",
-            _c(768, _ISO, 3, 3, patch_size=16, use_layerscale=True, use_postln=True, use_postln_in_modulation=True),
-            224, 82.4, 87.2, 16.9, _in1k("focalnet_base_iso", "focalnet_base_iso_16.pth", "iso")),
-    Variant("focalnet_large_fl3", _c(192, _S, 3, 5, **_BIG), 384, None, None, None,
-            _in22k("focalnet_large_fl3", "focalnet_large_lrf_384.pth")),
-    Variant("focalnet_large_fl4", _c(192, _S, 4, 3, normalize_modulator=True, **_BIG), 384, None, None, None,
-            _in22k("focalnet_large_fl4", "focalnet_large_lrf_384_fl4.pth")),
-    Variant("focalnet_xlarge_fl3", _c(256, _S, 3, 5, **_BIG), 384, None, None, None,
-            _in22k("focalnet_xlarge_fl3", "focalnet_xlarge_lrf_384.pth")),
-    Variant("focalnet_xlarge_fl4", _c(256, _S, 4, 3, **_BIG), 384, None, None, None,
-            _in22k("focalnet_xlarge_fl4", "focalnet_xlarge_lrf_384_fl4.pth")),
-    Variant("focalnet_huge_fl3", _c(352, _S, 3, 3, use_postln_in_modulation=True, **_BIG), 224, None, None, None,
-            _in22k("focalnet_huge_fl3", "focalnet_huge_lrf_224.pth")),
-    Variant("focalnet_huge_fl4", _c(352, _S, 4, 3, use_postln_in_modulation=True, **_BIG), 224, None, None, None,
-            _in22k("focalnet_huge_fl4", "focalnet_huge_lrf_224_fl4.pth")),
+    Variant(
+        "focalnet_tiny_srf",
+        _c(96, _T, 2, 3),
+        224,
+        82.1,
+        28.4,
+        4.4,
+        _in1k("focalnet_tiny_srf", "focalnet_tiny_srf.pth", "microsoft/focalnet-tiny"),
+    ),
+    Variant(
+        "focalnet_tiny_lrf",
+        _c(96, _T, 3, 3),
+        224,
+        82.3,
+        28.6,
+        4.5,
+        _in1k("focalnet_tiny_lrf", "focalnet_tiny_lrf.pth", "microsoft/focalnet-tiny-lrf"),
+    ),
+    Variant(
+        "focalnet_small_srf",
+        _c(96, _S, 2, 3),
+        224,
+        83.4,
+        49.9,
+        8.6,
+        _in1k("focalnet_small_srf", "focalnet_small_srf.pth", "microsoft/focalnet-small"),
+    ),
+    Variant(
+        "focalnet_small_lrf",
+        _c(96, _S, 3, 3),
+        224,
+        83.5,
+        50.3,
+        8.7,
+        _in1k("focalnet_small_lrf", "focalnet_small_lrf.pth", "microsoft/focalnet-small-lrf"),
+    ),
+    Variant(
+        "focalnet_base_srf",
+        _c(128, _S, 2, 3),
+        224,
+        83.7,
+        88.1,
+        15.3,
+        _in1k("focalnet_base_srf", "focalnet_base_srf.pth", "microsoft/focalnet-base"),
+    ),
+    Variant(
+        "focalnet_base_lrf",
+        _c(128, _S, 3, 3),
+        224,
+        83.9,
+        88.7,
+        15.4,
+        _in1k("focalnet_base_lrf", "focalnet_base_lrf.pth", "microsoft/focalnet-base-lrf"),
+    ),
+    Variant(
+        "focalnet_tiny_iso",
+        _c(192, _ISO, 3, 3, patch_size=16),
+        224,
+        74.1,
+        5.9,
+        1.1,
+        _in1k("focalnet_tiny_iso", "focalnet_tiny_iso_16.pth", "iso"),
+    ),
+    Variant(
+        "focalnet_small_iso",
+        _c(384, _ISO, 3, 3, patch_size=16),
+        224,
+        80.9,
+        22.4,
+        4.3,
+        _in1k("focalnet_small_iso", "focalnet_small_iso_16.pth", "iso"),
+    ),
+    Variant(
+        "focalnet_base_iso",
+        _c(768, _ISO, 3, 3, patch_size=16, use_layerscale=True, use_postln=True, use_postln_in_modulation=True),
+        224,
+        82.4,
+        87.2,
+        16.9,
+        _in1k("focalnet_base_iso", "focalnet_base_iso_16.pth", "iso"),
+    ),
+    Variant(
+        "focalnet_large_fl3",
+        _c(192, _S, 3, 5, **_BIG),
+        384,
+        None,
+        None,
+        None,
+        _in22k("focalnet_large_fl3", "focalnet_large_lrf_384.pth"),
+    ),
+    Variant(
+        "focalnet_large_fl4",
+        _c(192, _S, 4, 3, normalize_modulator=True, **_BIG),
+        384,
+        None,
+        None,
+        None,
+        _in22k("focalnet_large_fl4", "focalnet_large_lrf_384_fl4.pth"),
+    ),
+    Variant(
+        "focalnet_xlarge_fl3",
+        _c(256, _S, 3, 5, **_BIG),
+        384,
+        None,
+        None,
+        None,
+        _in22k("focalnet_xlarge_fl3", "focalnet_xlarge_lrf_384.pth"),
+    ),
+    Variant(
+        "focalnet_xlarge_fl4",
+        _c(256, _S, 4, 3, **_BIG),
+        384,
+        None,
+        None,
+        None,
+        _in22k("focalnet_xlarge_fl4", "focalnet_xlarge_lrf_384_fl4.pth"),
+    ),
+    Variant(
+        "focalnet_huge_fl3",
+        _c(352, _S, 3, 3, use_postln_in_modulation=True, **_BIG),
+        224,
+        None,
+        None,
+        None,
+        _in22k("focalnet_huge_fl3", "focalnet_huge_lrf_224.pth"),
+    ),
+    Variant(
+        "focalnet_huge_fl4",
+        _c(352, _S, 4, 3, use_postln_in_modulation=True, **_BIG),
+        224,
+        None,
+        None,
+        None,
+        _in22k("focalnet_huge_fl4", "focalnet_huge_lrf_224_fl4.pth"),
+    ),
 ]
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _VARIANTS}
@@ -115,14 +222,24 @@ def get_variant(name: str) -> Variant:
 
 # Fields that a state_dict shows (the others, post-norm and normalize_modulator, it cannot).
 STRUCTURAL = (
-    "embed_dim", "depths", "focal_levels", "focal_windows", "focal_factor", "patch_size",
-    "use_conv_embed", "use_layerscale", "use_postln_in_modulation", "mlp_ratio",
+    "embed_dim",
+    "depths",
+    "focal_levels",
+    "focal_windows",
+    "focal_factor",
+    "patch_size",
+    "use_conv_embed",
+    "use_layerscale",
+    "use_postln_in_modulation",
+    "mlp_ratio",
 )
 
 
-def match_variant(cfg: FocalNetConfig) -> Variant | None:
-    """The registered variant whose structure (everything a state_dict shows) equals ``cfg``'s."""
+def match_variant(cfg: FocalNetConfig, ignore: tuple[str, ...] = ()) -> Variant | None:
+    """The registered variant whose structure (everything a state_dict shows, except the fields in
+    ``ignore``) equals ``cfg``'s."""
+    fields = [f for f in STRUCTURAL if f not in ignore]
     for v in VARIANTS.values():
-        if all(getattr(v.cfg, f) == getattr(cfg, f) for f in STRUCTURAL):
+        if all(getattr(v.cfg, f) == getattr(cfg, f) for f in fields):
             return v
     return None

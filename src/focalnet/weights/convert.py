@@ -149,22 +149,38 @@ def _hf_to_original(sd: Mapping[str, torch.Tensor]) -> StateDict:
 
 def _key_rank(k: str) -> tuple:
     """Sort key reproducing the original module order (stem, stages, norm, head)."""
+
+    def sub(rest: str) -> int:  # conv before its norm, weight before bias
+        return (0 if rest.startswith("proj.") else 1) * 2 + (0 if rest.endswith("weight") else 1)
+
     if k.startswith("patch_embed."):
-        return (0, 0, 0, 0, 0, k)
+        return (0, 0, 0, 0, sub(k[len("patch_embed.") :]), "")
     m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.(.*)", k)
     if m:
         rest = m.group(3)
-        order = ["gamma_1", "gamma_2", "norm1.", "modulation.f.", "modulation.h.", "modulation.proj.",
-                 "modulation.focal_layers.", "modulation.ln.", "norm2.", "mlp.fc1.", "mlp.fc2."]
+        order = [
+            "gamma_1",
+            "gamma_2",
+            "norm1.",
+            "modulation.f.",
+            "modulation.h.",
+            "modulation.proj.",
+            "modulation.focal_layers.",
+            "modulation.ln.",
+            "norm2.",
+            "mlp.fc1.",
+            "mlp.fc2.",
+        ]
         pos = next((i for i, o in enumerate(order) if rest.startswith(o)), len(order))
-        return (1, int(m.group(1)), 0, int(m.group(2)), pos, rest)
+        tail = rest[len(order[pos]) :] if pos < len(order) else rest
+        return (1, int(m.group(1)), 0, int(m.group(2)), pos, "0" if tail == "weight" else tail)
     m = re.match(r"layers\.(\d+)\.downsample\.(.*)", k)
     if m:
-        return (1, int(m.group(1)), 1, 0, 0, m.group(2))
+        return (1, int(m.group(1)), 1, 0, sub(m.group(2)), "")
     if k.startswith("norm."):
-        return (2, 0, 0, 0, 0, k)
+        return (2, 0, 0, 0, 0, "0" if k.endswith("weight") else k)
     if k.startswith("head."):
-        return (3, 0, 0, 0, 0, k)
+        return (3, 0, 0, 0, 0, "0" if k.endswith("weight") else k)
     return (4, 0, 0, 0, 0, k)
 
 

@@ -92,7 +92,9 @@ def download_pretrained(name: str, tag: str | bool | None = None) -> Path:
         f"focalnet.create_model({name!r}, checkpoint_path='{os.path.basename(src.url)}')."
     )
     if _offline():
-        raise PretrainedUnavailableError(f"offline mode: pretrained {name}.{tag} is not cached (sources: {tried_s}). {hint}")
+        raise PretrainedUnavailableError(
+            f"offline mode: pretrained {name}.{tag} is not cached (sources: {tried_s}). {hint}"
+        )
     errors = []
     if src.timm_repo:
         if _reachable("https://huggingface.co"):

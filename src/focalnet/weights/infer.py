@@ -68,13 +68,17 @@ def infer_structure(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def infer_config(
-    sd: Mapping[str, torch.Tensor], stored: Mapping[str, Any] | None = None, warn: bool = True
+    sd: Mapping[str, torch.Tensor],
+    stored: Mapping[str, Any] | None = None,
+    warn: bool = True,
+    backbone: bool = False,
 ) -> FocalNetConfig:
     """The architecture of an original-layout state dict.
 
     What keys cannot show (``use_postln``, ``normalize_modulator``) comes from ``stored`` (the config
     our own checkpoints carry), else from the registered variant of the same structure, else the
-    defaults (pre-norm, no normalization) with a warning.
+    defaults (pre-norm, no normalization) with a warning. ``backbone=True`` (detection/segmentation
+    files, whose focal windows are enlarged downstream) matches variants regardless of focal windows.
     """
     found = infer_structure(sd)
     cfg = FocalNetConfig(**found)
@@ -85,9 +89,14 @@ def infer_config(
             raise ValueError(f"the config stored with the checkpoint disagrees with its weights: {diff}")
         return stored_cfg
     variant = match_variant(cfg)
+    if variant is None and backbone:
+        variant = match_variant(cfg, ignore=("focal_windows",))
     if variant is not None:
-        return cfg.replace(use_postln=variant.cfg.use_postln, normalize_modulator=variant.cfg.normalize_modulator,
-                           layerscale_value=variant.cfg.layerscale_value)
+        return cfg.replace(
+            use_postln=variant.cfg.use_postln,
+            normalize_modulator=variant.cfg.normalize_modulator,
+            layerscale_value=variant.cfg.layerscale_value,
+        )
     if warn:
         warnings.warn(
             "checkpoint matches no registered variant: assuming pre-norm blocks and normalize_modulator=False "
@@ -141,4 +150,3 @@ def check_state_dict(
         + _fmt("shape mismatches", shapes)
         + _fit_hint(sd)
     )
-

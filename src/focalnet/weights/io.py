@@ -105,7 +105,9 @@ def _folder_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str |
         }
         id2label = config.get("id2label")
         if id2label and len(id2label) > 2:
-            extra["class_names"] = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+            extra["class_names"] = [
+                id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))
+            ]
         return flags, None, extra
     arch = config.get("architecture")
     if arch:
@@ -142,8 +144,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
             config, variant, extra = _folder_config(config_json)
         inner = read_checkpoint(weights)
-        return Checkpoint(inner.state_dict, inner.layout, str(path), "folder", config or inner.config,
-                          variant or inner.variant, {**inner.extra, **extra})
+        return Checkpoint(
+            inner.state_dict,
+            inner.layout,
+            str(path),
+            "folder",
+            config or inner.config,
+            variant or inner.variant,
+            {**inner.extra, **extra},
+        )
     if path.suffix == ".safetensors":
         raw, meta = _load_safetensors(path)
         fmt = "safetensors"
@@ -170,6 +179,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         # mmdetection / mmsegmentation file: keep the backbone, ignore neck/heads
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         backbone = True
-        extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in unwrap_state_dict(obj) if not k.startswith("backbone.")})
+        extra["ignored_prefixes"] = sorted(
+            {k.split(".")[0] for k in unwrap_state_dict(obj) if not k.startswith("backbone.")}
+        )
     layout = detect_layout(sd)
     return Checkpoint(sd, layout, str(path), fmt, config, variant, extra, backbone)

@@ -1,0 +1,279 @@
+"""Training an image classifier with the paper's recipe on the shared engine (single process or torchrun).
+
+>>> from focalnet.classification import load_classification_config, train
+>>> cfg = load_classification_config("imagenette_cpu", ["data.path=../shared/data/imagenette"])  # doctest: +SKIP
+>>> metrics = train(cfg, output_dir="runs/imagenette")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine import (
+    Trainer,
+    TrainerConfig,
+    build_adamw,
+    config_to_dict,
+    init_distributed,
+    save_config,
+    setup_logging,
+    write_json,
+)
+from ..engine.distributed import DistInfo
+from .config import ClassificationConfig
+from .data import ImageFolder, build_mixup, build_transform, resolve_split
+from .evaluate import evaluate_model
+
+__all__ = ["TrainingRun", "build_model", "train"]
+
+log = logging.getLogger("focalnet")
+
+
+def build_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
+    """The FocalNet of ``cfg.model``: fresh, from released weights, or fine-tuned from a checkpoint
+    (a new ``num_classes`` head when the checkpoint's differs)."""
+    import warnings
+
+    from ..factory import create_model
+
+    m = cfg.model
+    kw: dict[str, Any] = {**m.overrides, "drop_path_rate": m.drop_path_rate, "drop_rate": m.drop_rate}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if m.checkpoint is not None:
+            model = create_model(m.name, checkpoint_path=m.checkpoint, num_classes=num_classes, **kw)
+        elif m.pretrained is not None:
+            tag: bool | str = True if m.pretrained == "default" else m.pretrained
+            model = create_model(m.name, pretrained=tag, num_classes=num_classes, **kw)
+        else:
+            model = create_model(m.name, num_classes=num_classes, **kw)
+    for w in caught:
+        log.info("%s", w.message)
+    if m.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    d = cfg.data
+    pc = model.pretrained_cfg
+    pc.input_size = (3, d.img_size, d.img_size)
+    pc.crop_pct = d.crop_pct
+    pc.interpolation = "bicubic" if d.interpolation == "random" else d.interpolation
+    pc.mean, pc.std = tuple(d.mean), tuple(d.std)
+    pc.num_classes = num_classes
+    return model
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class TrainingRun:
+    """A prepared training run: datasets, model, optimizer, schedule and the engine's :class:`Trainer`.
+
+    ``TrainingRun(cfg).fit()`` trains; ``.trainer`` exposes the loop (e.g. ``trainer._stop = True`` is
+    what SIGTERM does). All processes of a torchrun job build one; rank 0 writes the files.
+    """
+
+    def __init__(self, cfg: ClassificationConfig, dist_info: DistInfo | None = None) -> None:
+        if cfg.output_dir is None:
+            raise ValueError("output_dir: where to write the run is not set (--output DIR)")
+        if cfg.data.path is None:
+            raise ValueError("data.path: the dataset folder is not set (--data DIR)")
+        self.cfg = cfg
+        t = cfg.train
+        self.dist = dist_info or init_distributed(t.device)
+        self.out = Path(cfg.output_dir)
+        setup_logging(self.out, self.dist.is_main)
+        train_root = resolve_split(cfg.data.path, cfg.data.train_split)
+        val_root = Path(cfg.data.path) / cfg.data.val_split
+        d = cfg.data
+        self.train_set = ImageFolder(train_root, build_transform(cfg, True), max_per_class=d.max_per_class,
+                                     img_size=d.img_size)
+        self.class_names = self.train_set.class_names
+        self.val_set = None
+        if val_root.is_dir():
+            self.val_set = ImageFolder(val_root, build_transform(cfg, False), class_names=self.class_names,
+                                       max_per_class=d.max_per_class, img_size=d.img_size)
+        else:
+            log.warning("no validation folder %s: training without evaluation", val_root)
+        num_classes = len(self.class_names)
+
+        _seed_everything(t.seed)  # the same initial weights on every rank
+        self.model = build_model(cfg, num_classes)
+        _seed_everything(t.seed + self.dist.rank)  # different augmentation per rank
+
+        self.total_batch = t.batch_size * self.dist.world_size * t.accum_steps
+        scale = self.total_batch / 512.0 if t.scale_lr else 1.0
+        self.lr, self.warmup_lr, self.min_lr = t.base_lr * scale, t.warmup_lr * scale, t.min_lr * scale
+        optimizer = build_adamw(self.model, self.lr, t.weight_decay, t.layer_decay, tuple(t.betas), t.eps)
+
+        self.mixup = build_mixup(cfg, num_classes)
+        if self.mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif cfg.aug.label_smoothing > 0:
+            from timm.loss import LabelSmoothingCrossEntropy
+
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+        tcfg = TrainerConfig(
+            output_dir=str(self.out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,
+            num_workers=d.num_workers, accum_steps=t.accum_steps, grad_clip=t.clip_grad, amp=t.amp,
+            ema_decay=t.ema_decay, log_every=t.log_every, eval_every_epochs=t.eval_every_epochs,
+            eval_every_steps=t.eval_every_steps, ckpt_every_steps=t.ckpt_every_steps,
+            keep_checkpoints=t.keep_checkpoints, seed=t.seed, resume=None, drop_last=True,
+            progress=t.progress, device=t.device,
+        )
+        self.run_state = {
+            "task": "classification",
+            "config": config_to_dict(cfg),
+            "class_names": list(self.class_names),
+            "focalnet_config": self.model.cfg.to_dict(),
+        }
+        self.trainer = Trainer(
+            tcfg, self.model, optimizer, self.train_set, self.step_fn,
+            eval_fn=self.eval_fn if self.val_set is not None else None,
+            dist_info=self.dist, run_state=self.run_state,
+        )
+        from timm.scheduler import CosineLRScheduler
+
+        tr = self.trainer
+        warmup = min(int(round(t.warmup_epochs * tr.updates_per_epoch)), max(tr.total_steps - 1, 0))
+        self.warmup_steps = warmup
+        tr.scheduler = CosineLRScheduler(
+            optimizer, t_initial=tr.total_steps, lr_min=self.min_lr, warmup_lr_init=self.warmup_lr,
+            warmup_t=warmup, cycle_limit=1, t_in_epochs=False,
+        )
+        self._bad_train: set[str] = set()
+        self._details: dict[bool, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ engine hooks
+    def step_fn(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
+        """Loss of one batch (mixup/cutmix and soft-target cross-entropy as in the recipe)."""
+        x, y, idx, ok = batch
+        if not bool(ok.all()):
+            for i in idx[~ok].tolist():
+                self._bad_train.add(self.train_set.samples[i][0])
+            keep = ok.nonzero().flatten()
+            if self.mixup is not None and len(keep) % 2:
+                keep = keep[:-1]  # mixup needs an even batch
+            if len(keep) == 0:  # nothing readable: a zero loss that still runs the (DDP) model
+                out = model(x.to(device))
+                return out.sum() * 0.0, {}, 0
+            x, y = x[keep], y[keep]
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        else:
+            target = y
+        out = model(x)
+        return self.criterion(out.float(), target), {}, len(x)
+
+    def eval_fn(self, model: nn.Module, trainer: Trainer) -> dict[str, Any]:
+        """Validation metrics, reduced over ranks; the scalars go to the history."""
+        assert self.val_set is not None
+        eb = self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
+        r = evaluate_model(
+            model, self.val_set, list(range(len(self.class_names))), batch_size=eb,
+            num_workers=self.cfg.data.num_workers, device=trainer.device, amp_dtype=trainer.amp_dtype,
+            progress=self.cfg.train.progress, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        self._details[model is trainer.model] = r
+        return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "val_images_per_second": r["images_per_second"],
+                "val_skipped_images": r["skipped_images"]}
+
+    # ------------------------------------------------------------------ run
+    def _gather_bad_train(self) -> list[str]:
+        from .evaluate import _gather_names
+
+        return _gather_names(sorted(self._bad_train))
+
+    def fit(self, resume: str | None = None) -> dict[str, Any]:
+        """Train (resuming from ``resume``: "auto" or a checkpoint path) and return the final metrics."""
+        cfg, tr = self.cfg, self.trainer
+        tr.cfg.resume = resume
+        if self.dist.is_main:
+            save_config(cfg, self.out / "config.yaml")
+        log.info(
+            "%s: %d classes, %d training images%s; total batch %d (%d x %d processes x %d accumulation), "
+            "lr %.3g (base %.3g%s), %d warm-up steps of %d",
+            cfg.model.name, len(self.class_names), len(self.train_set),
+            f", {len(self.val_set)} validation images" if self.val_set is not None else "",
+            self.total_batch, cfg.train.batch_size, self.dist.world_size, cfg.train.accum_steps, self.lr,
+            cfg.train.base_lr, " x total batch / 512" if cfg.train.scale_lr else "", self.warmup_steps, tr.total_steps,
+        )
+        final = tr.fit()
+        bad_train = self._gather_bad_train()
+        if bad_train:
+            log.warning("skipped %d unreadable training image(s): %s", len(bad_train), ", ".join(bad_train))
+        if final.get("interrupted"):
+            return final
+        details = self._details.get(True, {})
+        bad_val = details.get("skipped_files", [])
+        if bad_val:
+            log.warning("skipped %d unreadable validation image(s): %s", len(bad_val), ", ".join(bad_val))
+        if self.dist.is_main:
+            import json
+
+            path = self.out / "metrics.json"
+            data = json.loads(path.read_text()) if path.exists() else {}
+            extra = {
+                "model": cfg.model.name,
+                "class_names": list(self.class_names),
+                "total_batch_size": self.total_batch,
+                "peak_lr": self.lr,
+                "steps": tr.step,
+                "skipped_images": {"train": len(bad_train), "train_files": bad_train,
+                                   "val": len(bad_val), "val_files": bad_val},
+            }
+            if details:
+                extra["per_class_accuracy"] = details["per_class_accuracy"]
+                write_json(self.out / "confusion_matrix.json",
+                           {"labels": details["confusion_labels"], "matrix": details["confusion_matrix"]})
+            if "images_per_second" not in data:  # final record of an iteration-based run
+                ips = [h["images_per_second"] for h in data.get("history", []) if "images_per_second" in h]
+                if ips:
+                    extra["images_per_second"] = ips[-1]
+            data.update(extra)
+            data.setdefault("final", {}).update({k: v for k, v in extra.items() if k != "class_names"})
+            write_json(path, data)
+            from ..factory import save_model
+
+            save_model(self.model, self.out / "model.safetensors", class_names=self.class_names)
+            if tr.ema is not None:
+                ema = tr.ema.module
+                ema.pretrained_cfg = self.model.pretrained_cfg
+                save_model(ema, self.out / "model_ema.safetensors", class_names=self.class_names)
+            log.info("wrote %s", self.out / "model.safetensors")
+            final = data
+        return final
+
+
+def train(
+    cfg: ClassificationConfig,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    resume: str | None = None,
+    dist_info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` (``output_dir`` overrides ``cfg.output_dir``); returns the final metrics.
+
+    Under torchrun every process calls it. ``resume="auto"`` continues from the newest valid checkpoint.
+    The result has ``"interrupted": True`` if SIGTERM/SIGINT stopped the run (after a checkpoint).
+    """
+    if output_dir is not None:
+        cfg.output_dir = str(output_dir)
+    run = TrainingRun(cfg, dist_info)
+    return run.fit(resume)

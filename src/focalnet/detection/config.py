@@ -1,0 +1,144 @@
+"""Typed configuration of a detection run (YAML files in ``focalnet/configs/detection/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
+
+
+@dataclass
+class ModelConfig:
+    """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
+
+    detector: Literal["mask_rcnn", "faster_rcnn"] = "mask_rcnn"
+    backbone: str = "focalnet_tiny_lrf"
+    backbone_checkpoint: str = ""
+    focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
+    drop_path_rate: float = 0.1
+    frozen_stages: int = -1
+    grad_checkpointing: bool = False
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    mask_head_channels: int = 256
+    min_size: int = 800  # test-time short side
+    max_size: int = 1333  # test-time long side
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    mmdet_compat: bool = False  # aligned RoIAlign + adaptive sampling, unrounded anchors
+
+    def validate(self) -> None:
+        if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):
+            raise ValueError(f"focal_windows must be positive, got {self.focal_windows}")
+        if self.min_size < 32 or self.max_size < self.min_size:
+            raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
+        if not 0 <= self.score_thresh < 1 or not 0 < self.nms_thresh <= 1:
+            raise ValueError("score_thresh must be in [0, 1) and nms_thresh in (0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """COCO-format data: ``root`` with the COCO 2017 layout, or explicit json/image paths."""
+
+    root: str = ""
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str = ""
+    val_images: str = ""
+    scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: int = 1333
+    crop_branch: bool = True
+    crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_range: list[int] = field(default_factory=lambda: [384, 600])
+    flip_prob: float = 0.5
+    filter_empty: bool = True  # drop training images without annotations (as mmdetection does)
+    num_workers: int = 2
+
+    def validate(self) -> None:
+        if not self.scales or min(self.scales) < 16:
+            raise ValueError(f"scales must be a non-empty list of short sides >= 16, got {self.scales}")
+        if len(self.crop_range) != 2 or not 0 < self.crop_range[0] <= self.crop_range[1]:
+            raise ValueError(f"crop_range must be [low, high] with 0 < low <= high, got {self.crop_range}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+
+    def paths(self, split: str) -> tuple[Path, Path]:
+        """(annotation json, image folder) of ``split`` ("train" or "val")."""
+        ann, img = (self.train_ann, self.train_images) if split == "train" else (self.val_ann, self.val_images)
+        if (not ann or not img) and not self.root:
+            raise ValueError(f"no {split} data: give --data ROOT (COCO 2017 layout) or --{split}-ann/--{split}-images")
+        root = Path(self.root) if self.root else None
+        ann_p = Path(ann) if ann else root / "annotations" / f"instances_{split}2017.json"  # type: ignore[operator]
+        img_p = Path(img) if img else root / f"{split}2017"  # type: ignore[operator]
+        return ann_p, img_p
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warm-up + step decay at ``lr_steps`` (epochs; fractions of ``max_steps`` if set)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: list[float] = field(default_factory=lambda: [9, 11])
+    decay_rate: float = 0.1
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if sorted(self.lr_steps) != list(self.lr_steps):
+            raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")
+
+
+@dataclass
+class DetectionConfig:
+    """A whole detection run (model, data, optimiser, loop)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 12
+    max_steps: int = 0
+    batch_size: int = 2  # per process (the recipe: 16 in total, e.g. 8 GPUs x 2)
+    accum_steps: int = 1
+    grad_clip: float | None = None
+    amp: str = "auto"
+    eval_every_epochs: int = 1
+    eval_every_steps: int = 0
+    ckpt_every_steps: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ValueError("epochs or max_steps must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def config_path(name: str) -> Path:
+    """Path of a packaged config by name (``"mask_rcnn_focalnet_tiny_lrf_1x"``) or a file path."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    base = resources.files("focalnet") / "configs" / "detection"
+    cand = Path(str(base / (name if name.endswith(".yaml") else name + ".yaml")))
+    if cand.exists():
+        return cand
+    raise FileNotFoundError(f"config {name!r} not found (packaged configs: {', '.join(list_configs())})")
+
+
+def list_configs() -> list[str]:
+    """Names of the packaged detection configs."""
+    base = Path(str(resources.files("focalnet") / "configs" / "detection"))
+    return sorted(p.stem for p in base.glob("*.yaml")) if base.exists() else []

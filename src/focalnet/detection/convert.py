@@ -1,0 +1,196 @@
+"""Original (mmdetection 2.x) FocalNet Mask R-CNN checkpoints -> torchvision detectors; loading any
+detection checkpoint (ours or mmdet's) for evaluation and prediction.
+
+Key mapping (mmdet -> torchvision ``MaskRCNN``):
+
+==========================================  ==================================================
+``backbone.*``                              ``backbone.body.*`` (same FocalNetBackbone keys)
+``neck.lateral_convs.{i}.conv.*``           ``backbone.fpn.inner_blocks.{i}.0.*``
+``neck.fpn_convs.{i}.conv.*``               ``backbone.fpn.layer_blocks.{i}.0.*``
+``rpn_head.rpn_conv.*``                     ``rpn.head.conv.0.0.*``
+``rpn_head.rpn_cls.*`` (sigmoid, A=3)       ``rpn.head.cls_logits.*`` (same anchor order)
+``rpn_head.rpn_reg.*``                      ``rpn.head.bbox_pred.*``
+``roi_head.bbox_head.shared_fcs.{0,1}.*``   ``roi_heads.box_head.fc6/fc7.*``
+``roi_head.bbox_head.fc_cls.*`` (K+1, bg last)  ``roi_heads.box_predictor.cls_score.*`` (bg first)
+``roi_head.bbox_head.fc_reg.*`` (4K)        ``roi_heads.box_predictor.bbox_pred.*`` (4(K+1), zero bg rows)
+``roi_head.mask_head.convs.{i}.conv.*``     ``roi_heads.mask_head.{i}.0.*``
+``roi_head.mask_head.upsample.*``           ``roi_heads.mask_predictor.conv5_mask.*``
+``roi_head.mask_head.conv_logits.*`` (K)    ``roi_heads.mask_predictor.mask_fcn_logits.*`` (zero bg row)
+==========================================  ==================================================
+
+Anchors: both libraries order the 3 anchors of a location by aspect ratio (0.5, 1, 2) and lay the RPN
+channels out as ``anchor * 4 + coordinate``, so the RPN weights need no permutation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.config import build_config
+from ..weights.infer import infer_config
+
+__all__ = ["convert_mmdet_state_dict", "is_mmdet_detector", "load_detector", "coco_class_names",
+           "mmdet_backbone_config"]
+
+StateDict = dict[str, torch.Tensor]
+
+_RULES = [
+    (r"^backbone\.(.+)$", r"backbone.body.\1"),
+    (r"^neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.inner_blocks.\1.0.\2"),
+    (r"^neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.layer_blocks.\1.0.\2"),
+    (r"^rpn_head\.rpn_conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1"),
+    (r"^rpn_head\.rpn_cls\.(weight|bias)$", r"rpn.head.cls_logits.\1"),
+    (r"^rpn_head\.rpn_reg\.(weight|bias)$", r"rpn.head.bbox_pred.\1"),
+    (r"^roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)$", r"roi_heads.box_head.fc6.\1"),
+    (r"^roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)$", r"roi_heads.box_head.fc7.\1"),
+    (r"^roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)$", r"roi_heads.mask_head.\1.0.\2"),
+    (r"^roi_head\.mask_head\.upsample\.(weight|bias)$", r"roi_heads.mask_predictor.conv5_mask.\1"),
+]
+
+
+def is_mmdet_detector(sd: Mapping[str, Any]) -> bool:
+    """Whether a state dict is an mmdetection two-stage detector (``rpn_head.``/``roi_head.`` keys)."""
+    return any(k.startswith("rpn_head.") for k in sd) and any(k.startswith("roi_head.") for k in sd)
+
+
+def convert_mmdet_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Map an mmdetection 2.x Faster/Mask R-CNN state dict onto the torchvision detector of
+    :func:`focalnet.detection.build_detector` (see the module docstring for the table). Raises
+    ``ValueError`` naming the keys it does not know."""
+    if not is_mmdet_detector(sd):
+        raise ValueError("not an mmdetection two-stage detector state dict (no rpn_head./roi_head. keys)")
+    out: StateDict = {}
+    unknown = []
+    for k, v in sd.items():
+        if k.startswith("roi_head.bbox_head.fc_cls."):
+            # mmdet: K classes then background; torchvision: background first
+            out["roi_heads.box_predictor.cls_score." + k.rsplit(".", 1)[1]] = torch.cat([v[-1:], v[:-1]])
+            continue
+        if k.startswith("roi_head.bbox_head.fc_reg."):
+            num_classes = sd["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1
+            if v.shape[0] == 4:  # class-agnostic regression: the same deltas for every class
+                v = v.repeat(num_classes, *([1] * (v.dim() - 1)))
+            elif v.shape[0] != 4 * num_classes:
+                raise ValueError(f"{k} has {v.shape[0]} rows; expected 4 x {num_classes} classes or 4")
+            out["roi_heads.box_predictor.bbox_pred." + k.rsplit(".", 1)[1]] = torch.cat([torch.zeros_like(v[:4]), v])
+            continue
+        if k.startswith("roi_head.mask_head.conv_logits."):
+            out["roi_heads.mask_predictor.mask_fcn_logits." + k.rsplit(".", 1)[1]] = torch.cat(
+                [torch.zeros_like(v[:1]), v])
+            continue
+        for pat, rep in _RULES:
+            if re.match(pat, k):
+                out[re.sub(pat, rep, k)] = v
+                break
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f"unknown mmdetection keys (not a Faster/Mask R-CNN with FPN?): {unknown[:10]}")
+    return out
+
+
+def mmdet_backbone_config(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """(variant name, backbone overrides) reproducing the FocalNet backbone of an mmdet state dict."""
+    from ..models.registry import match_variant
+
+    body = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    cfg = infer_config(body, backbone=True, warn=False)
+    variant = match_variant(cfg, ignore=("focal_windows",))
+    fields = cfg.to_dict()
+    fields.pop("num_classes")
+    fields["drop_path_rate"] = 0.0
+    return (variant.name if variant else "focalnet_tiny_srf"), fields
+
+
+def coco_class_names() -> tuple[list[str], list[int]]:
+    """The 80 COCO class names in category-id order and their (non-contiguous) category ids."""
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    cats = MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    pairs = [(n, i) for i, n in enumerate(cats) if i > 0 and n != "N/A"]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _load(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         " (loaded with weights_only=True; a corrupt or truncated file also fails here)") from e
+
+
+def load_detector(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    mmdet_compat: bool | None = None,
+    **overrides: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
+
+    Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
+    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN files (``state_dict`` with ``backbone.``,
+    ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
+    head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
+    ``overrides`` are :class:`~focalnet.detection.config.ModelConfig` fields (``score_thresh``,
+    ``min_size``, ...). ``mmdet_compat`` (default: on for mmdet files) selects the original RoIAlign.
+    """
+    from .config import DetectionConfig
+    from .model import build_detector, detector_kwargs_from_config
+
+    obj = _load(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if "detection_config" in obj and "model" in obj:
+        data = dict(obj["detection_config"])
+        model_cfg = dict(data.get("model", {}))
+        model_cfg["backbone_checkpoint"] = ""
+        model_cfg.update(overrides)
+        if mmdet_compat is not None:
+            model_cfg["mmdet_compat"] = mmdet_compat
+        data["model"] = model_cfg
+        cfg = build_config(DetectionConfig, data)
+        num_classes = int(obj["num_classes"])
+        model = build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
+        model.load_state_dict(obj["model"])
+        meta = {"class_names": list(obj["class_names"]), "category_ids": [int(c) for c in obj["category_ids"]],
+                "detection_config": data, "source": "focalnet"}
+    else:
+        sd = obj.get("state_dict", obj)
+        if not isinstance(sd, Mapping) or not is_mmdet_detector(sd):
+            raise ValueError(f"{path} is neither a focalnet detection checkpoint (model.pt / checkpoint-*.pt) nor an "
+                             "mmdetection Faster/Mask R-CNN file (state_dict with rpn_head./roi_head. keys)")
+        converted = convert_mmdet_state_dict(sd)
+        num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
+        name, bb = mmdet_backbone_config(sd)
+        detector = "mask_rcnn" if any(k.startswith("roi_head.mask_head.") for k in sd) else "faster_rcnn"
+        from .config import ModelConfig
+
+        mc = build_config(ModelConfig, {"detector": detector, "backbone": name, "backbone_overrides": bb,
+                                        "focal_windows": list(bb["focal_windows"]),
+                                        "mmdet_compat": True if mmdet_compat is None else mmdet_compat,
+                                        **overrides})
+        model = build_detector(**detector_kwargs_from_config(mc, num_classes))
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: converted mmdetection weights do not fit: missing {missing[:8]}, "
+                             f"unexpected {unexpected[:8]}")
+        if num_classes == 81:
+            names, ids = coco_class_names()
+        else:
+            names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
+        meta = {"class_names": names, "category_ids": ids, "source": "mmdetection",
+                "detection_config": {"model": {k: v for k, v in vars(mc).items()}}}
+    model.class_names = meta["class_names"]
+    model.category_ids = meta["category_ids"]
+    return model.to(device).eval(), meta

@@ -1,0 +1,158 @@
+"""Training a FocalNet Mask R-CNN / Faster R-CNN with the shared engine (single process or torchrun).
+
+The run writes into ``output_dir``: ``config.yaml`` (resolved), ``checkpoints/`` (atomic, auto-resume),
+``metrics.json`` (history + final COCO metrics at the top level), ``results.json`` (COCO-format detections
+of the last evaluation), ``model.pt`` (final weights + config + class names, for ``evaluate``/``predict``),
+``data_problems.json`` (skipped annotations/images), ``train.log``, ``curves.png`` and ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import (
+    Trainer,
+    TrainerConfig,
+    build_adamw,
+    config_to_dict,
+    init_distributed,
+    save_config,
+    setup_logging,
+    write_json,
+)
+from ..weights.io import atomic_save
+from .config import DetectionConfig
+from .data import CocoInstances, detection_collate
+from .evaluate import evaluate_detector
+from .model import build_detector, detector_kwargs_from_config
+from .transforms import eval_transforms, train_transforms
+
+__all__ = ["train", "build_datasets", "build_model", "detection_step", "to_device", "build_scheduler"]
+
+log = logging.getLogger("focalnet")
+
+
+def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
+    """Training set (augmented) and validation set (``None`` where no validation json exists)."""
+    d = cfg.data
+    train_set = None
+    with_masks = cfg.model.detector == "mask_rcnn"
+    if need_train:
+        ann, img = d.paths("train")
+        tf = train_transforms(d.scales, d.max_size, d.crop_branch, d.crop_resize_scales, d.crop_range, d.flip_prob)
+        train_set = CocoInstances(ann, img, tf, with_masks=with_masks, train=True, filter_empty=d.filter_empty)
+    val_set = None
+    try:
+        ann, img = d.paths("val")
+    except ValueError:
+        ann = img = None
+    if ann is not None and ann.exists():
+        val_set = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
+    elif d.val_ann:
+        raise FileNotFoundError(f"validation annotation file not found: {ann}")
+    elif need_train:
+        log.warning("no validation annotations at %s: training without evaluation", ann)
+    return train_set, val_set
+
+
+def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
+    """The detector a config describes (``num_classes`` includes the background)."""
+    return build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
+
+
+def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]] | None, device: torch.device) -> tuple[
+        list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+    """Plain tensors on ``device`` (tv_tensors unwrapped) in the form torchvision detectors take."""
+    ims = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
+    if targets is None:
+        return ims, None
+    out = []
+    for t in targets:
+        d = {"boxes": t["boxes"].as_subclass(torch.Tensor).to(device), "labels": t["labels"].to(device)}
+        if "masks" in t:
+            d["masks"] = t["masks"].as_subclass(torch.Tensor).to(device)
+        out.append(d)
+    return ims, out
+
+
+def detection_step(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
+    """Engine ``step_fn``: the sum of the detector's losses, each loss logged."""
+    images, targets = to_device(*batch, device)
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    return loss, {k: float(v.detach()) for k, v in losses.items()}, len(images)
+
+
+def build_scheduler(cfg: DetectionConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
+                    total_steps: int) -> Any:
+    """Linear warm-up from ``lr * warmup_ratio``, then x ``decay_rate`` at each of ``lr_steps`` (epochs, or
+    fractions ``step / epochs`` of ``max_steps`` for iteration-based runs), per optimizer update."""
+    from timm.scheduler import MultiStepLRScheduler
+
+    o = cfg.optim
+    if cfg.max_steps > 0:
+        decay = [round(s / cfg.epochs * total_steps) for s in o.lr_steps]
+    else:
+        decay = [round(s * updates_per_epoch) for s in o.lr_steps]
+    warmup = min(o.warmup_steps, max(total_steps - 1, 0))
+    # timm applies decay i once ``t + 1 >= decay_t[i]``: shift by one so update ``decay`` is the first decayed
+    return MultiStepLRScheduler(optimizer, decay_t=[d + 1 for d in decay], decay_rate=o.decay_rate, warmup_t=warmup,
+                                warmup_lr_init=o.lr * o.warmup_ratio, warmup_prefix=False, t_in_epochs=False)
+
+
+def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
+    """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics."""
+    out = Path(output_dir)
+    dist_info = init_distributed(cfg.device)
+    setup_logging(out, dist_info.is_main)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    train_set, val_set = build_datasets(cfg)
+    assert train_set is not None
+    model = build_model(cfg, train_set.num_classes)
+    if dist_info.is_main:
+        save_config(cfg, out / "config.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("%s with %s: %.1fM parameters, %d classes, %d training images%s", cfg.model.detector,
+                 cfg.model.backbone, n_params / 1e6, train_set.num_classes - 1, len(train_set),
+                 f", {len(val_set)} validation images" if val_set is not None else "")
+    optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    tcfg = TrainerConfig(
+        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+        num_workers=cfg.data.num_workers, accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip, amp=cfg.amp,
+        log_every=cfg.log_every, eval_every_epochs=cfg.eval_every_epochs, eval_every_steps=cfg.eval_every_steps,
+        ckpt_every_steps=cfg.ckpt_every_steps, keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed, resume=resume,
+        drop_last=True, progress=cfg.progress, device=cfg.device,
+    )
+    meta = {
+        "detection_config": config_to_dict(cfg),
+        "class_names": list(train_set.class_names),
+        "category_ids": list(train_set.category_ids),
+        "num_classes": train_set.num_classes,
+    }
+
+    def eval_fn(m: nn.Module, trainer: Trainer) -> dict[str, Any]:
+        if val_set is None:
+            return {}
+        return evaluate_detector(m, val_set, trainer.device, output_dir=out, num_workers=cfg.data.num_workers,
+                                 progress=cfg.progress)
+
+    trainer = Trainer(tcfg, model, optimizer, train_set, detection_step, eval_fn=eval_fn if val_set else None,
+                      collate_fn=detection_collate, dist_info=dist_info, run_state=meta)
+    trainer.scheduler = build_scheduler(cfg, optimizer, trainer.updates_per_epoch, trainer.total_steps)
+    final = trainer.fit()
+    if dist_info.is_main:
+        if not final.get("interrupted"):
+            atomic_save({"model": trainer.model.state_dict(), **meta}, out / "model.pt")
+            log.info("wrote %s", out / "model.pt")
+        problems = train_set.problems_report() + (val_set.problems_report() if val_set is not None else [])
+        write_json(out / "data_problems.json", problems)
+        for k in ("bbox_mAP", "segm_mAP"):
+            if k in final:
+                log.info("%s = %.4f", k, final[k])
+    return final

@@ -1,0 +1,61 @@
+"""Semantic segmentation: FocalNet UPerNet (+ FCN auxiliary head) on ADE20K-format or folder data.
+
+>>> from focalnet.segmentation import upernet
+>>> model = upernet("focalnet_tiny_srf", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1),
+...                 head={"channels": 16, "aux_channels": 8})
+>>> import torch
+>>> model.eval()(torch.zeros(1, 3, 64, 48)).shape
+torch.Size([1, 3, 64, 48])
+"""
+
+from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
+from .evaluate import (
+    MS_RATIOS,
+    TestConfig,
+    confusion_matrix,
+    evaluate,
+    inference,
+    metrics_from_confusion,
+    predict_probs,
+    slide_inference,
+    whole_inference,
+)
+from .model import FCNHead, HeadConfig, UPerHead, UPerNet, load_segmentor, save_segmentor, upernet
+from .predict import colorize, overlay, palette, predict_image, predict_images
+from .train import SegmentationConfig, load_segmentation_config, train
+from .transforms import TestTransform, TrainTransform
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "MS_RATIOS",
+    "DataConfig",
+    "FCNHead",
+    "HeadConfig",
+    "SegmentationConfig",
+    "SegmentationDataset",
+    "TestConfig",
+    "TestTransform",
+    "TrainTransform",
+    "UPerHead",
+    "UPerNet",
+    "build_dataset",
+    "colorize",
+    "confusion_matrix",
+    "evaluate",
+    "inference",
+    "load_class_names",
+    "load_segmentation_config",
+    "load_segmentor",
+    "map_label",
+    "metrics_from_confusion",
+    "overlay",
+    "palette",
+    "predict_image",
+    "predict_images",
+    "predict_probs",
+    "save_segmentor",
+    "slide_inference",
+    "train",
+    "upernet",
+    "whole_inference",
+]

@@ -1,0 +1,272 @@
+"""``focalnet segmentation {train,evaluate,predict}``: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict"]
+
+
+def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
+    p.add_argument("--data", required=True, help="dataset root folder")
+    p.add_argument("--layout", choices=["ade20k", "folder"], help="ade20k: images/ + annotations/ (labels "
+                   "shifted down, 0 ignored); folder: ROOT/{train,val}/ + ROOT/{train,val}annot/ (default: "
+                   "ade20k for train, the checkpoint's for evaluate)")
+    p.add_argument("--img-dir", help="image folder (relative to ROOT) of the " + ("training" if train else "evaluated")
+                   + " split, overriding the layout's")
+    p.add_argument("--ann-dir", help="label folder (relative to ROOT), overriding the layout's")
+    if train:
+        p.add_argument("--val-img-dir", help="validation image folder (relative to ROOT)")
+        p.add_argument("--val-ann-dir", help="validation label folder (relative to ROOT)")
+        p.add_argument("--classes-file", help="class names, one a line (default: ROOT/classes.txt or "
+                       "ROOT/objectInfo150.csv; else numbered classes)")
+        p.add_argument("--class-names", help="comma-separated class names (overrides --classes-file)")
+        p.add_argument("--num-classes", type=int, help="number of classes where no names are given")
+    p.add_argument("--ignore-index", type=int, help="label value meaning 'ignore' in the files (folder layout; "
+                   "255 always is; e.g. 11 for CamVid)")
+    p.add_argument("--reduce-zero-label", choices=["true", "false"], help="0 = ignore, k -> k-1 (default: "
+                   "true for ade20k, false for folder)")
+    p.add_argument("--workers", type=int, help="data loading processes")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+
+
+def _add_test_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
+    p.add_argument("--multi-scale", action="store_true", help="average scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75")
+    p.add_argument("--ratios", type=float, nargs="+", help="the scales of --multi-scale")
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped passes")
+    p.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                   help="keep-ratio test resize (default: the training run's, 2048 512 for ADE20K)")
+    p.add_argument("--no-resize", action="store_true", help="run at the original image size")
+    p.add_argument("--crop-size", type=int, help="sliding window size (default 512)")
+    p.add_argument("--stride", type=int, help="sliding window step (default 341)")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``focalnet segmentation ...`` to the main parser."""
+    seg = subparsers.add_parser("segmentation", help="semantic segmentation with UPerNet (ADE20K / folders)")
+    sub = seg.add_subparsers(dest="seg_command", required=True)
+
+    p = sub.add_parser("train", help="train a FocalNet UPerNet",
+                       description="Train a FocalNet UPerNet. Settings: defaults (the ADE20K recipe) < --config "
+                       "< options < --set key=value. Works under torchrun.")
+    p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_srf (see `focalnet models`)")
+    _add_data_args(p, train=True)
+    p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt)")
+    p.add_argument("--config", help="YAML file or shipped config name, e.g. upernet_focalnet_tiny_srf_ade20k_160k")
+    p.add_argument("--iters", type=int, help="optimizer steps (default 160000)")
+    p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
+    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
+    p.add_argument("--crop-size", type=int, help="square training crop (default 512)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 6e-5)")
+    p.add_argument("--backbone-checkpoint", help="ImageNet (or segmentation) checkpoint for the backbone")
+    p.add_argument("--pretrained", action="store_true", help="download the released ImageNet weights")
+    p.add_argument("--eval-every", type=int, help="iterations between evaluations (0: at the end only)")
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate")
+    p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mIoU of a trained model (single/multi-scale, whole/slide, flip)")
+    p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt (or a training checkpoint)")
+    _add_data_args(p, train=False)
+    p.add_argument("--split", choices=["train", "val"], default="val")
+    _add_test_args(p)
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--output", help="folder for metrics.json (default: next to the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    _add_test_args(p)
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.set_defaults(func=cmd_predict)
+
+
+def _bool(s: str | None) -> bool | None:
+    return None if s is None else s == "true"
+
+
+def _yaml(v: Any) -> str:
+    return json.dumps(v)  # JSON is valid YAML and quotes strings safely
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_segmentation_config, train
+
+    o: list[str] = []
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            o.append(f"{key}={_yaml(value)}")
+
+    put("model.backbone", args.backbone)
+    put("data.root", args.data)
+    put("data.layout", args.layout)
+    put("data.train_img_dir", args.img_dir)
+    put("data.train_ann_dir", args.ann_dir)
+    put("data.val_img_dir", args.val_img_dir)
+    put("data.val_ann_dir", args.val_ann_dir)
+    put("data.classes_file", args.classes_file)
+    if args.class_names:
+        put("data.class_names", [s.strip() for s in args.class_names.split(",") if s.strip()])
+    put("data.num_classes", args.num_classes)
+    put("data.ignore_index", args.ignore_index)
+    put("data.reduce_zero_label", _bool(args.reduce_zero_label))
+    put("data.num_workers", args.workers)
+    put("train.device", args.device)
+    put("train.iters", args.iters)
+    put("train.batch_size", args.batch_size)
+    put("train.accum_steps", args.accum_steps)
+    put("train.resume", args.resume)
+    put("train.amp", args.amp)
+    put("optim.lr", args.lr)
+    if args.crop_size:
+        s = args.crop_size
+        put("aug.crop_size", [s, s])
+        put("eval.crop_size", [s, s])
+        put("eval.stride", [math.ceil(s * 2 / 3)] * 2)
+    put("model.backbone_checkpoint", args.backbone_checkpoint)
+    if args.pretrained:
+        put("model.pretrained", True)
+    put("eval.every", args.eval_every)
+    if args.no_eval:
+        put("eval.enabled", False)
+    cfg = load_segmentation_config(args.config, o + list(args.overrides))
+    if cfg.model.backbone_checkpoint and not Path(cfg.model.backbone_checkpoint).exists():
+        raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
+    metrics = train(cfg, args.output)
+    if metrics.get("interrupted"):
+        print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
+        return 1
+    _print_summary(metrics, args.json)
+    return 0
+
+
+def _print_summary(metrics: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    per = metrics.get("per_class") or {}
+    if per:
+        width = max(len(n) for n in per)
+        print(f"{'class'.ljust(width)}  {'IoU':>6}  {'Acc':>6}")
+        for name, v in per.items():
+            iou = "-" if v["IoU"] is None else f"{v['IoU']:6.2f}"
+            acc = "-" if v["Acc"] is None else f"{v['Acc']:6.2f}"
+            print(f"{name.ljust(width)}  {iou:>6}  {acc:>6}")
+    keys = [k for k in ("mIoU", "mAcc", "aAcc") if metrics.get(k) is not None]
+    if keys:
+        print("  ".join(f"{k} {metrics[k]:.2f}" for k in keys))
+    for k in ("num_images", "skipped_images", "num_skipped_samples", "model_file", "metrics_file"):
+        if k in metrics:
+            print(f"{k}: {metrics[k]}")
+
+
+def _test_config(args: argparse.Namespace, stored: dict[str, Any] | None) -> Any:
+    from .evaluate import TestConfig
+
+    t = dict(stored or {})
+    if args.no_resize:
+        scale = None
+    elif args.scale:
+        scale = tuple(args.scale)
+    elif "scale" in t:
+        scale = tuple(t["scale"]) if t["scale"] else None
+    else:
+        scale = (2048, 512)
+    cfg = TestConfig(
+        mode=args.mode or t.get("mode", "whole"),
+        scale=scale,
+        crop_size=(args.crop_size,) * 2 if args.crop_size else tuple(t.get("crop_size", (512, 512))),
+        stride=(args.stride,) * 2 if args.stride else
+        ((math.ceil(args.crop_size * 2 / 3),) * 2 if args.crop_size else tuple(t.get("stride", (341, 341)))),
+        multi_scale=bool(args.multi_scale),
+        ratios=tuple(args.ratios) if args.ratios else tuple(t.get("ratios") or (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
+        flip=bool(args.flip),
+    )
+    cfg.validate()
+    return cfg
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..engine import init_distributed, write_json
+    from .data import DataConfig, build_dataset
+    from .evaluate import evaluate
+    from .model import load_segmentor
+
+    dist = init_distributed(args.device or "auto")
+    model, extra = load_segmentor(args.checkpoint)
+    model.to(dist.device)
+    stored = dict(extra.get("data") or {})
+    layout = args.layout or stored.get("layout", "ade20k")
+    same_layout = layout == stored.get("layout", layout)
+    dcfg = DataConfig(
+        root=args.data, layout=layout,
+        ignore_index=args.ignore_index if args.ignore_index is not None else
+        (stored.get("ignore_index", 255) if same_layout else 255),
+        reduce_zero_label=_bool(args.reduce_zero_label) if args.reduce_zero_label else
+        (stored.get("reduce_zero_label") if same_layout else None),
+        num_workers=args.workers if args.workers is not None else 2,
+    )
+    if args.img_dir or args.ann_dir:
+        setattr(dcfg, f"{args.split}_img_dir", args.img_dir)
+        setattr(dcfg, f"{args.split}_ann_dir", args.ann_dir)
+    elif same_layout and Path(args.data).expanduser() == Path(str(extra.get("config", {}).get("data", {})
+                                                                       .get("root", ""))).expanduser():
+        setattr(dcfg, f"{args.split}_img_dir", stored.get(f"{args.split}_img_dir"))
+        setattr(dcfg, f"{args.split}_ann_dir", stored.get(f"{args.split}_ann_dir"))
+    dcfg.validate()
+    dataset = build_dataset(dcfg, args.split, None, class_names=model.class_names)
+    test_cfg = _test_config(args, extra.get("test"))
+    mean, std = extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375))
+    metrics = evaluate(model, dataset, test_cfg, device=dist.device, max_images=args.max_images,
+                       num_workers=dcfg.num_workers, rank=dist.rank, world_size=dist.world_size, mean=mean, std=std)
+    metrics["checkpoint"] = str(args.checkpoint)
+    metrics["data"] = {"root": str(args.data), "layout": layout, "split": args.split}
+    metrics["data_problems"] = dataset.problems
+    metrics["num_skipped_samples"] = len(dataset.problems) + metrics["skipped_images"]
+    if dist.is_main:
+        out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / (
+            f"eval-{args.split}-{test_cfg.mode}" + ("-ms" if test_cfg.multi_scale else "") +
+            ("-flip" if test_cfg.flip else ""))
+        write_json(out / "metrics.json", metrics)
+        metrics["metrics_file"] = str(out / "metrics.json")
+        _print_summary(metrics, args.json)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine import write_json
+    from .model import load_segmentor
+    from .predict import predict_images
+
+    device = args.device or "auto"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model, extra = load_segmentor(args.checkpoint)
+    model.to(device)
+    for p in args.images:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"image not found: {p}")
+    test_cfg = _test_config(args, extra.get("test"))
+    records = predict_images(model, args.images, args.out, test_cfg, device,
+                             extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375)))
+    write_json(Path(args.out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
+    for r in records:
+        top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
+        print(f"{r['image']}: {r['color']}  ({top})")
+    print(f"wrote {len(records)} prediction(s) to {args.out} (predictions.json)")
+    return 0

@@ -1,0 +1,300 @@
+"""Training a FocalNet UPerNet with the shared engine (single process or torchrun DDP).
+
+The recipe of the released ADE20K models is the default: 512x512 crops, AdamW (lr 6e-5, betas
+0.9/0.999, weight decay 0.01, none on norms/biases/gammas), poly decay (power 1, min lr 0) after
+1,500 linear warm-up iterations, 160k iterations of 16 images, auxiliary FCN loss weight 0.4, AMP on
+GPU, SyncBatchNorm under DDP on GPU. At the end ``OUTPUT/model.pt`` holds everything needed to
+rebuild the model (:func:`~focalnet.segmentation.load_segmentor`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import (
+    ConfigError,
+    Trainer,
+    TrainerConfig,
+    config_to_dict,
+    init_distributed,
+    load_config,
+    param_groups,
+    save_config,
+    setup_logging,
+    write_json,
+)
+from .data import DataConfig, build_dataset
+from .evaluate import MS_RATIOS, TestConfig, evaluate
+from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, save_segmentor, upernet
+from .transforms import TrainTransform
+
+__all__ = [
+    "ModelConfig",
+    "AugConfig",
+    "OptimConfig",
+    "EvalConfig",
+    "RunConfig",
+    "SegmentationConfig",
+    "load_segmentation_config",
+    "config_path",
+    "train",
+]
+
+log = logging.getLogger("focalnet")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "segmentation"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "focalnet_tiny_srf"
+    backbone_checkpoint: str | None = None  # any ImageNet checkpoint (kernels resized) or a segmentation one
+    pretrained: bool = False  # download the released ImageNet weights of `backbone`
+    backbone_overrides: dict[str, Any] = field(
+        default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3})
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class AugConfig:
+    scale: tuple[int, int] = (2048, 512)  # base (long, short) size of the random resize
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] = (512, 512)  # (h, w)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        if min(self.crop_size) < 1 or min(self.scale) < 1:
+            raise ValueError("crop_size and scale must be positive")
+        if not 0 < self.ratio_range[0] <= self.ratio_range[1]:
+            raise ValueError(f"ratio_range must be increasing and positive, got {self.ratio_range}")
+        if not 0 < self.cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6  # warm-up starts at lr * warmup_ratio
+    power: float = 1.0
+    min_lr: float = 0.0
+    layer_decay: float | None = None  # optional layer-wise lr decay (not in the original recipe)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_iters < 0:
+            raise ValueError("lr must be > 0, weight_decay and warmup_iters >= 0")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 16000  # iterations between evaluations (0: only at the end)
+    max_images: int = 0  # 0: the whole validation set
+    mode: str = "whole"
+    scale: tuple[int, int] | None = (2048, 512)
+    crop_size: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    multi_scale: bool = False
+    ratios: tuple[float, ...] = MS_RATIOS
+    flip: bool = False
+    enabled: bool = True
+
+    def test_config(self) -> TestConfig:
+        t = TestConfig(self.mode, self.scale, self.crop_size, self.stride, self.multi_scale, self.ratios, self.flip)
+        t.validate()
+        return t
+
+    def validate(self) -> None:
+        self.test_config()
+
+
+@dataclass
+class RunConfig:
+    iters: int = 160000
+    batch_size: int = 16  # images per optimizer step, over all processes (x accum_steps micro-batches)
+    accum_steps: int = 1
+    amp: str = "auto"
+    grad_clip: float | None = None
+    ckpt_every: int = 16000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.iters < 1 or self.batch_size < 1 or self.accum_steps < 1:
+            raise ValueError("iters, batch_size and accum_steps must be >= 1")
+
+
+@dataclass
+class SegmentationConfig:
+    """Everything a segmentation run needs; YAML files in ``configs/segmentation`` fill it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+
+def config_path(name: str) -> Path:
+    """Resolve ``name`` to a YAML file: an existing path, or a config shipped in ``configs/segmentation``."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.exists():
+            return cand
+    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {name!r} not found (neither a file nor one of the shipped configs: {shipped})")
+
+
+def load_segmentation_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+                             ) -> SegmentationConfig:
+    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides."""
+    return load_config(SegmentationConfig, config_path(str(path)) if path else None, list(overrides))
+
+
+def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
+    m = cfg.model
+    model = upernet(m.backbone, num_classes, m.backbone_checkpoint, pretrained=m.pretrained, class_names=class_names,
+                    head=m.head, **m.backbone_overrides)
+    return model
+
+
+def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
+    """What evaluate/predict need besides the weights: preprocessing, test setting, data encoding."""
+    return {
+        "mean": list(cfg.aug.mean),
+        "std": list(cfg.aug.std),
+        "test": config_to_dict(cfg.eval),
+        "data": {k: v for k, v in config_to_dict(cfg.data).items() if k in (
+            "layout", "ignore_index", "reduce_zero_label", "train_img_dir", "train_ann_dir", "val_img_dir",
+            "val_ann_dir")},
+        "config": config_to_dict(cfg),
+    }
+
+
+def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train (or resume, with ``cfg.train.resume``) and evaluate; returns the final metrics.
+
+    Writes ``OUTPUT/config.yaml``, ``checkpoints/``, ``metrics.json`` (with the data problems found,
+    if any), ``train.log``, ``tensorboard/``, ``curves.png`` and, at the end, ``model.pt``.
+    """
+    out = Path(output_dir)
+    r = cfg.train
+    dist = init_distributed(r.device)
+    setup_logging(out, dist.is_main)
+    world = dist.world_size
+    if r.batch_size % (world * r.accum_steps):
+        raise ConfigError(f"train.batch_size {r.batch_size} is not divisible by {world} process(es) x "
+                          f"{r.accum_steps} accumulation steps")
+    per_proc = r.batch_size // (world * r.accum_steps)
+    torch.manual_seed(r.seed)
+
+    aug = cfg.aug
+    tf = TrainTransform(tuple(aug.scale), tuple(aug.ratio_range), tuple(aug.crop_size), aug.cat_max_ratio,
+                        aug.flip_prob, aug.photometric, tuple(aug.mean), tuple(aug.std))
+    train_set = build_dataset(cfg.data, "train", tf)
+    names = train_set.class_names
+    val_set = None
+    if cfg.eval.enabled:
+        try:
+            val_set = build_dataset(cfg.data, "val", None, class_names=names)
+        except FileNotFoundError as e:
+            log.warning("no validation set (%s): training without evaluation", e)
+    model = _build_model(cfg, len(names), names)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("UPerNet on %s: %.1fM parameters, %d classes, %d training / %s validation images",
+             cfg.model.backbone, n_params / 1e6, len(names), len(train_set), len(val_set) if val_set else 0)
+    if dist.distributed and dist.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif dist.distributed:
+        log.warning("DDP on CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
+
+    o = cfg.optim
+    groups = param_groups(model, o.weight_decay, o.layer_decay,
+                          depths=tuple(model.backbone.cfg.depths) if o.layer_decay else None)
+    for g in groups:
+        g["lr"] = o.lr * g.get("lr_scale", 1.0)
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    from timm.scheduler import PolyLRScheduler
+
+    scheduler = PolyLRScheduler(optimizer, t_initial=r.iters, power=o.power, lr_min=o.min_lr,
+                                warmup_t=min(o.warmup_iters, r.iters), warmup_lr_init=o.lr * o.warmup_ratio,
+                                t_in_epochs=False)
+
+    test_cfg = cfg.eval.test_config()
+    eval_fn = None
+    if val_set is not None:
+        def eval_fn(m: nn.Module, trainer: Trainer) -> dict[str, Any]:
+            res = evaluate(m, val_set, test_cfg, device=trainer.device, max_images=cfg.eval.max_images,
+                           num_workers=min(cfg.data.num_workers, 2), rank=trainer.dist.rank,
+                           world_size=trainer.dist.world_size, progress=r.progress, mean=aug.mean, std=aug.std,
+                           amp_dtype=trainer.amp_dtype)
+            return {"mIoU": res["mIoU"], "mAcc": res["mAcc"], "aAcc": res["aAcc"], "per_class": res["per_class"]}
+
+    def step_fn(m: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+                ) -> tuple[torch.Tensor, dict[str, float], int]:
+        img = batch["img"].to(device, non_blocking=True)
+        gt = batch["gt"].to(device, non_blocking=True)
+        losses = m(img, gt)
+        logs = {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
+        return losses["loss"], logs, img.shape[0]
+
+    tcfg = TrainerConfig(
+        output_dir=str(out), max_steps=r.iters, batch_size=per_proc, num_workers=cfg.data.num_workers,
+        accum_steps=r.accum_steps, grad_clip=r.grad_clip, amp=r.amp, log_every=r.log_every,
+        eval_every_steps=cfg.eval.every if val_set is not None else 0, ckpt_every_steps=r.ckpt_every,
+        keep_checkpoints=r.keep_checkpoints, seed=r.seed, resume=r.resume, device=r.device, progress=r.progress,
+    )
+    base = getattr(model, "module", model)
+    meta = dict(base.meta)
+    extra = _extra(cfg)
+    if dist.is_main:
+        save_config(cfg, out / "config.yaml")
+    trainer = Trainer(tcfg, model, optimizer, train_set, step_fn, scheduler=scheduler, eval_fn=eval_fn,
+                      dist_info=dist, run_state={"segmentation_meta": meta, "segmentation_extra": extra})
+    final = trainer.fit()
+    if final.get("interrupted"):
+        return final
+    if trainer.ckpt.paths() == [] or not trainer.ckpt.paths()[-1].name.endswith(f"{trainer.step:09d}.pt"):
+        trainer.save_checkpoint()
+    problems = train_set.problems + (val_set.problems if val_set is not None else [])
+    if dist.is_main:
+        save_segmentor(model, out / "model.pt", extra)
+        metrics_path = out / "metrics.json"
+        data = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        data.update({
+            "data_problems": problems,
+            "num_skipped_samples": len(problems),
+            "num_train_images": len(train_set),
+            "num_val_images": len(val_set) if val_set is not None else 0,
+            "model_file": str(out / "model.pt"),
+            "iters": trainer.step,
+        })
+        write_json(metrics_path, data)
+        if final.get("mIoU") is not None:
+            log.info("final: mIoU %.2f  mAcc %.2f  aAcc %.2f", final["mIoU"], final["mAcc"], final["aAcc"])
+        log.info("saved %s", out / "model.pt")
+    result = {k: v for k, v in final.items() if k != "per_class"}
+    result.update({"num_skipped_samples": len(problems), "model_file": str(out / "model.pt")})
+    if "per_class" in final:
+        result["per_class"] = final["per_class"]
+    return result

@@ -1,0 +1,178 @@
+"""``focalnet visualize``: gating maps, modulator and focal kernels of a FocalNet on some images.
+
+Writes to ``--out``: ``NN_<name>_gates.png`` and ``NN_<name>_modulator.png`` per image, ``grid.png``
+(all images), ``kernels.png`` (stages x levels), ``maps.npz`` (raw arrays) and ``index.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["register", "visualize_images"]
+
+
+def _safe_stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem)[:40] or "image"
+
+
+def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:
+    from .factory import create_model, model_from_checkpoint
+    from .weights import PretrainedUnavailableError
+
+    notes: list[str] = []
+    if args.checkpoint:
+        return model_from_checkpoint(args.checkpoint), f"checkpoint {args.checkpoint}", notes
+    if args.pretrained:
+        try:
+            return create_model(args.model, pretrained=args.pretrained), f"released {args.model} weights", notes
+        except PretrainedUnavailableError as e:
+            print(f"note: {e}", file=sys.stderr)
+            notes.append(f"Pretrained weights unavailable ({e}).")
+    msg = f"RANDOMLY INITIALISED {args.model}: these maps show an untrained network (use --pretrained or --checkpoint)"
+    notes.append(msg)
+    print(f"warning: {msg}", file=sys.stderr)
+    return create_model(args.model), f"randomly initialised {args.model}", notes
+
+
+def visualize_images(
+    model: torch.nn.Module,
+    image_paths: list[str],
+    out: Path,
+    *,
+    stage: int = -1,
+    block: int = -1,
+    size: int | None = None,
+    topk: int = 5,
+    weights: str = "",
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Preprocess ``image_paths`` as the model's ``pretrained_cfg`` says (``size`` overrides the crop
+    size), run the model with hooks on ``(stage, block)`` and write the figures, ``maps.npz`` and
+    ``index.html`` to ``out``. Returns ``{"predictions", "files"}``."""
+    from PIL import Image
+
+    from . import visualize as viz
+    from .cli import _imagenet_names
+    from .models.focalnet import FocalNet, PretrainedCfg
+
+    model.eval()
+    pc = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
+    in_chans = model.cfg.in_chans
+    crop = size or pc.input_size[-1]
+    mean = tuple(pc.mean)[:in_chans] if len(pc.mean) >= in_chans else (pc.mean[0],) * in_chans
+    std = tuple(pc.std)[:in_chans] if len(pc.std) >= in_chans else (pc.std[0],) * in_chans
+    crops, stems = [], []
+    for p in image_paths:
+        try:
+            img = Image.open(p)
+            img = img.convert("L" if in_chans == 1 else "RGB")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from e
+        crops.append(viz.center_crop(img, crop, pc.crop_pct, pc.interpolation))
+        stems.append(_safe_stem(p))
+    x = torch.stack([viz.image_to_tensor(c, mean, std) for c in crops])
+    s, b = viz.resolve_block(model, stage, block)
+    maps, output = viz.modulation_maps(model, x, s, b)
+
+    predictions: list[dict[str, Any]] = []
+    if isinstance(model, FocalNet) and model.num_classes > 0:
+        names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
+        probs = output.softmax(-1)
+        for i, p in enumerate(image_paths):
+            top = probs[i].topk(min(topk, probs.shape[-1]))
+            predictions.append(
+                {
+                    "image": p,
+                    "top": [
+                        {"class": names[j] if names else str(j), "index": int(j), "prob": float(v)}
+                        for v, j in zip(top.values.tolist(), top.indices.tolist())
+                    ],
+                }
+            )
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, str]] = []
+    images = [np.asarray(c) for c in crops]
+    where = viz._where(maps)
+    for i, (img, stem) in enumerate(zip(images, stems)):
+        label = Path(image_paths[i]).name
+        if predictions:
+            t = predictions[i]["top"][0]
+            label += f" -> {t['class']} ({100 * t['prob']:.1f}%)"
+        g, m = f"{i:02d}_{stem}_gates.png", f"{i:02d}_{stem}_modulator.png"
+        viz.plot_gates(img, maps, i, out / g, title=f"{label}\nGating maps - {where}")
+        viz.plot_modulator(img, maps, i, out / m, title=f"{label}\nModulator - {where}")
+        figures += [
+            (g, f"{label}: raw gating maps per focal level and the global gate."),
+            (m, f"{label}: modulator norm, upsampled to the image and min-max normalised."),
+        ]
+    labels = [Path(p).name for p in image_paths]
+    viz.plot_grid(images, maps, labels, out / "grid.png")
+    viz.plot_kernels(model, path=out / "kernels.png")
+    figures = [("grid.png", "All images: modulator norm and gating maps.")] + figures
+    figures.append(("kernels.png", "Channel-mean focal kernels of the last block of each stage (stages x levels)."))
+    extra = {f"image{i}": a for i, a in enumerate(images)}
+    if predictions:
+        extra["probs"] = output.softmax(-1).numpy()
+    viz.save_maps(out / "maps.npz", [maps], extra=extra)
+    viz.write_index(
+        out,
+        "FocalNet modulation maps",
+        figures,
+        predictions=predictions,
+        info={
+            "weights": weights,
+            "block": f"{maps.name} ({where})",
+            "input": f"{crop}x{crop}, crop_pct {pc.crop_pct}",
+            "raw arrays": "maps.npz",
+        },
+        notes=notes or [],
+    )
+    return {"predictions": predictions, "files": sorted(p.name for p in out.iterdir())}
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    model, weights, notes = _load_model(args)
+    result = visualize_images(
+        model,
+        args.images,
+        args.out,
+        stage=args.stage,
+        block=args.block,
+        size=args.size,
+        topk=args.topk,
+        weights=weights,
+        notes=notes,
+    )
+    for p in result["predictions"]:
+        t = p["top"][0]
+        print(f"{p['image']}: {t['class']} ({t['prob']:.1%})")
+    print(f"wrote {len(result['files'])} files to {args.out} (open {args.out / 'index.html'})")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``focalnet visualize`` to the CLI."""
+    p = subparsers.add_parser(
+        "visualize",
+        help="gating maps, modulator and focal kernels of a FocalNet on images",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default focalnet_tiny_srf)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
+    src.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads (e.g. the demo's)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--stage", type=int, default=-1, help="stage to show (0-based, negative from the end; default last)")
+    p.add_argument("--block", type=int, default=-1, help="block within the stage (default last)")
+    p.add_argument("--size", type=int, default=None, help="crop size (default: the model's input size)")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=_cmd_visualize)
