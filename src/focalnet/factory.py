@@ -172,7 +172,7 @@ def adapt_to_backbone(sd: Mapping[str, torch.Tensor], backbone: FocalNetBackbone
 def _load_backbone_ckpt(backbone: FocalNetBackbone, ckpt: Checkpoint) -> None:
     sd = _original_sd(ckpt)
     norms = tuple(f"norm{i}." for i in range(backbone.cfg.num_stages))
-    if ckpt.backbone_prefix or any(k.startswith(norms) for k in sd):
+    if _is_dense_file(ckpt):
         # detection/segmentation checkpoint: same module, strict apart from unused output norms
         sd = {k: v for k, v in sd.items() if not k.startswith(norms) or k in backbone.state_dict()}
         load_weights(backbone, sd)
@@ -195,17 +195,29 @@ def create_backbone(
     other prefixes ignored), or any ImageNet checkpoint (kernels resized, levels expanded; see
     :func:`adapt_to_backbone`). ``overrides`` set e.g. ``focal_windows=(9, 9, 9, 9)``, ``drop_path_rate``.
     """
+    path = checkpoint_path
+    if path is None and pretrained:
+        path = download_pretrained(name, pretrained)
+    ckpt = read_checkpoint(path) if path is not None else None
+    if ckpt is not None and _is_dense_file(ckpt):
+        # a detection/segmentation file fixes the focal windows/levels it was trained with
+        from .weights.infer import infer_structure
+
+        found = infer_structure(_original_sd(ckpt))
+        for k in ("focal_windows", "focal_levels"):
+            overrides.setdefault(k, found[k])
     cfg = get_variant(name).cfg.replace(**overrides)
     if cfg.num_stages == 1 and tuple(out_indices) == (0, 1, 2, 3):
         out_indices = (0,)
     backbone = FocalNetBackbone(cfg, out_indices=out_indices, frozen_stages=frozen_stages)
-    path = checkpoint_path
-    if path is None and pretrained:
-        path = download_pretrained(name, pretrained)
-    if path is not None:
-        _load_backbone_ckpt(backbone, read_checkpoint(path))
+    if ckpt is not None:
+        _load_backbone_ckpt(backbone, ckpt)
         backbone._freeze_stages()
     return backbone
+
+
+def _is_dense_file(ckpt: Checkpoint) -> bool:
+    return ckpt.backbone_prefix or any(re.match(r"norm\d+\.", k) for k in ckpt.state_dict)
 
 
 def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet | FocalNetBackbone:

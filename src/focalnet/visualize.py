@@ -6,7 +6,8 @@ when it exits, so a model used normally keeps no extra state and pays nothing.
 
 >>> import torch, focalnet
 >>> from focalnet.visualize import modulation_maps
->>> model = focalnet.FocalNet(focalnet.FocalNetConfig(embed_dim=8, depths=(1, 1), num_classes=3)).eval()
+>>> cfg = focalnet.FocalNetConfig(embed_dim=8, depths=(1, 1), focal_levels=(2, 2), focal_windows=(3, 3), num_classes=3)
+>>> model = focalnet.FocalNet(cfg).eval()
 >>> maps, logits = modulation_maps(model, torch.randn(2, 3, 32, 48))  # last block of the last stage
 >>> tuple(maps.gates.shape), tuple(maps.modulator_norm.shape), logits.shape[-1]
 ((2, 3, 4, 6), (2, 4, 6), 3)

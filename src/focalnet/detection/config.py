@@ -31,6 +31,7 @@ class ModelConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 100
     mmdet_compat: bool = False  # aligned RoIAlign + adaptive sampling, unrounded anchors
+    detector_overrides: dict[str, Any] = field(default_factory=dict)  # torchvision MaskRCNN arguments
 
     def validate(self) -> None:
         if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -260,8 +259,7 @@ def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, A
         box_score_thresh=model_cfg.score_thresh,
         box_nms_thresh=model_cfg.nms_thresh,
         box_detections_per_img=model_cfg.detections_per_img,
+        **dict(model_cfg.detector_overrides),
     )
 
 
-def _as_tuple(v: Sequence[int] | int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (list, tuple)) else (v,)

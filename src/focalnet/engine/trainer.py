@@ -168,10 +168,14 @@ class Trainer:
         self.sampler = ResumableSampler(
             len(train_set), self.dist.rank, self.dist.world_size, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last
         )
+        # worker seeds come from this generator (seeded per epoch/rank/start in _train_epoch), not from
+        # the global RNG, so that a resumed run draws the same global random numbers as an uninterrupted one
+        self._loader_gen = torch.Generator()
         self.loader = DataLoader(
             train_set,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
+            generator=self._loader_gen,
             num_workers=cfg.num_workers,
             collate_fn=collate_fn,
             drop_last=cfg.drop_last,
@@ -196,6 +200,7 @@ class Trainer:
         self._stop = False
         self._last_eval_step = -1
         self._tb = None
+        self._last_plot = -math.inf
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -293,7 +298,10 @@ class Trainer:
         if final is not None:
             data = {**final, "final": final, "history": self.history}
         write_json(self.out / "metrics.json", data)
-        self._plot_curves()
+        # plotting takes seconds: at most once a minute during the run, always at the end
+        if final is not None or time.monotonic() - self._last_plot >= 60:
+            self._plot_curves()
+            self._last_plot = time.monotonic()
 
     def _plot_curves(self) -> None:
         try:
@@ -454,6 +462,7 @@ class Trainer:
 
             bar = tqdm(total=remaining, desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True, leave=False)
         micro = 0
+        self._loader_gen.manual_seed(hash((cfg.seed, self.epoch, self.dist.rank, start_batch)) % 2**63)
         it = iter(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(remaining):
