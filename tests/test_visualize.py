@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import focalnet
-from conftest import randomize_
 from focalnet import visualize as viz
 from focalnet.cli import main
+
+from conftest import randomize_
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,8 +156,7 @@ def test_figures_are_valid_pngs(tmp_path):
         viz.plot_gates(imgs[0], maps, 0, tmp_path / "g.png"),
         viz.plot_modulator(x[1], maps, 1, tmp_path / "m.png"),
         viz.plot_kernels(model, path=tmp_path / "k.png"),
-        viz.plot_grid(imgs, maps, ["a", "b", "c"], tmp_path / "grid.png"),
-        viz.plot_grid(imgs[:1], [maps], None, tmp_path / "grid1.png"),
+        viz.plot_grid(imgs[:2], maps, ["a", "b"], tmp_path / "grid.png"),
     ]
     for p in paths:
         assert _is_png(p), p
@@ -255,3 +255,15 @@ def test_maps_survive_inference_fusion():
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.gates, ref.gates, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.modulator, ref.modulator, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_without_weights_says_the_model_is_untrained(capsys):
+    import argparse
+
+    from focalnet.visualize_cli import _load_model
+
+    args = argparse.Namespace(checkpoint=None, pretrained=True, model="focalnet_tiny_iso")
+    model, weights, notes = _load_model(args)  # offline (conftest): no weights, a clear note, then on
+    assert "randomly initialised" in weights
+    assert any("RANDOMLY INITIALISED" in n for n in notes) and any("unavailable" in n for n in notes)
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err

@@ -35,6 +35,22 @@ def test_architecture_read_off_reference_key_sets(name):
     assert infer_config(sd) == VARIANTS[name].cfg.replace(num_classes=ref["hyperparameters"]["num_classes"])
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_model_from_checkpoint_on_files_of_every_variant(tmp_path, name):
+    """A released-layout file of each variant (zero weights stored as stride-0 tensors to stay small)."""
+    ref = json.loads((need(REFERENCE / "official-state-dicts") / f"{name}.json").read_text())
+    sd = {k: torch.zeros(()).expand(shape) for k, shape in ref["keys"]}
+    torch.save({"model": sd, "epoch": 300}, tmp_path / f"{name}.pth")
+    ckpt = read_checkpoint(tmp_path / f"{name}.pth")
+    assert ckpt.layout == "original" and len(ckpt.state_dict) == len(ref["keys"])
+    expected = VARIANTS[name].cfg.replace(num_classes=ref["hyperparameters"]["num_classes"])
+    assert infer_config(ckpt.state_dict) == expected
+    if ref["num_params"] < 100e6:  # the larger ones would need GBs of memory here
+        m = focalnet.model_from_checkpoint(tmp_path / f"{name}.pth")
+        assert m.cfg == expected and m.variant_name == name
+        assert all(p.requires_grad and p.device.type == "cpu" for p in m.parameters())
+
+
 def test_backbone_reference_key_set_builds_a_backbone(tmp_path):
     ref = json.loads(
         (need(REFERENCE / "official-state-dicts") / "backbone_maskrcnn_focalnet_tiny_lrf.json").read_text()
@@ -67,10 +83,10 @@ def test_original_containers(tmp_path, container):
 
 
 def test_timm_layout_round_trip_and_equals_timm_model():
-    timm = pytest.importorskip("timm")
-    m = _model("focalnet_tiny_srf")
-    sd_t = focalnet.convert_state_dict(m.state_dict(), to="timm")
-    tm = timm.create_model("focalnet_tiny_srf").eval()
+    pytest.importorskip("timm")
+    m = _model("focalnet_tiny_srf", **TINY)
+    sd_t = focalnet.convert_state_dict(m.state_dict(), to="timm", use_postln=False)
+    tm = _timm_like(m.cfg)
     tm.load_state_dict(sd_t, strict=True)
     torch.testing.assert_close(_logits(m), _logits(tm), atol=1e-4, rtol=0)
     back = focalnet.convert_state_dict(sd_t, to="original")
@@ -161,7 +177,7 @@ def _hf_model(m):
     return transformers.FocalNetForImageClassification(hf_cfg).eval()
 
 
-@pytest.mark.parametrize("name,kw", [("focalnet_tiny_lrf", {}), ("focalnet_huge_fl3", dict(TINY, num_classes=5))])
+@pytest.mark.parametrize("name,kw", [("focalnet_tiny_lrf", TINY), ("focalnet_huge_fl3", dict(TINY, num_classes=5))])
 def test_transformers_layout_equals_transformers_model(tmp_path, name, kw):
     m = _model(name, **kw)
     hf = _hf_model(m)
@@ -307,11 +323,11 @@ def test_cli_models_info_convert(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(VARIANTS)
     assert next(r for r in rows if r["name"] == "focalnet_tiny_srf")["gflops"] == pytest.approx(4.41, abs=0.01)
-    m = _model("focalnet_tiny_lrf")
+    m = _model("focalnet_tiny_iso")
     torch.save({"model": m.state_dict()}, tmp_path / "orig.pth")
     assert main(["info", str(tmp_path / "orig.pth"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["variant"] == "focalnet_tiny_lrf" and info["layout"] == "original" and info["fit"] == "all keys match"
+    assert info["variant"] == "focalnet_tiny_iso" and info["layout"] == "original" and info["fit"] == "all keys match"
     for fmt, name in [
         ("timm", "t.pth"),
         ("transformers", "h.safetensors"),

@@ -35,11 +35,10 @@ __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS"]
 DEFAULT_PATHS = ("eager", "fused", "compiled", "onnxruntime", "timm")
 
 
-def _limit_malloc_caching() -> None:
-    """Make glibc return large freed blocks to the OS so that RSS tracks live memory (peak memory)."""
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc), so that RSS starts near the live size."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed (no dynamic growth)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_bytes() -> int:
@@ -63,6 +62,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return self
+        _malloc_trim()
         self.base = _rss_bytes()
         self._stop = threading.Event()
         self._max = self.base
@@ -202,7 +202,6 @@ def run_benchmark(
     ``timm-bf16``/``timm-fp16`` (autocast) are added. Training steps are timed for eager, compiled
     (when requested) and timm.
     """
-    _limit_malloc_caching()
     dev = torch.device(device)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -313,7 +312,7 @@ def run_benchmark(
         "batch_sizes": list(batch_sizes),
         "method": "interleaved round-robin repetitions; images/s median [min, max]; "
         "max_abs_diff against this library's eager fp32 logits on a fixed batch of 2; "
-        "peak memory: CUDA max allocated, or CPU peak RSS above the start of one extra run (2 ms sampling)",
+        "peak memory: CUDA max allocated, or CPU peak RSS above the start of one extra run (after malloc_trim; 2 ms sampling)",
         "notes": notes,
     }
     return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +53,21 @@ def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], ignore: tuple
     bad = [k for k in result.unexpected_keys]
     if bad:
         raise CheckpointMismatchError(f"unexpected keys: {bad}")
+
+
+def _build(ctor: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Build a model; when ``sd`` covers it exactly, build on the meta device and adopt the checkpoint
+    tensors (as float32) instead of randomly initialising weights that would be overwritten."""
+    with torch.device("meta"):
+        meta = ctor()
+    msd = meta.state_dict()
+    if set(msd) != set(sd) or any(tuple(msd[k].shape) != tuple(sd[k].shape) for k in msd):
+        return ctor()
+    sd32 = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    meta.load_state_dict(sd32, assign=True)
+    if isinstance(meta, FocalNetBackbone):
+        meta._freeze_stages()
+    return meta
 
 
 def _load_into_classifier(model: FocalNet, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
@@ -104,7 +119,7 @@ def create_model(
         sd = _original_sd(ckpt)
         if "head.weight" in sd:
             cfg = cfg.replace(num_classes=int(sd["head.weight"].shape[0]))
-        model = FocalNet(cfg)
+        model = _build(lambda: FocalNet(cfg), sd)
         _load_into_classifier(model, sd, num_classes, str(path))
         if "class_names" in ckpt.extra:
             model.class_names = list(ckpt.extra["class_names"])
@@ -250,10 +265,11 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet
     cfg = cfg.replace(**overrides) if overrides else cfg
     variant = match_variant(cfg)
     if is_backbone:
-        model: FocalNet | FocalNetBackbone = FocalNetBackbone(cfg, out_indices=norms or tuple(range(cfg.num_stages)))
+        out_indices = norms or tuple(range(cfg.num_stages))
+        model: FocalNet | FocalNetBackbone = _build(lambda: FocalNetBackbone(cfg, out_indices=out_indices), sd)
         load_weights(model, sd)
     else:
-        model = FocalNet(cfg)
+        model = _build(lambda: FocalNet(cfg), sd)
         load_weights(model, sd, ignore=("head.",) if cfg.num_classes == 0 else ())
         model.pretrained_cfg = _pretrained_cfg(cfg, variant.name if variant else None)
         if "pretrained_cfg" in ckpt.extra and isinstance(ckpt.extra["pretrained_cfg"], Mapping):

@@ -391,8 +391,16 @@ def _draw_modulator(fig, ax, img: np.ndarray, maps: ModulationMaps, index: int, 
     im = ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
     ax.set_axis_off()
     if colorbar:
-        fig.colorbar(im, ax=ax, shrink=0.8, label="|modulator| (min-max)")
+        fig.colorbar(_heat_scale(), ax=ax, shrink=0.8, label="|modulator| (min-max)")
     return im
+
+
+def _heat_scale():
+    """An opaque colour scale for the (semi-transparent) modulator overlays."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    return ScalarMappable(norm=Normalize(0, 1), cmap="jet")
 
 
 def plot_gates(

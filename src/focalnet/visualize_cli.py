@@ -163,7 +163,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "visualize",
         help="gating maps, modulator and focal kernels of a FocalNet on images",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Gating maps, modulator and focal kernels of a FocalNet on images.",
     )
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default focalnet_tiny_srf)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("classification", help="train, evaluate and run image classifiers (ImageFolder data)")
     sub = p.add_subparsers(dest="cls_command", required=True)
 
-    t = sub.add_parser("train", help="train or fine-tune with the paper's recipe (works under torchrun)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train or fine-tune with the paper's recipe (works under torchrun)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     t.add_argument("--model", help="registered model name; its bundled recipe is used unless --config is given")
     t.add_argument("--config", help="bundled recipe name (see `focalnet classification configs`) or YAML file")
     t.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
@@ -38,8 +42,14 @@ def register(subparsers: Any) -> None:
     t.add_argument("--workers", type=int, help="data loader workers per process")
     t.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     t.add_argument("--device", help="auto, cpu or cuda")
-    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override any config value, e.g. train.epochs=5 aug.mixup=0")
+    t.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override any config value, e.g. train.epochs=5 aug.mixup=0",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -52,8 +62,12 @@ def register(subparsers: Any) -> None:
     e.add_argument("--img-size", type=int, help="evaluation size (default: the model's)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--workers", type=int, default=4)
-    e.add_argument("--head-subset", choices=["none", "in1k"], default="none",
-                   help="in1k: score a 22K model on ImageNet-1K classes through its first 1,000 outputs")
+    e.add_argument(
+        "--head-subset",
+        choices=["none", "in1k"],
+        default="none",
+        help="in1k: score a 22K model on ImageNet-1K classes through its first 1,000 outputs",
+    )
     e.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     e.add_argument("--max-per-class", type=int, default=0, help="only the first N images of each class")
     e.add_argument("--output", help="write metrics.json and confusion_matrix.json here")
@@ -98,11 +112,21 @@ def register(subparsers: Any) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     ov: list[str] = []
-    flags = [("data", "data.path"), ("output", "output_dir"), ("epochs", "train.epochs"),
-             ("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"),
-             ("accum_steps", "train.accum_steps"), ("img_size", "data.img_size"), ("lr", "train.base_lr"),
-             ("checkpoint", "model.checkpoint"), ("pretrained", "model.pretrained"), ("workers", "data.num_workers"),
-             ("amp", "train.amp"), ("device", "train.device")]
+    flags = [
+        ("data", "data.path"),
+        ("output", "output_dir"),
+        ("epochs", "train.epochs"),
+        ("max_steps", "train.max_steps"),
+        ("batch_size", "train.batch_size"),
+        ("accum_steps", "train.accum_steps"),
+        ("img_size", "data.img_size"),
+        ("lr", "train.base_lr"),
+        ("checkpoint", "model.checkpoint"),
+        ("pretrained", "model.pretrained"),
+        ("workers", "data.num_workers"),
+        ("amp", "train.amp"),
+        ("device", "train.device"),
+    ]
     for attr, key in flags:
         v = getattr(args, attr)
         if v is not None:
@@ -112,6 +136,24 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     return ov + list(args.overrides)
 
 
+def _friendly(func: Any) -> Any:
+    """Turn missing pretrained weights into a one-line error (exit code 2) instead of a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from ..weights import PretrainedUnavailableError
+
+        try:
+            return func(args)
+        except PretrainedUnavailableError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_friendly
 def cmd_train(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed
     from .config import load_classification_config
@@ -130,13 +172,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, resume=args.resume)
     finally:
         cleanup_distributed()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if result.get("interrupted"):
-        print(f"interrupted at step {result['step']}: a checkpoint was saved; continue with "
-              f"--output {cfg.output_dir} --resume auto", file=sys.stderr)
+        print(
+            f"interrupted at step {result['step']}: a checkpoint was saved; continue with "
+            f"--output {cfg.output_dir} --resume auto",
+            file=sys.stderr,
+        )
         return 0
     if "top1" in result:
-        print(f"final: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
-              f"-> {Path(str(cfg.output_dir)) / 'metrics.json'}")
+        print(
+            f"final: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+            f"-> {Path(str(cfg.output_dir)) / 'metrics.json'}"
+        )
     return 0
 
 
@@ -151,6 +200,7 @@ def _load(args: argparse.Namespace) -> Any:
     return load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
 
 
+@_friendly
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed
     from .evaluate import evaluate
@@ -158,14 +208,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.model is None):
         print("error: give either --checkpoint C or --model NAME --pretrained", file=sys.stderr)
         return 2
+    if args.model is not None and args.pretrained is None:
+        print(f"warning: {args.model} without --pretrained is RANDOMLY INITIALISED", file=sys.stderr)
     pre: bool | str | None = True if args.pretrained == "default" else args.pretrained
     try:
-        m = evaluate(args.checkpoint, data=args.data, model_name=args.model, pretrained=pre, split=args.split,
-                     img_size=args.img_size, batch_size=args.batch_size, num_workers=args.workers,
-                     head_subset=args.head_subset, use_ema=args.ema, max_per_class=args.max_per_class,
-                     output_dir=args.output, device=args.device, amp=args.amp, progress=not args.no_progress)
+        m = evaluate(
+            args.checkpoint,
+            data=args.data,
+            model_name=args.model,
+            pretrained=pre,
+            split=args.split,
+            img_size=args.img_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            head_subset=args.head_subset,
+            use_ema=args.ema,
+            max_per_class=args.max_per_class,
+            output_dir=args.output,
+            device=args.device,
+            amp=args.amp,
+            progress=not args.no_progress,
+        )
     finally:
         cleanup_distributed()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "confusion_matrix"}, indent=2))
         return 0
@@ -181,13 +248,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import write_json
     from .predict import predict
 
     loaded = _load(args)
-    results = predict(loaded, args.images, topk=args.topk, img_size=args.img_size, head_subset=args.head_subset,
-                      batch_size=args.batch_size, device=args.device)
+    results = predict(
+        loaded,
+        args.images,
+        topk=args.topk,
+        img_size=args.img_size,
+        head_subset=args.head_subset,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     for r in results:
         print(f"\n{r['image']}")
         if "error" in r:
@@ -207,10 +282,20 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     from ..engine import write_json
     from .throughput import measure_throughput
 
-    r = measure_throughput(args.model, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
-                           warmup=args.warmup, runs=args.runs, amp=args.amp, channels_last=args.channels_last)
-    line = (f"{r['model']}: {r['images_per_second']:.1f} images/s (median of {r['runs']}, batch {r['batch_size']}, "
-            f"{r['img_size']} px, {r['amp'] if r['amp'] != 'none' else 'fp32'}, {r['device']})")
+    r = measure_throughput(
+        args.model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        device=args.device,
+        warmup=args.warmup,
+        runs=args.runs,
+        amp=args.amp,
+        channels_last=args.channels_last,
+    )
+    line = (
+        f"{r['model']}: {r['images_per_second']:.1f} images/s (median of {r['runs']}, batch {r['batch_size']}, "
+        f"{r['img_size']} px, {r['amp'] if r['amp'] != 'none' else 'fp32'}, {r['device']})"
+    )
     if "paper_v100_images_per_second" in r:
         line += f"; paper (V100, batch 128, fp32): {r['paper_v100_images_per_second']}"
     print(line)

@@ -132,7 +132,9 @@ class AugSection:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
         if self.recount < 1:
             raise ValueError(f"recount must be >= 1, got {self.recount}")
-        if self.auto_augment is not None and not self.auto_augment.startswith(("rand", "augmix", "original", "v0", "3a")):
+        if self.auto_augment is not None and not self.auto_augment.startswith(
+            ("rand", "augmix", "original", "v0", "3a")
+        ):
             raise ValueError(f"auto_augment {self.auto_augment!r} is not a timm policy (e.g. rand-m9-mstd0.5-inc1)")
 
 

@@ -210,13 +210,13 @@ def describe_wnid(name: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _info(subset: str) -> Any:
     from timm.data import ImageNetInfo
 
     return ImageNetInfo(subset)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _label_lookup(subset: str) -> dict[str, int]:
     return {n: i for i, n in enumerate(_info(subset).label_names())}

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..engine import all_reduce, init_distributed, setup_logging, write_json
-from .data import ImageFolder, build_transform, imagenet_indices, resolve_split
+from .data import ImageFolder, imagenet_indices, resolve_split
 
 __all__ = [
     "IN22K_UNUSED_INDEX",
@@ -63,8 +63,12 @@ class LoadedClassifier:
         from timm.data import create_transform
 
         return create_transform(
-            input_size=img_size or self.img_size, is_training=False, interpolation=self.interpolation,
-            crop_pct=self.crop_pct, mean=tuple(self.mean), std=tuple(self.std),
+            input_size=img_size or self.img_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
         )
 
 
@@ -104,9 +108,13 @@ def load_classifier(
             data = dict(state.get("config", {}).get("data", {}))
             names = list(state["class_names"]) if state.get("class_names") else None
             return LoadedClassifier(
-                model, names, int(data.get("img_size", 224)), float(data.get("crop_pct", 0.875)),
+                model,
+                names,
+                int(data.get("img_size", 224)),
+                float(data.get("crop_pct", 0.875)),
                 "bicubic" if data.get("interpolation", "bicubic") == "random" else data.get("interpolation", "bicubic"),
-                tuple(data.get("mean", (0.485, 0.456, 0.406))), tuple(data.get("std", (0.229, 0.224, 0.225))),
+                tuple(data.get("mean", (0.485, 0.456, 0.406))),
+                tuple(data.get("std", (0.229, 0.224, 0.225))),
                 f"{path} ({key} weights, step {state.get('step')})",
             )
         if use_ema:
@@ -122,13 +130,19 @@ def load_classifier(
         source = f"{model_name} ({'released weights ' + str(pretrained) if pretrained else 'RANDOM INIT'})"
     pc = model.pretrained_cfg
     names = getattr(model, "class_names", None)
-    return LoadedClassifier(model, list(names) if names else None, int(pc.input_size[-1]), float(pc.crop_pct),
-                            pc.interpolation, tuple(pc.mean), tuple(pc.std), source)
+    return LoadedClassifier(
+        model,
+        list(names) if names else None,
+        int(pc.input_size[-1]),
+        float(pc.crop_pct),
+        pc.interpolation,
+        tuple(pc.mean),
+        tuple(pc.std),
+        source,
+    )
 
 
-def target_indices(
-    folder_names: Sequence[str], class_names: Sequence[str] | None, num_outputs: int
-) -> list[int]:
+def target_indices(folder_names: Sequence[str], class_names: Sequence[str] | None, num_outputs: int) -> list[int]:
     """The model output index of each dataset folder.
 
     By the model's stored class names when it has them; else by ImageNet wnid for 1,000/21,842-way
@@ -207,8 +221,9 @@ def evaluate_model(
     k = len(names)
     tmap = torch.as_tensor(list(targets), dtype=torch.long, device=device)
     shard = Subset(dataset, list(range(rank, len(dataset), world_size))) if world_size > 1 else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, correct1, correct5, loss
     confusion = torch.zeros(k, k + 1, dtype=torch.long, device=device)  # last column: outside the dataset classes
     skipped: list[str] = []
@@ -320,12 +335,22 @@ def evaluate(
     log.info("evaluating %s on %s (%d images, %d classes) at %d px", loaded.source, root, len(ds), len(folders), size)
     model = loaded.model.to(dist_info.device)
     metrics = evaluate_model(
-        model, ds, targets, batch_size=batch_size, num_workers=num_workers, device=dist_info.device,
-        head_subset=head_subset, amp_dtype=_amp_dtype(amp, dist_info.device), progress=progress,
-        rank=dist_info.rank, world_size=dist_info.world_size,
+        model,
+        ds,
+        targets,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=dist_info.device,
+        head_subset=head_subset,
+        amp_dtype=_amp_dtype(amp, dist_info.device),
+        progress=progress,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
     )
     if metrics["skipped_images"]:
-        log.warning("skipped %d unreadable image(s): %s", metrics["skipped_images"], ", ".join(metrics["skipped_files"]))
+        log.warning(
+            "skipped %d unreadable image(s): %s", metrics["skipped_images"], ", ".join(metrics["skipped_files"])
+        )
     confusion = {"labels": metrics.pop("confusion_labels"), "matrix": metrics.pop("confusion_matrix")}
     result = {
         "top1": metrics.pop("top1"),
@@ -337,8 +362,14 @@ def evaluate(
         "head_subset": head_subset,
         "output_indices": dict(zip(folders, targets)),
     }
-    log.info("top1 %.2f%%  top5 %.2f%%  loss %.4f  (%d images, %.1f img/s)", result["top1"], result["top5"],
-             result["loss"], result["num_images"], result["images_per_second"])
+    log.info(
+        "top1 %.2f%%  top5 %.2f%%  loss %.4f  (%d images, %.1f img/s)",
+        result["top1"],
+        result["top5"],
+        result["loss"],
+        result["num_images"],
+        result["images_per_second"],
+    )
     if output_dir is not None and dist_info.is_main:
         write_json(Path(output_dir) / "metrics.json", result)
         write_json(Path(output_dir) / "confusion_matrix.json", confusion)

@@ -14,8 +14,14 @@ __all__ = ["PAPER_V100_THROUGHPUT", "measure_throughput"]
 
 # The paper's table: images/s on one V100, batch 128, fp32, 224 px (README of the original project)
 PAPER_V100_THROUGHPUT = {
-    "focalnet_tiny_srf": 743, "focalnet_tiny_lrf": 696, "focalnet_small_srf": 434, "focalnet_small_lrf": 406,
-    "focalnet_base_srf": 280, "focalnet_base_lrf": 269, "focalnet_tiny_iso": 2334, "focalnet_small_iso": 920,
+    "focalnet_tiny_srf": 743,
+    "focalnet_tiny_lrf": 696,
+    "focalnet_small_srf": 434,
+    "focalnet_small_lrf": 406,
+    "focalnet_base_srf": 280,
+    "focalnet_base_lrf": 269,
+    "focalnet_tiny_iso": 2334,
+    "focalnet_small_iso": 920,
     "focalnet_base_iso": 300,
 }
 
@@ -47,7 +53,9 @@ def measure_throughput(
         raise ValueError("batch_size and runs must be >= 1, warmup >= 0")
     if amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     name = model if isinstance(model, str) else getattr(model, "variant_name", None) or type(model).__name__
     net = create_model(model, **model_kwargs) if isinstance(model, str) else model
     net = net.to(dev).eval()
@@ -71,7 +79,9 @@ def measure_throughput(
         "batch_size": batch_size,
         "img_size": img_size,
         "amp": amp,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "warmup": warmup,
         "runs": runs,
         "images_per_second": statistics.median(rates),

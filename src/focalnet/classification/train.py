@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,19 @@ class TrainingRun:
         train_root = resolve_split(cfg.data.path, cfg.data.train_split)
         val_root = Path(cfg.data.path) / cfg.data.val_split
         d = cfg.data
-        self.train_set = ImageFolder(train_root, build_transform(cfg, True), max_per_class=d.max_per_class,
-                                     img_size=d.img_size)
+        self.train_set = ImageFolder(
+            train_root, build_transform(cfg, True), max_per_class=d.max_per_class, img_size=d.img_size
+        )
         self.class_names = self.train_set.class_names
         self.val_set = None
         if val_root.is_dir():
-            self.val_set = ImageFolder(val_root, build_transform(cfg, False), class_names=self.class_names,
-                                       max_per_class=d.max_per_class, img_size=d.img_size)
+            self.val_set = ImageFolder(
+                val_root,
+                build_transform(cfg, False),
+                class_names=self.class_names,
+                max_per_class=d.max_per_class,
+                img_size=d.img_size,
+            )
         else:
             log.warning("no validation folder %s: training without evaluation", val_root)
         num_classes = len(self.class_names)
@@ -128,12 +135,25 @@ class TrainingRun:
             self.criterion = nn.CrossEntropyLoss()
 
         tcfg = TrainerConfig(
-            output_dir=str(self.out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,
-            num_workers=d.num_workers, accum_steps=t.accum_steps, grad_clip=t.clip_grad, amp=t.amp,
-            ema_decay=t.ema_decay, log_every=t.log_every, eval_every_epochs=t.eval_every_epochs,
-            eval_every_steps=t.eval_every_steps, ckpt_every_steps=t.ckpt_every_steps,
-            keep_checkpoints=t.keep_checkpoints, seed=t.seed, resume=None, drop_last=True,
-            progress=t.progress, device=t.device,
+            output_dir=str(self.out),
+            epochs=t.epochs,
+            max_steps=t.max_steps,
+            batch_size=t.batch_size,
+            num_workers=d.num_workers,
+            accum_steps=t.accum_steps,
+            grad_clip=t.clip_grad,
+            amp=t.amp,
+            ema_decay=t.ema_decay,
+            log_every=t.log_every,
+            eval_every_epochs=t.eval_every_epochs,
+            eval_every_steps=t.eval_every_steps,
+            ckpt_every_steps=t.ckpt_every_steps,
+            keep_checkpoints=t.keep_checkpoints,
+            seed=t.seed,
+            resume=None,
+            drop_last=True,
+            progress=t.progress,
+            device=t.device,
         )
         self.run_state = {
             "task": "classification",
@@ -142,9 +162,14 @@ class TrainingRun:
             "focalnet_config": self.model.cfg.to_dict(),
         }
         self.trainer = Trainer(
-            tcfg, self.model, optimizer, self.train_set, self.step_fn,
+            tcfg,
+            self.model,
+            optimizer,
+            self.train_set,
+            self.step_fn,
             eval_fn=self.eval_fn if self.val_set is not None else None,
-            dist_info=self.dist, run_state=self.run_state,
+            dist_info=self.dist,
+            run_state=self.run_state,
         )
         from timm.scheduler import CosineLRScheduler
 
@@ -152,11 +177,25 @@ class TrainingRun:
         warmup = min(int(round(t.warmup_epochs * tr.updates_per_epoch)), max(tr.total_steps - 1, 0))
         self.warmup_steps = warmup
         tr.scheduler = CosineLRScheduler(
-            optimizer, t_initial=tr.total_steps, lr_min=self.min_lr, warmup_lr_init=self.warmup_lr,
-            warmup_t=warmup, cycle_limit=1, t_in_epochs=False,
+            optimizer,
+            t_initial=tr.total_steps,
+            lr_min=self.min_lr,
+            warmup_lr_init=self.warmup_lr,
+            warmup_t=warmup,
+            cycle_limit=1,
+            t_in_epochs=False,
         )
         self._bad_train: set[str] = set()
         self._details: dict[bool, dict[str, Any]] = {}
+        self._t_first: float | None = None
+        self._t_last = 0.0
+        self._seen_after_first = 0
+
+    def _train_rate(self) -> float:
+        """Training images/s of this process x processes, from the step_fn calls (includes any evaluation)."""
+        if self._t_first is None or self._t_last <= self._t_first:
+            return 0.0
+        return self._seen_after_first * self.dist.world_size / (self._t_last - self._t_first)
 
     # ------------------------------------------------------------------ engine hooks
     def step_fn(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -172,6 +211,12 @@ class TrainingRun:
                 out = model(x.to(device))
                 return out.sum() * 0.0, {}, 0
             x, y = x[keep], y[keep]
+        now = time.perf_counter()
+        if self._t_first is None:
+            self._t_first = now
+        else:
+            self._seen_after_first += len(x)
+        self._t_last = now
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if self.mixup is not None:
@@ -186,13 +231,25 @@ class TrainingRun:
         assert self.val_set is not None
         eb = self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
         r = evaluate_model(
-            model, self.val_set, list(range(len(self.class_names))), batch_size=eb,
-            num_workers=self.cfg.data.num_workers, device=trainer.device, amp_dtype=trainer.amp_dtype,
-            progress=self.cfg.train.progress, rank=self.dist.rank, world_size=self.dist.world_size,
+            model,
+            self.val_set,
+            list(range(len(self.class_names))),
+            batch_size=eb,
+            num_workers=self.cfg.data.num_workers,
+            device=trainer.device,
+            amp_dtype=trainer.amp_dtype,
+            progress=self.cfg.train.progress,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self._details[model is trainer.model] = r
-        return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "val_images_per_second": r["images_per_second"],
-                "val_skipped_images": r["skipped_images"]}
+        return {
+            "top1": r["top1"],
+            "top5": r["top5"],
+            "loss": r["loss"],
+            "val_images_per_second": r["images_per_second"],
+            "val_skipped_images": r["skipped_images"],
+        }
 
     # ------------------------------------------------------------------ run
     def _gather_bad_train(self) -> list[str]:
@@ -209,20 +266,29 @@ class TrainingRun:
         log.info(
             "%s: %d classes, %d training images%s; total batch %d (%d x %d processes x %d accumulation), "
             "lr %.3g (base %.3g%s), %d warm-up steps of %d",
-            cfg.model.name, len(self.class_names), len(self.train_set),
+            cfg.model.name,
+            len(self.class_names),
+            len(self.train_set),
             f", {len(self.val_set)} validation images" if self.val_set is not None else "",
-            self.total_batch, cfg.train.batch_size, self.dist.world_size, cfg.train.accum_steps, self.lr,
-            cfg.train.base_lr, " x total batch / 512" if cfg.train.scale_lr else "", self.warmup_steps, tr.total_steps,
+            self.total_batch,
+            cfg.train.batch_size,
+            self.dist.world_size,
+            cfg.train.accum_steps,
+            self.lr,
+            cfg.train.base_lr,
+            " x total batch / 512" if cfg.train.scale_lr else "",
+            self.warmup_steps,
+            tr.total_steps,
         )
         final = tr.fit()
         bad_train = self._gather_bad_train()
-        if bad_train:
+        if bad_train and self.dist.is_main:
             log.warning("skipped %d unreadable training image(s): %s", len(bad_train), ", ".join(bad_train))
         if final.get("interrupted"):
             return final
         details = self._details.get(True, {})
         bad_val = details.get("skipped_files", [])
-        if bad_val:
+        if bad_val and self.dist.is_main:
             log.warning("skipped %d unreadable validation image(s): %s", len(bad_val), ", ".join(bad_val))
         if self.dist.is_main:
             import json
@@ -235,17 +301,21 @@ class TrainingRun:
                 "total_batch_size": self.total_batch,
                 "peak_lr": self.lr,
                 "steps": tr.step,
-                "skipped_images": {"train": len(bad_train), "train_files": bad_train,
-                                   "val": len(bad_val), "val_files": bad_val},
+                "skipped_images": {
+                    "train": len(bad_train),
+                    "train_files": bad_train,
+                    "val": len(bad_val),
+                    "val_files": bad_val,
+                },
             }
             if details:
                 extra["per_class_accuracy"] = details["per_class_accuracy"]
-                write_json(self.out / "confusion_matrix.json",
-                           {"labels": details["confusion_labels"], "matrix": details["confusion_matrix"]})
-            if "images_per_second" not in data:  # final record of an iteration-based run
-                ips = [h["images_per_second"] for h in data.get("history", []) if "images_per_second" in h]
-                if ips:
-                    extra["images_per_second"] = ips[-1]
+                write_json(
+                    self.out / "confusion_matrix.json",
+                    {"labels": details["confusion_labels"], "matrix": details["confusion_matrix"]},
+                )
+            if "images_per_second" not in data:  # the final record of an iteration-based run has no train stats
+                extra["images_per_second"] = self._train_rate()
             data.update(extra)
             data.setdefault("final", {}).update({k: v for k, v in extra.items() if k != "class_names"})
             write_json(path, data)

@@ -14,8 +14,10 @@ _REF_MIN_SIZE = 800
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
-    p.add_argument("--data", help="dataset root in the COCO 2017 layout (annotations/instances_{train,val}2017.json, "
-                                  "train2017/, val2017/)")
+    p.add_argument(
+        "--data",
+        help="dataset root in the COCO 2017 layout (annotations/instances_{train,val}2017.json, train2017/, val2017/)",
+    )
     if train:
         p.add_argument("--train-ann", help="training annotation json (instead of ROOT/annotations/...)")
         p.add_argument("--train-images", help="training image folder (instead of ROOT/train2017)")
@@ -28,9 +30,12 @@ def register(subparsers: Any) -> None:
     det = subparsers.add_parser("detection", help="object detection / instance segmentation (Mask R-CNN, Faster R-CNN)")
     sub = det.add_subparsers(dest="detection_command", required=True)
 
-    p = sub.add_parser("train", help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
-                       description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
-                                   "focalnet detection train ... for DDP.")
+    p = sub.add_parser(
+        "train",
+        help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
+        description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
+        "focalnet detection train ... for DDP.",
+    )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
     p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn"])
@@ -47,8 +52,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -60,8 +70,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
-    p.add_argument("--mmdet-compat", action="store_true", default=None,
-                   help="aligned RoIAlign / unrounded anchors as mmdetection (default for mmdet files)")
+    p.add_argument(
+        "--mmdet-compat",
+        action="store_true",
+        default=None,
+        help="aligned RoIAlign / unrounded anchors as mmdetection (default for mmdet files)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -133,8 +147,14 @@ def resolve_config(args: argparse.Namespace) -> Any:
     if args.max_size:
         m["max_size"] = args.max_size
         d["max_size"] = args.max_size
-    for flag, key in (("data", "root"), ("train_ann", "train_ann"), ("train_images", "train_images"),
-                      ("val_ann", "val_ann"), ("val_images", "val_images"), ("workers", "num_workers")):
+    for flag, key in (
+        ("data", "root"),
+        ("train_ann", "train_ann"),
+        ("train_images", "train_images"),
+        ("val_ann", "val_ann"),
+        ("val_images", "val_images"),
+        ("workers", "num_workers"),
+    ):
         v = getattr(args, flag, None)
         if v is not None:
             d[key] = v
@@ -183,12 +203,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, meta = load_detector(args.checkpoint, device, mmdet_compat=args.mmdet_compat, **overrides)
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
-        "val")
+        "val"
+    )
     with_masks = getattr(model.roi_heads, "has_mask", lambda: False)()
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
-    metrics = evaluate_detector(model, ds, device, output_dir=args.output, batch_size=args.batch_size,
-                                num_workers=args.workers)
+    metrics = evaluate_detector(
+        model, ds, device, output_dir=args.output, batch_size=args.batch_size, num_workers=args.workers
+    )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
     if args.output:
@@ -209,7 +231,8 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
     if list(ds.category_ids) != list(meta["category_ids"]):
         raise ValueError(
             f"the checkpoint's categories ({len(meta['category_ids'])}: ids {meta['category_ids'][:5]}...) differ from "
-            f"the dataset's ({len(ds.category_ids)}: ids {ds.category_ids[:5]}...)")
+            f"the dataset's ({len(ds.category_ids)}: ids {ds.category_ids[:5]}...)"
+        )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -222,8 +245,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = _device(args.device)
     model, meta = load_detector(args.checkpoint, device, **overrides)
-    records = predict_images(model, args.images, class_names=meta["class_names"], category_ids=meta["category_ids"],
-                             out_dir=args.out, score_thr=args.score_thr, device=device)
+    records = predict_images(
+        model,
+        args.images,
+        class_names=meta["class_names"],
+        category_ids=meta["category_ids"],
+        out_dir=args.out,
+        score_thr=args.score_thr,
+        device=device,
+    )
     for r in records:
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)
@@ -246,10 +276,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     mc = ModelConfig(**meta["detection_config"]["model"])
     cfg = DetectionConfig(model=mc)
-    atomic_save({"model": model.state_dict(), "detection_config": config_to_dict(cfg), "class_names": meta["class_names"],
-                 "category_ids": meta["category_ids"], "num_classes": len(meta["class_names"]) + 1}, args.output)
-    print(f"wrote {args.output} ({mc.detector}, backbone {mc.backbone}, {len(meta['class_names'])} classes, "
-          f"mmdet_compat={mc.mmdet_compat})")
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "detection_config": config_to_dict(cfg),
+            "class_names": meta["class_names"],
+            "category_ids": meta["category_ids"],
+            "num_classes": len(meta["class_names"]) + 1,
+        },
+        args.output,
+    )
+    print(
+        f"wrote {args.output} ({mc.detector}, backbone {mc.backbone}, {len(meta['class_names'])} classes, "
+        f"mmdet_compat={mc.mmdet_compat})"
+    )
     return 0
 
 

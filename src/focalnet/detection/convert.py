@@ -36,8 +36,13 @@ from torch import nn
 from ..engine.config import build_config
 from ..weights.infer import infer_config
 
-__all__ = ["convert_mmdet_state_dict", "is_mmdet_detector", "load_detector", "coco_class_names",
-           "mmdet_backbone_config"]
+__all__ = [
+    "convert_mmdet_state_dict",
+    "is_mmdet_detector",
+    "load_detector",
+    "coco_class_names",
+    "mmdet_backbone_config",
+]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -83,7 +88,8 @@ def convert_mmdet_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
             continue
         if k.startswith("roi_head.mask_head.conv_logits."):
             out["roi_heads.mask_predictor.mask_fcn_logits." + k.rsplit(".", 1)[1]] = torch.cat(
-                [torch.zeros_like(v[:1]), v])
+                [torch.zeros_like(v[:1]), v]
+            )
             continue
         for pat, rep in _RULES:
             if re.match(pat, k):
@@ -100,7 +106,7 @@ def mmdet_backbone_config(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
     """(variant name, backbone overrides) reproducing the FocalNet backbone of an mmdet state dict."""
     from ..models.registry import match_variant
 
-    body = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    body = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     cfg = infer_config(body, backbone=True, warn=False)
     variant = match_variant(cfg, ignore=("focal_windows",))
     fields = cfg.to_dict()
@@ -125,8 +131,10 @@ def _load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                         " (loaded with weights_only=True; a corrupt or truncated file also fails here)") from e
+        raise ValueError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            " (loaded with weights_only=True; a corrupt or truncated file also fails here)"
+        ) from e
 
 
 def load_detector(
@@ -163,34 +171,52 @@ def load_detector(
         num_classes = int(obj["num_classes"])
         model = build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
         model.load_state_dict(obj["model"])
-        meta = {"class_names": list(obj["class_names"]), "category_ids": [int(c) for c in obj["category_ids"]],
-                "detection_config": data, "source": "focalnet"}
+        meta = {
+            "class_names": list(obj["class_names"]),
+            "category_ids": [int(c) for c in obj["category_ids"]],
+            "detection_config": data,
+            "source": "focalnet",
+        }
     else:
         sd = obj.get("state_dict", obj)
         if not isinstance(sd, Mapping) or not is_mmdet_detector(sd):
-            raise ValueError(f"{path} is neither a focalnet detection checkpoint (model.pt / checkpoint-*.pt) nor an "
-                             "mmdetection Faster/Mask R-CNN file (state_dict with rpn_head./roi_head. keys)")
+            raise ValueError(
+                f"{path} is neither a focalnet detection checkpoint (model.pt / checkpoint-*.pt) nor an "
+                "mmdetection Faster/Mask R-CNN file (state_dict with rpn_head./roi_head. keys)"
+            )
         converted = convert_mmdet_state_dict(sd)
         num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
         name, bb = mmdet_backbone_config(sd)
         detector = "mask_rcnn" if any(k.startswith("roi_head.mask_head.") for k in sd) else "faster_rcnn"
         from .config import ModelConfig
 
-        mc = build_config(ModelConfig, {"detector": detector, "backbone": name, "backbone_overrides": bb,
-                                        "focal_windows": list(bb["focal_windows"]),
-                                        "mmdet_compat": True if mmdet_compat is None else mmdet_compat,
-                                        **overrides})
+        mc = build_config(
+            ModelConfig,
+            {
+                "detector": detector,
+                "backbone": name,
+                "backbone_overrides": bb,
+                "focal_windows": list(bb["focal_windows"]),
+                "mmdet_compat": True if mmdet_compat is None else mmdet_compat,
+                **overrides,
+            },
+        )
         model = build_detector(**detector_kwargs_from_config(mc, num_classes))
         missing, unexpected = model.load_state_dict(converted, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: converted mmdetection weights do not fit: missing {missing[:8]}, "
-                             f"unexpected {unexpected[:8]}")
+            raise ValueError(
+                f"{path}: converted mmdetection weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}"
+            )
         if num_classes == 81:
             names, ids = coco_class_names()
         else:
             names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
-        meta = {"class_names": names, "category_ids": ids, "source": "mmdetection",
-                "detection_config": {"model": {k: v for k, v in vars(mc).items()}}}
+        meta = {
+            "class_names": names,
+            "category_ids": ids,
+            "source": "mmdetection",
+            "detection_config": {"model": {k: v for k, v in vars(mc).items()}},
+        }
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
     return model.to(device).eval(), meta

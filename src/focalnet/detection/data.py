@@ -51,8 +51,12 @@ def coco_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
 
 
 def _poly_ok(poly: Any) -> bool:
-    return isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(
-        isinstance(v, (int, float)) and np.isfinite(v) for v in poly)
+    return (
+        isinstance(poly, (list, tuple))
+        and len(poly) >= 6
+        and len(poly) % 2 == 0
+        and all(isinstance(v, (int, float)) and np.isfinite(v) for v in poly)
+    )
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
@@ -167,8 +171,11 @@ class CocoInstances(Dataset):
                     return "segmentation has no polygon with at least 3 points"
                 if len(good) < len(seg):
                     ann["segmentation"] = good
-                    self._problem(f"dropped {len(seg) - len(good)} polygon(s) with fewer than 3 points "
-                                  "(annotation kept)", ann.get("image_id"), ann)
+                    self._problem(
+                        f"dropped {len(seg) - len(good)} polygon(s) with fewer than 3 points (annotation kept)",
+                        ann.get("image_id"),
+                        ann,
+                    )
             elif isinstance(seg, dict):
                 size = seg.get("size")
                 if "counts" not in seg or not isinstance(size, (list, tuple)) or len(size) != 2:
@@ -237,8 +244,14 @@ class CocoInstances(Dataset):
             return None
         info = self.coco.imgs[img_id]
         if (info.get("height"), info.get("width")) not in ((img.height, img.width), (None, None)):
-            log.warning("%s is %dx%d but the annotations say %sx%s: using the file's size", path, img.width,
-                        img.height, info.get("width"), info.get("height"))
+            log.warning(
+                "%s is %dx%d but the annotations say %sx%s: using the file's size",
+                path,
+                img.width,
+                img.height,
+                info.get("width"),
+                info.get("height"),
+            )
             info = {**info, "height": img.height, "width": img.width}
         image = tv_tensors.Image(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
         try:
@@ -264,4 +277,3 @@ def detection_collate(batch: Sequence[Any]) -> tuple[list[Any], list[dict[str, A
 def shard_indices(n: int, rank: int, world: int) -> list[int]:
     """Indices ``rank, rank + world, ...`` of ``n`` samples (evaluation split over processes)."""
     return list(range(rank, n, world))
-

@@ -60,8 +60,12 @@ def outputs_to_coco(
         rles = masks_to_rle(m)
     res = []
     for i, (b, s, lab) in enumerate(zip(xywh, scores, labels)):
-        r = {"image_id": int(image_id), "category_id": int(category_ids[lab - 1]), "bbox": [round(v, 3) for v in b],
-             "score": round(float(s), 5)}
+        r = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[lab - 1]),
+            "bbox": [round(v, 3) for v in b],
+            "score": round(float(s), 5),
+        }
         if rles is not None:
             r["segmentation"] = rles[i]
         res.append(r)
@@ -131,8 +135,9 @@ def run_inference(
     """COCO results of this process's share (every ``world_size``-th image) of ``dataset``."""
     model.eval()
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=detection_collate)
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
+    )
     results: list[dict[str, Any]] = []
     it: Iterable[Any] = loader
     if progress and rank == 0:
@@ -174,13 +179,24 @@ def evaluate_detector(
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     was_training = model.training
-    results = run_inference(model, dataset, device, batch_size=batch_size, num_workers=num_workers, rank=rank,
-                            world_size=world, progress=progress)
+    results = run_inference(
+        model,
+        dataset,
+        device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        rank=rank,
+        world_size=world,
+        progress=progress,
+    )
     results = _gather(results)
     metrics: dict[str, Any] = {}
     if rank == 0:
-        has_masks = any("segmentation" in r for r in results) or getattr(model, "roi_heads", None) is not None and \
-            getattr(model.roi_heads, "has_mask", lambda: False)()
+        has_masks = (
+            any("segmentation" in r for r in results)
+            or getattr(model, "roi_heads", None) is not None
+            and getattr(model.roi_heads, "has_mask", lambda: False)()
+        )
         iou_types = ("bbox", "segm") if has_masks else ("bbox",)
         metrics = coco_evaluate(dataset.coco, results, iou_types)
         metrics["num_detections"] = len(results)

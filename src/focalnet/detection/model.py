@@ -79,7 +79,9 @@ class FocalNetFPN(nn.Module):
     def __init__(self, body: FocalNetBackbone, out_channels: int = 256) -> None:
         super().__init__()
         if len(body.out_indices) != 4:
-            raise ValueError(f"the FPN needs the 4 stages of a hierarchical FocalNet, got out_indices {body.out_indices}")
+            raise ValueError(
+                f"the FPN needs the 4 stages of a hierarchical FocalNet, got out_indices {body.out_indices}"
+            )
         self.body = body
         self.fpn = FeaturePyramidNetwork(list(body.out_channels), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
@@ -102,15 +104,24 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         feats = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale, self.canonical_level)
+            self.scales, self.map_levels = _setup_scales(
+                feats, image_shapes, self.canonical_scale, self.canonical_level
+            )
         rois = _convert_to_roi_format(boxes)
         levels = self.map_levels(boxes)
-        out = torch.zeros((len(rois), feats[0].shape[1], *self.output_size), dtype=feats[0].dtype,
-                          device=feats[0].device)
+        out = torch.zeros(
+            (len(rois), feats[0].shape[1], *self.output_size), dtype=feats[0].dtype, device=feats[0].device
+        )
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
-            res = roi_align(feat, rois[idx], self.output_size, spatial_scale=scale,
-                            sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+            res = roi_align(
+                feat,
+                rois[idx],
+                self.output_size,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
+                aligned=self.aligned,
+            )
             out[idx] = res.to(out.dtype)
         return out
 
@@ -118,8 +129,14 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 class UnroundedAnchorGenerator(AnchorGenerator):
     """Anchors exactly as mmdetection 2.x makes them (torchvision rounds the base anchors to integers)."""
 
-    def generate_anchors(self, scales: list[int], aspect_ratios: list[float], dtype: torch.dtype = torch.float32,
-                         device: torch.device = torch.device("cpu")) -> Tensor:
+    def generate_anchors(
+        self,
+        scales: list[int],
+        aspect_ratios: list[float],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+    ) -> Tensor:
+        device = device if device is not None else torch.device("cpu")
         scales_t = torch.as_tensor(scales, dtype=dtype, device=device)
         ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
         h = torch.sqrt(ratios)
@@ -199,8 +216,9 @@ def build_detector(
 
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     box_predictor = FastRCNNPredictor(representation_size, num_classes)
-    kwargs: dict[str, Any] = dict(rpn_anchor_generator=anchors, box_roi_pool=box_pool, box_head=box_head,
-                                  box_predictor=box_predictor, **settings)
+    kwargs: dict[str, Any] = dict(
+        rpn_anchor_generator=anchors, box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor, **settings
+    )
     if detector == "mask_rcnn":
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
@@ -211,8 +229,9 @@ def build_detector(
     else:
         model = FasterRCNN(neck, **kwargs)
     t = model.transform
-    model.transform = DetectionTransform(t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=32,
-                                         train_resize=train_resize)
+    model.transform = DetectionTransform(
+        t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=32, train_resize=train_resize
+    )
     model.detector_kind = detector
     return model
 
@@ -261,5 +280,3 @@ def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, A
         box_detections_per_img=model_cfg.detections_per_img,
         **dict(model_cfg.detector_overrides),
     )
-
-

@@ -44,8 +44,10 @@ def draw_detections(
         masks = detections["masks"][:, 0] > mask_thresh
         out = draw_segmentation_masks(out, masks, alpha=0.5, colors=cols)
     if len(labels):
-        text = [f"{class_names[lab - 1] if 0 < lab <= len(class_names) else lab} {s:.2f}"
-                for lab, s in zip(labels, detections["scores"].tolist())]
+        text = [
+            f"{class_names[lab - 1] if 0 < lab <= len(class_names) else lab} {s:.2f}"
+            for lab, s in zip(labels, detections["scores"].tolist())
+        ]
         out = draw_bounding_boxes(out, detections["boxes"], labels=text, colors=cols, width=2)
     return out
 

@@ -33,9 +33,32 @@ from .evaluate import evaluate_detector
 from .model import build_detector, detector_kwargs_from_config
 from .transforms import eval_transforms, train_transforms
 
-__all__ = ["train", "build_datasets", "build_model", "detection_step", "to_device", "build_scheduler"]
+__all__ = [
+    "DetectionTrainer",
+    "train",
+    "build_datasets",
+    "build_model",
+    "detection_step",
+    "to_device",
+    "build_scheduler",
+]
 
 log = logging.getLogger("focalnet")
+
+
+class DetectionTrainer(Trainer):
+    """The shared :class:`~focalnet.engine.Trainer`, plotting only the main curves in ``curves.png`` (the
+    24 COCO stats stay in ``metrics.json`` and TensorBoard; a plot of every one is slow and unreadable)."""
+
+    plot_keys = ("train_loss", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
+
+    def _plot_curves(self) -> None:
+        full = self.history
+        self.history = [{k: v for k, v in h.items() if k in self.plot_keys or k in ("step", "epoch")} for h in full]
+        try:
+            super()._plot_curves()
+        finally:
+            self.history = full
 
 
 def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
@@ -66,8 +89,9 @@ def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
     return build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
 
 
-def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]] | None, device: torch.device) -> tuple[
-        list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+def to_device(
+    images: list[torch.Tensor], targets: list[dict[str, Any]] | None, device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
     """Plain tensors on ``device`` (tv_tensors unwrapped) in the form torchvision detectors take."""
     ims = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
     if targets is None:
@@ -89,8 +113,9 @@ def detection_step(model: nn.Module, batch: Any, device: torch.device) -> tuple[
     return loss, {k: float(v.detach()) for k, v in losses.items()}, len(images)
 
 
-def build_scheduler(cfg: DetectionConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
-                    total_steps: int) -> Any:
+def build_scheduler(
+    cfg: DetectionConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int, total_steps: int
+) -> Any:
     """Linear warm-up from ``lr * warmup_ratio``, then x ``decay_rate`` at each of ``lr_steps`` (epochs, or
     fractions ``step / epochs`` of ``max_steps`` for iteration-based runs), per optimizer update."""
     from timm.scheduler import MultiStepLRScheduler
@@ -102,8 +127,15 @@ def build_scheduler(cfg: DetectionConfig, optimizer: torch.optim.Optimizer, upda
         decay = [round(s * updates_per_epoch) for s in o.lr_steps]
     warmup = min(o.warmup_steps, max(total_steps - 1, 0))
     # timm applies decay i once ``t + 1 >= decay_t[i]``: shift by one so update ``decay`` is the first decayed
-    return MultiStepLRScheduler(optimizer, decay_t=[d + 1 for d in decay], decay_rate=o.decay_rate, warmup_t=warmup,
-                                warmup_lr_init=o.lr * o.warmup_ratio, warmup_prefix=False, t_in_epochs=False)
+    return MultiStepLRScheduler(
+        optimizer,
+        decay_t=[d + 1 for d in decay],
+        decay_rate=o.decay_rate,
+        warmup_t=warmup,
+        warmup_lr_init=o.lr * o.warmup_ratio,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
 
 
 def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
@@ -118,16 +150,35 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
     if dist_info.is_main:
         save_config(cfg, out / "config.yaml")
         n_params = sum(p.numel() for p in model.parameters())
-        log.info("%s with %s: %.1fM parameters, %d classes, %d training images%s", cfg.model.detector,
-                 cfg.model.backbone, n_params / 1e6, train_set.num_classes - 1, len(train_set),
-                 f", {len(val_set)} validation images" if val_set is not None else "")
+        log.info(
+            "%s with %s: %.1fM parameters, %d classes, %d training images%s",
+            cfg.model.detector,
+            cfg.model.backbone,
+            n_params / 1e6,
+            train_set.num_classes - 1,
+            len(train_set),
+            f", {len(val_set)} validation images" if val_set is not None else "",
+        )
     optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     tcfg = TrainerConfig(
-        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-        num_workers=cfg.data.num_workers, accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip, amp=cfg.amp,
-        log_every=cfg.log_every, eval_every_epochs=cfg.eval_every_epochs, eval_every_steps=cfg.eval_every_steps,
-        ckpt_every_steps=cfg.ckpt_every_steps, keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed, resume=resume,
-        drop_last=True, progress=cfg.progress, device=cfg.device,
+        output_dir=str(out),
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.data.num_workers,
+        accum_steps=cfg.accum_steps,
+        grad_clip=cfg.grad_clip,
+        amp=cfg.amp,
+        log_every=cfg.log_every,
+        eval_every_epochs=cfg.eval_every_epochs,
+        eval_every_steps=cfg.eval_every_steps,
+        ckpt_every_steps=cfg.ckpt_every_steps,
+        keep_checkpoints=cfg.keep_checkpoints,
+        seed=cfg.seed,
+        resume=resume,
+        drop_last=True,
+        progress=cfg.progress,
+        device=cfg.device,
     )
     meta = {
         "detection_config": config_to_dict(cfg),
@@ -139,11 +190,21 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
     def eval_fn(m: nn.Module, trainer: Trainer) -> dict[str, Any]:
         if val_set is None:
             return {}
-        return evaluate_detector(m, val_set, trainer.device, output_dir=out, num_workers=cfg.data.num_workers,
-                                 progress=cfg.progress)
+        return evaluate_detector(
+            m, val_set, trainer.device, output_dir=out, num_workers=cfg.data.num_workers, progress=cfg.progress
+        )
 
-    trainer = Trainer(tcfg, model, optimizer, train_set, detection_step, eval_fn=eval_fn if val_set else None,
-                      collate_fn=detection_collate, dist_info=dist_info, run_state=meta)
+    trainer = DetectionTrainer(
+        tcfg,
+        model,
+        optimizer,
+        train_set,
+        detection_step,
+        eval_fn=eval_fn if val_set else None,
+        collate_fn=detection_collate,
+        dist_info=dist_info,
+        run_state=meta,
+    )
     trainer.scheduler = build_scheduler(cfg, optimizer, trainer.updates_per_epoch, trainer.total_steps)
     final = trainer.fit()
     if dist_info.is_main:

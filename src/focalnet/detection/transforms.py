@@ -68,19 +68,23 @@ def train_transforms(
     resize = v2.RandomShortestSize(list(scales), max_size=max_size)
     policy: v2.Transform = resize
     if crop_branch:
-        crop = v2.Compose([
-            v2.RandomShortestSize(list(crop_resize_scales), max_size=max_size),
-            RandomCropAbsoluteRange(crop_range),
-            v2.RandomShortestSize(list(scales), max_size=max_size),
-        ])
+        crop = v2.Compose(
+            [
+                v2.RandomShortestSize(list(crop_resize_scales), max_size=max_size),
+                RandomCropAbsoluteRange(crop_range),
+                v2.RandomShortestSize(list(scales), max_size=max_size),
+            ]
+        )
         policy = v2.RandomChoice([resize, crop])
-    return v2.Compose([
-        v2.RandomHorizontalFlip(flip_prob),
-        policy,
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_getter),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(flip_prob),
+            policy,
+            v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_getter),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        ]
+    )
 
 
 def eval_transforms() -> v2.Transform:

@@ -47,6 +47,8 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 class TestConfig:
     """How to run the model on a full image (defaults: the ADE20K UPerNet test setting)."""
 
+    __test__ = False  # not a pytest class
+
     mode: str = "whole"  # whole | slide
     scale: tuple[int, int] | None = (2048, 512)  # keep-ratio test resize (long, short); None: original size
     crop_size: tuple[int, int] = (512, 512)  # slide window (h, w)

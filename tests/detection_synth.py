@@ -1,0 +1,73 @@
+"""Generated COCO-format shape datasets for the detection tests (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]  # non-contiguous ids on purpose
+
+
+def polygon_of(kind: str, x: float, y: float, s: float) -> list[float]:
+    if kind == "square":
+        return [x, y, x + s, y, x + s, y + s, x, y + s]
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    cx, cy, r = x + s / 2, y + s / 2, s / 2
+    return [float(v) for p in zip(cx + r * np.cos(t), cy + r * np.sin(t)) for v in p]
+
+
+def make_shapes(
+    root: Path,
+    n_images: int = 4,
+    size: int = 128,
+    seed: int = 0,
+    split: str = "train",
+    extra_annotations: list[dict[str, Any]] | None = None,
+) -> tuple[Path, Path]:
+    """Images of coloured squares and discs with polygon masks; returns (json, image folder)."""
+    rng = np.random.default_rng(seed)
+    img_dir = root / f"{split}2017"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n_images):
+        h, w = size, size + 16 * (i % 2)  # mixed sizes
+        im = Image.new("RGB", (w, h), (90, 90, 90))
+        arr = np.asarray(im).astype(np.int16) + rng.integers(-12, 12, (h, w, 3))
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        placed: list[tuple[float, float, float]] = []
+        for j in range(2):
+            kind = ["square", "disc"][(i + j) % 2]
+            for _ in range(50):
+                s = float(rng.integers(36, 56))
+                x, y = float(rng.integers(2, w - s - 2)), float(rng.integers(2, h - s - 2))
+                if all(x + s < px or px + ps < x or y + s < py or py + ps < y for px, py, ps in placed):
+                    break
+            placed.append((x, y, s))
+            poly = polygon_of(kind, x, y, s)
+            draw.polygon(poly, fill=(230, 60, 40) if kind == "square" else (40, 200, 230))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 3 if kind == "square" else 7,
+                    "bbox": [x, y, s, s],
+                    "area": s * s,
+                    "iscrowd": 0,
+                    "segmentation": [poly],
+                }
+            )
+        name = f"{i:04d}.png"
+        im.save(img_dir / name)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+    for a in extra_annotations or []:
+        anns.append({"id": len(anns) + 1, "iscrowd": 0, "area": 1.0, **a})
+    ann_dir = root / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    ann_file = ann_dir / f"instances_{split}2017.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
+    return ann_file, img_dir
