@@ -296,6 +296,15 @@ def test_mmdet_checkpoint_loads_and_runs(tmp_path):
         out = model([torch.rand(3, 150, 200)])[0]
     assert len(out["boxes"]) > 0 and out["masks"].shape[1:] == (1, 150, 200)
     assert out["labels"].min() >= 1 and out["labels"].max() <= 80
+    from focalnet.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["detection", "convert", str(path), str(tmp_path / "converted.pt")]) == 0
+    again, meta2 = load_detector(tmp_path / "converted.pt")
+    assert meta2["source"] == "focalnet" and meta2["class_names"] == meta["class_names"]
+    assert again.roi_heads.box_roi_pool.aligned  # the original RoIAlign travels with the converted file
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
     with pytest.raises(ValueError, match="unknown mmdetection keys"):
         convert_mmdet_state_dict({**sd, "roi_head.extra.weight": torch.zeros(1)})
 
@@ -372,3 +381,28 @@ def test_eval_dataset_keeps_crowd_and_original_size():
         int(ds[i][1]["iscrowd"].sum()) for i in range(len(ds)) if any(a["iscrowd"] for a in ds._anns[ds.ids[i]])
     )
     assert crowd == sum(a["iscrowd"] for a in ds.coco.dataset["annotations"])
+
+
+def test_backbone_initialised_from_an_imagenet_checkpoint(tmp_path):
+    import focalnet
+
+    cls = focalnet.create_model("focalnet_tiny_srf", embed_dim=16, depths=(1, 1, 1, 1))
+    focalnet.save_model(cls, tmp_path / "in1k.safetensors")
+    model = build_detector(
+        "mask_rcnn",
+        "focalnet_tiny_srf",
+        3,
+        backbone_checkpoint=tmp_path / "in1k.safetensors",
+        frozen_stages=1,
+        backbone_overrides={"embed_dim": 16, "depths": (1, 1, 1, 1)},
+    )
+    body = model.backbone.body
+    w, w0 = (
+        body.layers[0].blocks[0].modulation.focal_layers[0][0].weight,
+        cls.layers[0].blocks[0].modulation.focal_layers[0][0].weight,
+    )
+    assert w.shape[-1] == 9 and w0.shape[-1] == 3  # window 3 -> 9: zero-padded into the centre
+    torch.testing.assert_close(w[..., 3:6, 3:6], w0)
+    assert w[..., :3, :].abs().sum() == 0
+    torch.testing.assert_close(body.layers[1].blocks[0].mlp.fc1.weight, cls.layers[1].blocks[0].mlp.fc1.weight)
+    assert not any(p.requires_grad for p in body.patch_embed.parameters())  # frozen stem

@@ -34,8 +34,16 @@ TINY = {"embed_dim": 16, "depths": (1, 1, 1, 1), "focal_windows": (3, 3, 3, 3), 
 TINY_HEAD = {"channels": 16, "aux_channels": 8}
 
 
-def make_folder_dataset(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (64, 64),
-                        num_classes: int = 4, ignore: int | None = None, seed: int = 0, names: bool = True) -> Path:
+def make_folder_dataset(
+    root: Path,
+    n_train: int = 4,
+    n_val: int = 2,
+    size: tuple[int, int] = (64, 64),
+    num_classes: int = 4,
+    ignore: int | None = None,
+    seed: int = 0,
+    names: bool = True,
+) -> Path:
     """Images whose colour tells the class (blocks on a dark background) + label PNGs, folder layout."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
@@ -140,8 +148,12 @@ def test_camvid_folder_layout():
     assert (lab[raw == 11] == 255).all() and (lab[raw < 11] == raw[raw < 11]).all()
     assert set(np.unique(lab)) <= set(range(11)) | {255}
     # class names without classes.txt: from the config (CamVid is often shipped without one)
-    named = build_dataset(DataConfig(root=str(root), layout="folder", ignore_index=11, verify=False,
-                                     class_names=[f"k{i}" for i in range(11)]), "train")
+    named = build_dataset(
+        DataConfig(
+            root=str(root), layout="folder", ignore_index=11, verify=False, class_names=[f"k{i}" for i in range(11)]
+        ),
+        "train",
+    )
     assert len(named) == 184 and named.class_names[3] == "k3"
 
 
@@ -156,8 +168,9 @@ def test_ade20k_sample_layout():
     assert (lab[raw == 0] == 255).all()
     np.testing.assert_array_equal(lab[raw > 0], raw[raw > 0] - 1)
     # explicit folders give the same pairs
-    ds2 = build_dataset(DataConfig(root=str(root), val_img_dir="sampleData/images",
-                                   val_ann_dir="sampleData/annotations"), "val")
+    ds2 = build_dataset(
+        DataConfig(root=str(root), val_img_dir="sampleData/images", val_ann_dir="sampleData/annotations"), "val"
+    )
     assert ds2.pairs == ds.pairs
 
 
@@ -235,8 +248,19 @@ def test_slide_equals_whole_for_pointwise_model_and_small_images():
         assert not torch.allclose(slide_inference(model, big, (64, 64), (32, 32)), whole_inference(model, big))
     img = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
     # multi-scale + flip: probabilities at the original size that sum to one
-    p = predict_probs(net, img, TestConfig(mode="slide", scale=(50, 30), crop_size=(16, 16), stride=(8, 8),
-                                           multi_scale=True, ratios=(0.5, 1.0), flip=True))
+    p = predict_probs(
+        net,
+        img,
+        TestConfig(
+            mode="slide",
+            scale=(50, 30),
+            crop_size=(16, 16),
+            stride=(8, 8),
+            multi_scale=True,
+            ratios=(0.5, 1.0),
+            flip=True,
+        ),
+    )
     assert p.shape == (5, 30, 50)
     torch.testing.assert_close(p.sum(0), torch.ones(30, 50))
 
@@ -266,8 +290,14 @@ def test_save_load_and_backbone_checkpoint(tmp_path):
 
     cls = create_model("focalnet_tiny_srf", num_classes=4, **{**TINY, "focal_windows": (3, 3, 3, 3)})
     torch.save({"model": cls.state_dict()}, tmp_path / "in1k.pth")
-    model = upernet("focalnet_tiny_srf", 3, tmp_path / "in1k.pth", class_names=["x", "y", "z"], head=TINY_HEAD,
-                    **{**TINY, "focal_windows": (9, 9, 9, 9)})
+    model = upernet(
+        "focalnet_tiny_srf",
+        3,
+        tmp_path / "in1k.pth",
+        class_names=["x", "y", "z"],
+        head=TINY_HEAD,
+        **{**TINY, "focal_windows": (9, 9, 9, 9)},
+    )
     w_cls = cls.state_dict()["layers.0.blocks.0.modulation.focal_layers.0.0.weight"]  # 3x3 kernel
     w_seg = model.backbone.state_dict()["layers.0.blocks.0.modulation.focal_layers.0.0.weight"]  # 9x9
     assert w_seg.shape[-1] == 9

@@ -22,14 +22,30 @@ TINY_SET = [
 ]
 
 
+@pytest.mark.slow
 def test_overfit_generated_images_reaches_high_miou(tmp_path):
     root = make_folder_dataset(tmp_path / "data", n_train=4, n_val=0, size=(48, 48), num_classes=4)
-    cfg = load_segmentation_config(None, [
-        *TINY_SET, f"data.root={root}", "data.layout=folder", "data.val_img_dir=train", "data.val_ann_dir=trainannot",
-        "aug.scale=[48, 48]", "aug.ratio_range=[0.75, 1.25]", "aug.crop_size=[48, 48]", "aug.photometric=false",
-        "optim.lr=3e-3", "optim.warmup_iters=10", "train.iters=40", "train.batch_size=4", "train.ckpt_every=0",
-        "eval.every=0", "eval.scale=null",
-    ])
+    cfg = load_segmentation_config(
+        None,
+        [
+            *TINY_SET,
+            f"data.root={root}",
+            "data.layout=folder",
+            "data.val_img_dir=train",
+            "data.val_ann_dir=trainannot",
+            "aug.scale=[48, 48]",
+            "aug.ratio_range=[0.75, 1.25]",
+            "aug.crop_size=[48, 48]",
+            "aug.photometric=false",
+            "optim.lr=3e-3",
+            "optim.warmup_iters=10",
+            "train.iters=40",
+            "train.batch_size=4",
+            "train.ckpt_every=0",
+            "eval.every=0",
+            "eval.scale=null",
+        ],
+    )
     metrics = train(cfg, tmp_path / "run")
     assert metrics["mIoU"] > 70, metrics  # ~80 after 40 steps (random init: ~10)
     assert metrics["aAcc"] > 85, metrics
@@ -40,8 +56,9 @@ def test_overfit_generated_images_reaches_high_miou(tmp_path):
     from focalnet.segmentation import DataConfig, TestConfig, build_dataset, evaluate
 
     model, extra = load_segmentor(tmp_path / "run" / "model.pt")
-    ds = build_dataset(DataConfig(root=str(root), layout="folder", val_img_dir="train", val_ann_dir="trainannot"),
-                       "val")
+    ds = build_dataset(
+        DataConfig(root=str(root), layout="folder", val_img_dir="train", val_ann_dir="trainannot"), "val"
+    )
     again = evaluate(model, ds, TestConfig(scale=None), num_workers=0, progress=False)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-6)
 
@@ -56,10 +73,36 @@ def cli_run(tmp_path_factory):
     lab[5, 5] = 7
     Image.fromarray(lab).save(root / "valannot" / "img001.png")
     out = tmp / "run"
-    args = ["segmentation", "train", "--backbone", "focalnet_tiny_srf", "--data", str(root), "--layout", "folder",
-            "--ignore-index", "9", "--class-names", "sky,road,car", "--output", str(out), "--iters", "2",
-            "--batch-size", "2", "--crop-size", "32", "--workers", "0", "--eval-every", "0",
-            "--set", *TINY_SET, "eval.scale=[64, 48]", "aug.scale=[64, 48]"]
+    args = [
+        "segmentation",
+        "train",
+        "--backbone",
+        "focalnet_tiny_srf",
+        "--data",
+        str(root),
+        "--layout",
+        "folder",
+        "--ignore-index",
+        "9",
+        "--class-names",
+        "sky,road,car",
+        "--output",
+        str(out),
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--workers",
+        "0",
+        "--eval-every",
+        "0",
+        "--set",
+        *TINY_SET,
+        "eval.scale=[64, 48]",
+        "aug.scale=[64, 48]",
+    ]
     assert main(args) == 0
     return root, out, args
 
@@ -81,7 +124,7 @@ def test_cli_resume_auto_continues(cli_run):
     root, out, args = cli_run
     args = list(args)
     args[args.index("--iters") + 1] = "3"
-    assert main([*args[: args.index("--set")], "--resume", "auto", *args[args.index("--set"):]]) == 0
+    assert main([*args[: args.index("--set")], "--resume", "auto", *args[args.index("--set") :]]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["iters"] == 3
     log = (out / "train.log").read_text()
@@ -90,19 +133,47 @@ def test_cli_resume_auto_continues(cli_run):
 
 def test_cli_evaluate_and_predict(cli_run, tmp_path, capsys):
     root, out, _ = cli_run
-    rc = main(["segmentation", "evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(root),
-               "--mode", "slide", "--crop-size", "32", "--multi-scale", "--ratios", "0.5", "1.0", "--flip",
-               "--output", str(tmp_path / "ev"), "--workers", "0"])
+    rc = main(
+        [
+            "segmentation",
+            "evaluate",
+            "--checkpoint",
+            str(out / "model.pt"),
+            "--data",
+            str(root),
+            "--mode",
+            "slide",
+            "--crop-size",
+            "32",
+            "--multi-scale",
+            "--ratios",
+            "0.5",
+            "1.0",
+            "--flip",
+            "--output",
+            str(tmp_path / "ev"),
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert m["test"] == {"mode": "slide", "scale": [64, 48], "crop_size": [32, 32], "stride": [22, 22],
-                         "multi_scale": True, "ratios": [0.5, 1.0], "flip": True}
+    assert m["test"] == {
+        "mode": "slide",
+        "scale": [64, 48],
+        "crop_size": [32, 32],
+        "stride": [22, 22],
+        "multi_scale": True,
+        "ratios": [0.5, 1.0],
+        "flip": True,
+    }
     assert m["num_images"] == 1 and m["num_skipped_samples"] == 1  # the bad label is reported
     assert 0 <= m["mIoU"] <= 100 and set(m["per_class"]) == {"sky", "road", "car"}
     assert "mIoU" in capsys.readouterr().out
     img = root / "val" / "img000.jpg"
-    rc = main(["segmentation", "predict", str(img), "--checkpoint", str(out / "model.pt"),
-               "--out", str(tmp_path / "pred")])
+    rc = main(
+        ["segmentation", "predict", str(img), "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "pred")]
+    )
     assert rc == 0
     label = np.asarray(Image.open(tmp_path / "pred" / "img000_label.png"))
     assert label.shape == (48, 64) and label.max() < 3
@@ -115,8 +186,20 @@ def test_cli_evaluate_and_predict(cli_run, tmp_path, capsys):
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "d", n_train=2, n_val=0)
-    rc = main(["segmentation", "train", "--data", str(root), "--layout", "folder", "--output", str(tmp_path / "o"),
-               "--set", "optim.lrr=1"])
+    rc = main(
+        [
+            "segmentation",
+            "train",
+            "--data",
+            str(root),
+            "--layout",
+            "folder",
+            "--output",
+            str(tmp_path / "o"),
+            "--set",
+            "optim.lrr=1",
+        ]
+    )
     assert rc == 2 and "optim.lrr" in capsys.readouterr().err
     rc = main(["segmentation", "evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(root)])
     assert rc == 2 and "missing.pt" in capsys.readouterr().err

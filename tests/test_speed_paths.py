@@ -5,13 +5,25 @@ import os
 
 import pytest
 import torch
-from conftest import randomize_
-from original_focalnet import OriginalFocalNet
 
 from focalnet.models import VARIANTS, FocalNet, FocalNetBackbone
 
-HP = ["embed_dim", "depths", "patch_size", "num_classes", "focal_levels", "focal_windows", "use_conv_embed",
-      "use_layerscale", "use_postln", "use_postln_in_modulation", "normalize_modulator"]
+from conftest import randomize_
+from original_focalnet import OriginalFocalNet
+
+HP = [
+    "embed_dim",
+    "depths",
+    "patch_size",
+    "num_classes",
+    "focal_levels",
+    "focal_windows",
+    "use_conv_embed",
+    "use_layerscale",
+    "use_postln",
+    "use_postln_in_modulation",
+    "normalize_modulator",
+]
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1))
 CASES = [
     ("focalnet_tiny_srf", SMALL),
@@ -68,11 +80,15 @@ def test_hooks_see_gates_contexts_and_modulator_also_after_fuse():
     ours, _ = _pair("focalnet_tiny_srf", SMALL)
     mod = ours.layers[0].blocks[0].modulation
     seen = {}
-    handles = [mod.f.register_forward_hook(lambda m, i, o: seen.__setitem__("f", o)),
-               mod.h.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o)),
-               mod.proj.register_forward_hook(lambda m, i, o: seen.__setitem__("proj", o))]
-    handles += [layer.register_forward_hook(lambda m, i, o, lv=lv: seen.__setitem__(lv, o))
-                for lv, layer in enumerate(mod.focal_layers)]
+    handles = [
+        mod.f.register_forward_hook(lambda m, i, o: seen.__setitem__("f", o)),
+        mod.h.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o)),
+        mod.proj.register_forward_hook(lambda m, i, o: seen.__setitem__("proj", o)),
+    ]
+    handles += [
+        layer.register_forward_hook(lambda m, i, o, lv=lv: seen.__setitem__(lv, o))
+        for lv, layer in enumerate(mod.focal_layers)
+    ]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = ours(x)

@@ -155,7 +155,12 @@ def _summary(batch: int, n: int, times: list[float]) -> dict[str, Any]:
 
 
 def _interleaved(
-    fns: dict[str, Callable[[], Any]], batch: int, reps: int, warmup: int, min_time: float, device: torch.device,
+    fns: dict[str, Callable[[], Any]],
+    batch: int,
+    reps: int,
+    warmup: int,
+    min_time: float,
+    device: torch.device,
     log: Callable[[str], None],
 ) -> dict[str, dict[str, Any]]:
     """Time every callable ``reps`` times, round-robin; iterations per repetition sized to ``min_time``."""
@@ -191,6 +196,7 @@ def run_benchmark(
     min_time: float = 1.0,
     paths: Sequence[str] = DEFAULT_PATHS,
     train: bool = True,
+    compile_train: bool = False,
     device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -199,8 +205,8 @@ def run_benchmark(
     ``paths``: ``eager`` (default forward), ``fused`` (after :meth:`FocalNet.fuse`), ``compiled``
     (``torch.compile(dynamic=True, fullgraph=True)``), ``onnxruntime`` (CPU only), ``timm`` (timm's
     FocalNet with the same weights, if timm is installed). On CUDA, ``eager-bf16``/``eager-fp16`` and
-    ``timm-bf16``/``timm-fp16`` (autocast) are added. Training steps are timed for eager, compiled
-    (when requested) and timm.
+    ``timm-bf16``/``timm-fp16`` (autocast) are added. Training steps are timed for eager, timm and, with
+    ``compile_train``, the compiled model (its backward compilation takes minutes on a small CPU).
     """
     dev = torch.device(device)
     if threads is not None:
@@ -233,7 +239,9 @@ def run_benchmark(
             comp = torch.compile(ours, dynamic=True, fullgraph=True)
             with torch.no_grad():
                 comp(x_check)
-            notes["compiled"] = f"torch.compile(dynamic=True, fullgraph=True); first call {time.perf_counter() - t:.0f} s"
+            notes["compiled"] = (
+                f"torch.compile(dynamic=True, fullgraph=True); first call {time.perf_counter() - t:.0f} s"
+            )
             infer[p] = comp
         elif p == "onnxruntime":
             workdir = tempfile.mkdtemp(prefix="focalnet-bench-")
@@ -263,7 +271,7 @@ def run_benchmark(
         log(f"inference, batch {bs}")
         x = torch.randn(bs, 3, img_size, img_size, generator=g).to(dev)
         with torch.no_grad():
-            fns = {k: (lambda fn=fn: fn(x)) for k, fn in infer.items()}
+            fns = {k: (lambda fn=fn, x=x: fn(x)) for k, fn in infer.items()}
             res = _interleaved(fns, bs, reps, warmup, min_time, dev, log)
             for k, fn in fns.items():
                 res[k]["peak_memory_mb"] = _peak(fn, dev)
@@ -273,7 +281,7 @@ def run_benchmark(
         log(f"training step, batch {train_batch}")
         steps = {}
         models: dict[str, nn.Module] = {"eager": copy.deepcopy(ours).train()}
-        if "compiled" in paths:
+        if "compiled" in paths and compile_train:
             models["compiled"] = torch.compile(copy.deepcopy(ours).train(), dynamic=True, fullgraph=True)
         if timm_model is not None:
             models["timm"] = copy.deepcopy(timm_model).train()
@@ -386,10 +394,12 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     s = results["setup"]
     lines.append("")
-    lines.append(f"{s['model']}, {s['img_size']}x{s['img_size']}, {s['dtype']}, {s['device']}, "
-                 f"{s['torch_threads']} threads, torch {s['torch']}, timm {s['timm']}; "
-                 f"{s['reps']} interleaved repetitions of >= {s['min_time_per_rep_s']} s after {s['warmup']} warm-up "
-                 "runs; (x) = ratio to timm's eager in the same run.")
+    lines.append(
+        f"{s['model']}, {s['img_size']}x{s['img_size']}, {s['dtype']}, {s['device']}, "
+        f"{s['torch_threads']} threads, torch {s['torch']}, timm {s['timm']}; "
+        f"{s['reps']} interleaved repetitions of >= {s['min_time_per_rep_s']} s after {s['warmup']} warm-up "
+        "runs; (x) = ratio to timm's eager in the same run."
+    )
     return "\n".join(lines)
 
 
@@ -410,6 +420,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         min_time=args.min_time,
         paths=paths,
         train=not args.no_train,
+        compile_train=args.compile_train,
         device=device,
         log=(lambda s: None) if args.quiet else print,
     )
@@ -433,6 +444,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per repetition and path (at least)")
     p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"subset of {','.join(DEFAULT_PATHS)}")
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    p.add_argument("--compile-train", action="store_true", help="also time a compiled training step")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--quiet", action="store_true")

@@ -54,18 +54,38 @@ def export_onnx(
                 2: torch.export.Dim("height", min=stride, max=8192),
                 3: torch.export.Dim("width", min=stride, max=8192),
             }
-            prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes={"x": dims}, input_names=["images"],
-                                     output_names=["output"], optimize=True, verbose=False)
+            prog = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                dynamic_shapes={"x": dims},
+                input_names=["images"],
+                output_names=["output"],
+                optimize=True,
+                verbose=False,
+            )
             prog.save(str(path))
         else:
             out = model(x)
             outs = ["output"] if isinstance(out, torch.Tensor) else [f"output{i}" for i in range(len(out))]
             axes = {"images": {0: "batch", 2: "height", 3: "width"}}
             for name in outs:
-                axes[name] = {0: "batch"} if isinstance(out, torch.Tensor) and out.ndim == 2 else {
-                    0: "batch", 2: "out_height", 3: "out_width"}
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["images"], output_names=outs,
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+                axes[name] = (
+                    {0: "batch"}
+                    if isinstance(out, torch.Tensor) and out.ndim == 2
+                    else {0: "batch", 2: "out_height", 3: "out_width"}
+                )
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                input_names=["images"],
+                output_names=outs,
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
     return path
 
 
@@ -112,8 +132,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_export(model: nn.Module, path: str | os.PathLike, fmt: str, sizes: tuple[tuple[int, int, int], ...] = (
-        (1, 224, 224), (2, 160, 192))) -> float:
+def check_export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    sizes: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 160, 192)),
+) -> float:
     """Max absolute difference between ``model`` and the exported file (onnxruntime or TorchScript)."""
     model.eval()
     worst = 0.0

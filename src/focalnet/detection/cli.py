@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = train(cfg, args.output, resume=args.resume)
     finally:
         cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     keys = [k for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50") if k in final]
     if keys:
         print(" ".join(f"{k}={final[k]:.4f}" for k in keys))

@@ -82,7 +82,7 @@ class CocoInstances(Dataset):
 
     ``__getitem__`` returns ``(image, target)`` after ``transforms(image, target)`` where ``image`` is a
     ``tv_tensors.Image`` (uint8, CHW) and ``target`` holds ``boxes`` (``BoundingBoxes`` XYXY), ``labels``
-    (contiguous 1..K), ``masks`` (``Mask`` N x H x W, if ``with_masks``) and ``image_id``; or ``None`` if
+    (contiguous 1..K), ``masks`` (``Mask`` N x H x W, if ``with_masks`` and ``train``) and ``image_id``; or ``None`` if
     the image cannot be read. ``train=True`` drops crowd annotations from the targets and, with
     ``filter_empty``, images without any usable annotation.
     """
@@ -224,7 +224,7 @@ class CocoInstances(Dataset):
             "image_id": img_id,
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
         }
-        if self.with_masks:
+        if self.with_masks and self.train:  # evaluation needs no target masks (COCOeval reads the json)
             masks = np.zeros((len(anns), height, width), dtype=np.uint8)
             for i, a in enumerate(anns):
                 m = decode_segmentation(a["segmentation"], height, width)

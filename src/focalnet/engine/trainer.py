@@ -199,6 +199,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._stop = False
         self._last_eval_step = -1
+        self._last_ckpt_step = -1
         self._tb = None
         self._last_plot = -math.inf
         self.ddp_model: nn.Module = self.model
@@ -267,6 +268,7 @@ class Trainer:
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
 
     def save_checkpoint(self) -> None:
+        self._last_ckpt_step = self.step
         if self.is_main:
             path = self.ckpt.save(self.state_dict(), self.step)
             log.info("saved %s", path)
@@ -444,6 +446,7 @@ class Trainer:
         final = self.history[-1] if self.history else {}
         if self.eval_fn is not None and self._last_eval_step != self.step:
             final = self._record({}, True)
+        if self._last_ckpt_step != self.step:
             self.save_checkpoint()
         self._write_metrics(final)
         return final

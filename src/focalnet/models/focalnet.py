@@ -717,4 +717,3 @@ def count_flops(model: nn.Module | FocalNetConfig, img_size: int | Sequence[int]
     flops += cfg.num_features * (h // cfg.patch_size) * (w // cfg.patch_size) // 2**cfg.num_stages
     flops += cfg.num_features * head
     return int(flops)
-

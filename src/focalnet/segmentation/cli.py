@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,23 +15,39 @@ __all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict"]
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
     p.add_argument("--data", required=True, help="dataset root folder")
-    p.add_argument("--layout", choices=["ade20k", "folder"], help="ade20k: images/ + annotations/ (labels "
-                   "shifted down, 0 ignored); folder: ROOT/{train,val}/ + ROOT/{train,val}annot/ (default: "
-                   "ade20k for train, the checkpoint's for evaluate)")
-    p.add_argument("--img-dir", help="image folder (relative to ROOT) of the " + ("training" if train else "evaluated")
-                   + " split, overriding the layout's")
+    p.add_argument(
+        "--layout",
+        choices=["ade20k", "folder"],
+        help="ade20k: images/ + annotations/ (labels "
+        "shifted down, 0 ignored); folder: ROOT/{train,val}/ + ROOT/{train,val}annot/ (default: "
+        "ade20k for train, the checkpoint's for evaluate)",
+    )
+    p.add_argument(
+        "--img-dir",
+        help="image folder (relative to ROOT) of the "
+        + ("training" if train else "evaluated")
+        + " split, overriding the layout's",
+    )
     p.add_argument("--ann-dir", help="label folder (relative to ROOT), overriding the layout's")
     if train:
         p.add_argument("--val-img-dir", help="validation image folder (relative to ROOT)")
         p.add_argument("--val-ann-dir", help="validation label folder (relative to ROOT)")
-        p.add_argument("--classes-file", help="class names, one a line (default: ROOT/classes.txt or "
-                       "ROOT/objectInfo150.csv; else numbered classes)")
+        p.add_argument(
+            "--classes-file",
+            help="class names, one a line (default: ROOT/classes.txt or ROOT/objectInfo150.csv; else numbered classes)",
+        )
         p.add_argument("--class-names", help="comma-separated class names (overrides --classes-file)")
         p.add_argument("--num-classes", type=int, help="number of classes where no names are given")
-    p.add_argument("--ignore-index", type=int, help="label value meaning 'ignore' in the files (folder layout; "
-                   "255 always is; e.g. 11 for CamVid)")
-    p.add_argument("--reduce-zero-label", choices=["true", "false"], help="0 = ignore, k -> k-1 (default: "
-                   "true for ade20k, false for folder)")
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        help="label value meaning 'ignore' in the files (folder layout; 255 always is; e.g. 11 for CamVid)",
+    )
+    p.add_argument(
+        "--reduce-zero-label",
+        choices=["true", "false"],
+        help="0 = ignore, k -> k-1 (default: true for ade20k, false for folder)",
+    )
     p.add_argument("--workers", type=int, help="data loading processes")
     p.add_argument("--device", help="auto (default), cpu or cuda")
 
@@ -40,8 +57,13 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multi-scale", action="store_true", help="average scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75")
     p.add_argument("--ratios", type=float, nargs="+", help="the scales of --multi-scale")
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped passes")
-    p.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
-                   help="keep-ratio test resize (default: the training run's, 2048 512 for ADE20K)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        nargs=2,
+        metavar=("LONG", "SHORT"),
+        help="keep-ratio test resize (default: the training run's, 2048 512 for ADE20K)",
+    )
     p.add_argument("--no-resize", action="store_true", help="run at the original image size")
     p.add_argument("--crop-size", type=int, help="sliding window size (default 512)")
     p.add_argument("--stride", type=int, help="sliding window step (default 341)")
@@ -52,9 +74,12 @@ def register(subparsers: Any) -> None:
     seg = subparsers.add_parser("segmentation", help="semantic segmentation with UPerNet (ADE20K / folders)")
     sub = seg.add_subparsers(dest="seg_command", required=True)
 
-    p = sub.add_parser("train", help="train a FocalNet UPerNet",
-                       description="Train a FocalNet UPerNet. Settings: defaults (the ADE20K recipe) < --config "
-                       "< options < --set key=value. Works under torchrun.")
+    p = sub.add_parser(
+        "train",
+        help="train a FocalNet UPerNet",
+        description="Train a FocalNet UPerNet. Settings: defaults (the ADE20K recipe) < --config "
+        "< options < --set key=value. Works under torchrun.",
+    )
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_srf (see `focalnet models`)")
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt)")
@@ -70,8 +95,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-eval", action="store_true", help="do not evaluate")
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8",
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -150,7 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if metrics.get("interrupted"):
         print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
         return 1
-    _print_summary(metrics, args.json)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(metrics, args.json)
     return 0
 
 
@@ -190,8 +222,9 @@ def _test_config(args: argparse.Namespace, stored: dict[str, Any] | None) -> Any
         mode=args.mode or t.get("mode", "whole"),
         scale=scale,
         crop_size=(args.crop_size,) * 2 if args.crop_size else tuple(t.get("crop_size", (512, 512))),
-        stride=(args.stride,) * 2 if args.stride else
-        ((math.ceil(args.crop_size * 2 / 3),) * 2 if args.crop_size else tuple(t.get("stride", (341, 341)))),
+        stride=(args.stride,) * 2
+        if args.stride
+        else ((math.ceil(args.crop_size * 2 / 3),) * 2 if args.crop_size else tuple(t.get("stride", (341, 341)))),
         multi_scale=bool(args.multi_scale),
         ratios=tuple(args.ratios) if args.ratios else tuple(t.get("ratios") or (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
         flip=bool(args.flip),
@@ -213,34 +246,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     layout = args.layout or stored.get("layout", "ade20k")
     same_layout = layout == stored.get("layout", layout)
     dcfg = DataConfig(
-        root=args.data, layout=layout,
-        ignore_index=args.ignore_index if args.ignore_index is not None else
-        (stored.get("ignore_index", 255) if same_layout else 255),
-        reduce_zero_label=_bool(args.reduce_zero_label) if args.reduce_zero_label else
-        (stored.get("reduce_zero_label") if same_layout else None),
+        root=args.data,
+        layout=layout,
+        ignore_index=args.ignore_index
+        if args.ignore_index is not None
+        else (stored.get("ignore_index", 255) if same_layout else 255),
+        reduce_zero_label=_bool(args.reduce_zero_label)
+        if args.reduce_zero_label
+        else (stored.get("reduce_zero_label") if same_layout else None),
         num_workers=args.workers if args.workers is not None else 2,
     )
     if args.img_dir or args.ann_dir:
         setattr(dcfg, f"{args.split}_img_dir", args.img_dir)
         setattr(dcfg, f"{args.split}_ann_dir", args.ann_dir)
-    elif same_layout and Path(args.data).expanduser() == Path(str(extra.get("config", {}).get("data", {})
-                                                                       .get("root", ""))).expanduser():
+    elif (
+        same_layout
+        and Path(args.data).expanduser()
+        == Path(str(extra.get("config", {}).get("data", {}).get("root", ""))).expanduser()
+    ):
         setattr(dcfg, f"{args.split}_img_dir", stored.get(f"{args.split}_img_dir"))
         setattr(dcfg, f"{args.split}_ann_dir", stored.get(f"{args.split}_ann_dir"))
     dcfg.validate()
     dataset = build_dataset(dcfg, args.split, None, class_names=model.class_names)
     test_cfg = _test_config(args, extra.get("test"))
     mean, std = extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375))
-    metrics = evaluate(model, dataset, test_cfg, device=dist.device, max_images=args.max_images,
-                       num_workers=dcfg.num_workers, rank=dist.rank, world_size=dist.world_size, mean=mean, std=std)
+    metrics = evaluate(
+        model,
+        dataset,
+        test_cfg,
+        device=dist.device,
+        max_images=args.max_images,
+        num_workers=dcfg.num_workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        mean=mean,
+        std=std,
+    )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data"] = {"root": str(args.data), "layout": layout, "split": args.split}
     metrics["data_problems"] = dataset.problems
     metrics["num_skipped_samples"] = len(dataset.problems) + metrics["skipped_images"]
     if dist.is_main:
-        out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / (
-            f"eval-{args.split}-{test_cfg.mode}" + ("-ms" if test_cfg.multi_scale else "") +
-            ("-flip" if test_cfg.flip else ""))
+        out = (
+            Path(args.output)
+            if args.output
+            else Path(args.checkpoint).resolve().parent
+            / (
+                f"eval-{args.split}-{test_cfg.mode}"
+                + ("-ms" if test_cfg.multi_scale else "")
+                + ("-flip" if test_cfg.flip else "")
+            )
+        )
         write_json(out / "metrics.json", metrics)
         metrics["metrics_file"] = str(out / "metrics.json")
         _print_summary(metrics, args.json)
@@ -262,8 +318,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not Path(p).exists():
             raise FileNotFoundError(f"image not found: {p}")
     test_cfg = _test_config(args, extra.get("test"))
-    records = predict_images(model, args.images, args.out, test_cfg, device,
-                             extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375)))
+    records = predict_images(
+        model,
+        args.images,
+        args.out,
+        test_cfg,
+        device,
+        extra.get("mean", (123.675, 116.28, 103.53)),
+        extra.get("std", (58.395, 57.12, 57.375)),
+    )
     write_json(Path(args.out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
     for r in records:
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])

@@ -215,8 +215,9 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def map_label(raw: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX,
-              reduce_zero_label: bool = False) -> tuple[np.ndarray, list[int]]:
+def map_label(
+    raw: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False
+) -> tuple[np.ndarray, list[int]]:
     """Map file ids to ``0..num_classes-1`` / 255; returns ``(uint8 label, sorted bad values)``.
 
     ``reduce_zero_label``: 0 -> 255, k -> k-1 (255 stays 255). Otherwise ``ignore_index`` -> 255.
@@ -303,8 +304,15 @@ class SegmentationDataset(Dataset):
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max(1, num_threads)) as ex:
-            results = list(tqdm(ex.map(self._check, pairs), total=len(pairs), desc=f"checking {self.split} data",
-                                disable=len(pairs) < 200, leave=False))
+            results = list(
+                tqdm(
+                    ex.map(self._check, pairs),
+                    total=len(pairs),
+                    desc=f"checking {self.split} data",
+                    disable=len(pairs) < 200,
+                    leave=False,
+                )
+            )
         good = []
         for pair, problem in zip(pairs, results):
             if problem is None:
@@ -322,8 +330,9 @@ class SegmentationDataset(Dataset):
         img = read_image(img_p)
         raw = read_label(lab_p)
         if raw.shape != img.shape[:2]:
-            raise ValueError(f"{img_p.name}: image is {img.shape[1]}x{img.shape[0]} but label is "
-                             f"{raw.shape[1]}x{raw.shape[0]}")
+            raise ValueError(
+                f"{img_p.name}: image is {img.shape[1]}x{img.shape[0]} but label is {raw.shape[1]}x{raw.shape[0]}"
+            )
         label, bad = map_label(raw, self.num_classes, self.ignore_index, self.reduce_zero_label)
         if bad:
             raise ValueError(f"{lab_p.name}: label values {bad[:8]} outside the class range")
@@ -373,14 +382,26 @@ def build_dataset(
     if names is None:
         n = cfg.num_classes or _infer_num_classes(pairs, cfg)
         if cfg.num_classes is None:
-            log.warning("no class names found (set data.class_names or data.classes_file, or add %s): "
-                        "using %d numbered classes inferred from the %s labels",
-                        Path(cfg.root) / "classes.txt", n, split)
+            log.warning(
+                "no class names found (set data.class_names or data.classes_file, or add %s): "
+                "using %d numbered classes inferred from the %s labels",
+                Path(cfg.root) / "classes.txt",
+                n,
+                split,
+            )
         names = [f"class_{i}" for i in range(n)]
     if cfg.num_classes is not None and len(names) != cfg.num_classes:
         raise ValueError(f"{len(names)} class names but num_classes is {cfg.num_classes}")
     return SegmentationDataset(
-        pairs, len(names), names, ignore_index=cfg.ignore_index, reduce_zero_label=cfg.zero_label_reduced,
-        transform=transform, verify=cfg.verify, on_error=cfg.on_error, problems=problems, split=split,
+        pairs,
+        len(names),
+        names,
+        ignore_index=cfg.ignore_index,
+        reduce_zero_label=cfg.zero_label_reduced,
+        transform=transform,
+        verify=cfg.verify,
+        on_error=cfg.on_error,
+        problems=problems,
+        split=split,
         num_threads=max(cfg.num_workers, 1),
     )

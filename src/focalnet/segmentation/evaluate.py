@@ -69,8 +69,9 @@ class TestConfig:
 
 
 # ----------------------------------------------------------------------------------------- metrics
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """``num_classes x num_classes`` int64 counts, rows = ground truth, columns = prediction;
     pixels labelled ``ignore_index`` are left out."""
     if pred.shape != label.shape:
@@ -82,7 +83,8 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     if label.numel() and (int(label.max()) >= num_classes or int(label.min()) < 0):
         raise ValueError(f"label values outside 0..{num_classes - 1} (and not {ignore_index})")
     return torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes)
+        num_classes, num_classes
+    )
 
 
 def metrics_from_confusion(cm: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -132,8 +134,13 @@ def whole_inference(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
     return _forward(model, img)
 
 
-def slide_inference(model: nn.Module, img: torch.Tensor, crop_size: Sequence[int] = (512, 512),
-                    stride: Sequence[int] = (341, 341), num_classes: int | None = None) -> torch.Tensor:
+def slide_inference(
+    model: nn.Module,
+    img: torch.Tensor,
+    crop_size: Sequence[int] = (512, 512),
+    stride: Sequence[int] = (341, 341),
+    num_classes: int | None = None,
+) -> torch.Tensor:
     """mmseg sliding-window logits: windows every ``stride`` (last ones flush with the border),
     logits summed into place and divided by the number of windows covering each pixel."""
     h_crop, w_crop = crop_size
@@ -189,8 +196,9 @@ def predict_probs(
         x = TestTransform(scale, tuple(mean), tuple(std))(image).unsqueeze(0).to(device)  # type: ignore[arg-type]
         for flip in (False, True) if cfg.flip else (False,):
             xi = x.flip(-1) if flip else x
-            with torch.autocast(torch.device(device).type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with torch.autocast(
+                torch.device(device).type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 logit = inference(model, xi, cfg)
             logit = F.interpolate(logit.float(), size=(h0, w0), mode="bilinear", align_corners=False)
             prob = logit.softmax(1)
@@ -236,8 +244,9 @@ def evaluate(
     names = class_names or getattr(dataset, "class_names", None) or [str(i) for i in range(nc)]
     total_n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     indices = list(range(rank, total_n, world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers,
-                        collate_fn=_first)
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first
+    )
     was_training = model.training
     model.eval()
     cm = torch.zeros(nc, nc, dtype=torch.int64, device=device)
@@ -265,7 +274,13 @@ def evaluate(
     out = metrics_from_confusion(cm, names)
     out["num_images"] = total_n - int(skipped.item())
     out["skipped_images"] = int(skipped.item())
-    out["test"] = {"mode": cfg.mode, "scale": list(cfg.scale) if cfg.scale else None,
-                   "crop_size": list(cfg.crop_size), "stride": list(cfg.stride), "multi_scale": cfg.multi_scale,
-                   "ratios": list(cfg.ratios) if cfg.multi_scale else [1.0], "flip": cfg.flip}
+    out["test"] = {
+        "mode": cfg.mode,
+        "scale": list(cfg.scale) if cfg.scale else None,
+        "crop_size": list(cfg.crop_size),
+        "stride": list(cfg.stride),
+        "multi_scale": cfg.multi_scale,
+        "ratios": list(cfg.ratios) if cfg.multi_scale else [1.0],
+        "flip": cfg.flip,
+    }
     return out

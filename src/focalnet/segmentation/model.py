@@ -66,9 +66,7 @@ class PPM(nn.ModuleList):
     upsampled back to the input size."""
 
     def __init__(self, pool_scales: Sequence[int], in_ch: int, channels: int, align_corners: bool = False) -> None:
-        super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_ch, channels, 1)) for s in pool_scales
-        )
+        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_ch, channels, 1)) for s in pool_scales)
         self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
@@ -119,8 +117,9 @@ class FCNHead(nn.Module):
         self, in_channels: int, num_classes: int, channels: int = 256, num_convs: int = 1, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.convs = nn.Sequential(*[ConvModule(in_channels if i == 0 else channels, channels, 3, 1)
-                                     for i in range(num_convs)])
+        self.convs = nn.Sequential(
+            *[ConvModule(in_channels if i == 0 else channels, channels, 3, 1) for i in range(num_convs)]
+        )
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
@@ -179,14 +178,18 @@ class UPerNet(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.head_cfg = head
-        self.decode_head = UPerHead(in_channels, num_classes, head.channels, head.pool_scales, head.dropout,
-                                    head.align_corners)
+        self.decode_head = UPerHead(
+            in_channels, num_classes, head.channels, head.pool_scales, head.dropout, head.align_corners
+        )
         self.auxiliary_head: FCNHead | None = None
         if head.aux:
             if not 0 <= head.aux_in_index < len(in_channels):
-                raise ValueError(f"aux_in_index {head.aux_in_index} is not a backbone level (0..{len(in_channels) - 1})")
-            self.auxiliary_head = FCNHead(in_channels[head.aux_in_index], num_classes, head.aux_channels,
-                                          head.aux_num_convs, head.dropout)
+                raise ValueError(
+                    f"aux_in_index {head.aux_in_index} is not a backbone level (0..{len(in_channels) - 1})"
+                )
+            self.auxiliary_head = FCNHead(
+                in_channels[head.aux_in_index], num_classes, head.aux_channels, head.aux_num_convs, head.dropout
+            )
         self.meta: dict[str, Any] = dict(meta or {})
 
     @property
@@ -206,8 +209,9 @@ class UPerNet(nn.Module):
         losses: dict[str, torch.Tensor] = {"loss_decode": loss_decode}
         loss = loss_decode
         if self.auxiliary_head is not None and self.head_cfg.aux_weight > 0:
-            aux = _resize(self.auxiliary_head(feats[self.head_cfg.aux_in_index]), labels.shape[-2:],
-                          self.head_cfg.align_corners)
+            aux = _resize(
+                self.auxiliary_head(feats[self.head_cfg.aux_in_index]), labels.shape[-2:], self.head_cfg.align_corners
+            )
             loss_aux = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_INDEX)
             losses["loss_aux"] = loss_aux
             loss = loss + self.head_cfg.aux_weight * loss_aux
@@ -308,7 +312,8 @@ def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "
     model = _build_from_meta(meta)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{p}: weights do not fit the stored architecture (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{p}: weights do not fit the stored architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.eval()
     return model, extra

@@ -35,8 +35,11 @@ def palette(n: int) -> np.ndarray:
 
 def colorize(label: np.ndarray, num_classes: int) -> np.ndarray:
     """``H x W`` class ids -> ``H x W x 3`` colours (ids outside the classes: black)."""
-    pal = np.concatenate([palette(num_classes), np.zeros((256 - num_classes, 3), np.uint8)]) if num_classes < 256 \
+    pal = (
+        np.concatenate([palette(num_classes), np.zeros((256 - num_classes, 3), np.uint8)])
+        if num_classes < 256
         else palette(num_classes)
+    )
     return pal[label.astype(np.int64)]
 
 
@@ -89,13 +92,21 @@ def predict_images(
         label = predict_image(model, img, cfg, device, mean, std)
         color = colorize(label, nc)
         stem = Path(p).stem
-        files = {"label": out / f"{stem}_label.png", "color": out / f"{stem}_color.png",
-                 "overlay": out / f"{stem}_overlay.png"}
+        files = {
+            "label": out / f"{stem}_label.png",
+            "color": out / f"{stem}_color.png",
+            "overlay": out / f"{stem}_overlay.png",
+        }
         Image.fromarray(label).save(files["label"])
         Image.fromarray(color).save(files["color"])
         Image.fromarray(overlay(img, color)).save(files["overlay"])
         counts = np.bincount(label.reshape(-1), minlength=nc)
         shares = {names[i]: round(float(c) / label.size * 100, 3) for i, c in enumerate(counts) if c > 0}
-        records.append({"image": str(p), **{k: str(v) for k, v in files.items()},
-                        "class_percent": dict(sorted(shares.items(), key=lambda kv: -kv[1]))})
+        records.append(
+            {
+                "image": str(p),
+                **{k: str(v) for k, v in files.items()},
+                "class_percent": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+            }
+        )
     return records

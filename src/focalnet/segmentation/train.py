@@ -59,7 +59,8 @@ class ModelConfig:
     backbone_checkpoint: str | None = None  # any ImageNet checkpoint (kernels resized) or a segmentation one
     pretrained: bool = False  # download the released ImageNet weights of `backbone`
     backbone_overrides: dict[str, Any] = field(
-        default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3})
+        default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3}
+    )
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
@@ -165,16 +166,24 @@ def config_path(name: str) -> Path:
     raise FileNotFoundError(f"config {name!r} not found (neither a file nor one of the shipped configs: {shipped})")
 
 
-def load_segmentation_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
-                             ) -> SegmentationConfig:
+def load_segmentation_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> SegmentationConfig:
     """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides."""
     return load_config(SegmentationConfig, config_path(str(path)) if path else None, list(overrides))
 
 
 def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
     m = cfg.model
-    model = upernet(m.backbone, num_classes, m.backbone_checkpoint, pretrained=m.pretrained, class_names=class_names,
-                    head=m.head, **m.backbone_overrides)
+    model = upernet(
+        m.backbone,
+        num_classes,
+        m.backbone_checkpoint,
+        pretrained=m.pretrained,
+        class_names=class_names,
+        head=m.head,
+        **m.backbone_overrides,
+    )
     return model
 
 
@@ -184,9 +193,20 @@ def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
         "mean": list(cfg.aug.mean),
         "std": list(cfg.aug.std),
         "test": config_to_dict(cfg.eval),
-        "data": {k: v for k, v in config_to_dict(cfg.data).items() if k in (
-            "layout", "ignore_index", "reduce_zero_label", "train_img_dir", "train_ann_dir", "val_img_dir",
-            "val_ann_dir")},
+        "data": {
+            k: v
+            for k, v in config_to_dict(cfg.data).items()
+            if k
+            in (
+                "layout",
+                "ignore_index",
+                "reduce_zero_label",
+                "train_img_dir",
+                "train_ann_dir",
+                "val_img_dir",
+                "val_ann_dir",
+            )
+        },
         "config": config_to_dict(cfg),
     }
 
@@ -203,14 +223,24 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     setup_logging(out, dist.is_main)
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
-        raise ConfigError(f"train.batch_size {r.batch_size} is not divisible by {world} process(es) x "
-                          f"{r.accum_steps} accumulation steps")
+        raise ConfigError(
+            f"train.batch_size {r.batch_size} is not divisible by {world} process(es) x "
+            f"{r.accum_steps} accumulation steps"
+        )
     per_proc = r.batch_size // (world * r.accum_steps)
     torch.manual_seed(r.seed)
 
     aug = cfg.aug
-    tf = TrainTransform(tuple(aug.scale), tuple(aug.ratio_range), tuple(aug.crop_size), aug.cat_max_ratio,
-                        aug.flip_prob, aug.photometric, tuple(aug.mean), tuple(aug.std))
+    tf = TrainTransform(
+        tuple(aug.scale),
+        tuple(aug.ratio_range),
+        tuple(aug.crop_size),
+        aug.cat_max_ratio,
+        aug.flip_prob,
+        aug.photometric,
+        tuple(aug.mean),
+        tuple(aug.std),
+    )
     train_set = build_dataset(cfg.data, "train", tf)
     names = train_set.class_names
     val_set = None
@@ -221,37 +251,62 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
             log.warning("no validation set (%s): training without evaluation", e)
     model = _build_model(cfg, len(names), names)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("UPerNet on %s: %.1fM parameters, %d classes, %d training / %s validation images",
-             cfg.model.backbone, n_params / 1e6, len(names), len(train_set), len(val_set) if val_set else 0)
+    log.info(
+        "UPerNet on %s: %.1fM parameters, %d classes, %d training / %s validation images",
+        cfg.model.backbone,
+        n_params / 1e6,
+        len(names),
+        len(train_set),
+        len(val_set) if val_set else 0,
+    )
     if dist.distributed and dist.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif dist.distributed:
         log.warning("DDP on CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
 
     o = cfg.optim
-    groups = param_groups(model, o.weight_decay, o.layer_decay,
-                          depths=tuple(model.backbone.cfg.depths) if o.layer_decay else None)
+    groups = param_groups(
+        model, o.weight_decay, o.layer_decay, depths=tuple(model.backbone.cfg.depths) if o.layer_decay else None
+    )
     for g in groups:
         g["lr"] = o.lr * g.get("lr_scale", 1.0)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     from timm.scheduler import PolyLRScheduler
 
-    scheduler = PolyLRScheduler(optimizer, t_initial=r.iters, power=o.power, lr_min=o.min_lr,
-                                warmup_t=min(o.warmup_iters, r.iters), warmup_lr_init=o.lr * o.warmup_ratio,
-                                t_in_epochs=False)
+    scheduler = PolyLRScheduler(
+        optimizer,
+        t_initial=r.iters,
+        power=o.power,
+        lr_min=o.min_lr,
+        warmup_t=min(o.warmup_iters, r.iters),
+        warmup_lr_init=o.lr * o.warmup_ratio,
+        t_in_epochs=False,
+    )
 
     test_cfg = cfg.eval.test_config()
     eval_fn = None
     if val_set is not None:
+
         def eval_fn(m: nn.Module, trainer: Trainer) -> dict[str, Any]:
-            res = evaluate(m, val_set, test_cfg, device=trainer.device, max_images=cfg.eval.max_images,
-                           num_workers=min(cfg.data.num_workers, 2), rank=trainer.dist.rank,
-                           world_size=trainer.dist.world_size, progress=r.progress, mean=aug.mean, std=aug.std,
-                           amp_dtype=trainer.amp_dtype)
+            res = evaluate(
+                m,
+                val_set,
+                test_cfg,
+                device=trainer.device,
+                max_images=cfg.eval.max_images,
+                num_workers=min(cfg.data.num_workers, 2),
+                rank=trainer.dist.rank,
+                world_size=trainer.dist.world_size,
+                progress=r.progress,
+                mean=aug.mean,
+                std=aug.std,
+                amp_dtype=trainer.amp_dtype,
+            )
             return {"mIoU": res["mIoU"], "mAcc": res["mAcc"], "aAcc": res["aAcc"], "per_class": res["per_class"]}
 
-    def step_fn(m: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-                ) -> tuple[torch.Tensor, dict[str, float], int]:
+    def step_fn(
+        m: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
         img = batch["img"].to(device, non_blocking=True)
         gt = batch["gt"].to(device, non_blocking=True)
         losses = m(img, gt)
@@ -259,18 +314,38 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
         return losses["loss"], logs, img.shape[0]
 
     tcfg = TrainerConfig(
-        output_dir=str(out), max_steps=r.iters, batch_size=per_proc, num_workers=cfg.data.num_workers,
-        accum_steps=r.accum_steps, grad_clip=r.grad_clip, amp=r.amp, log_every=r.log_every,
-        eval_every_steps=cfg.eval.every if val_set is not None else 0, ckpt_every_steps=r.ckpt_every,
-        keep_checkpoints=r.keep_checkpoints, seed=r.seed, resume=r.resume, device=r.device, progress=r.progress,
+        output_dir=str(out),
+        max_steps=r.iters,
+        batch_size=per_proc,
+        num_workers=cfg.data.num_workers,
+        accum_steps=r.accum_steps,
+        grad_clip=r.grad_clip,
+        amp=r.amp,
+        log_every=r.log_every,
+        eval_every_steps=cfg.eval.every if val_set is not None else 0,
+        ckpt_every_steps=r.ckpt_every,
+        keep_checkpoints=r.keep_checkpoints,
+        seed=r.seed,
+        resume=r.resume,
+        device=r.device,
+        progress=r.progress,
     )
     base = getattr(model, "module", model)
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
         save_config(cfg, out / "config.yaml")
-    trainer = Trainer(tcfg, model, optimizer, train_set, step_fn, scheduler=scheduler, eval_fn=eval_fn,
-                      dist_info=dist, run_state={"segmentation_meta": meta, "segmentation_extra": extra})
+    trainer = Trainer(
+        tcfg,
+        model,
+        optimizer,
+        train_set,
+        step_fn,
+        scheduler=scheduler,
+        eval_fn=eval_fn,
+        dist_info=dist,
+        run_state={"segmentation_meta": meta, "segmentation_extra": extra},
+    )
     final = trainer.fit()
     if final.get("interrupted"):
         return final
@@ -281,14 +356,16 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
         save_segmentor(model, out / "model.pt", extra)
         metrics_path = out / "metrics.json"
         data = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        data.update({
-            "data_problems": problems,
-            "num_skipped_samples": len(problems),
-            "num_train_images": len(train_set),
-            "num_val_images": len(val_set) if val_set is not None else 0,
-            "model_file": str(out / "model.pt"),
-            "iters": trainer.step,
-        })
+        data.update(
+            {
+                "data_problems": problems,
+                "num_skipped_samples": len(problems),
+                "num_train_images": len(train_set),
+                "num_val_images": len(val_set) if val_set is not None else 0,
+                "model_file": str(out / "model.pt"),
+                "iters": trainer.step,
+            }
+        )
         write_json(metrics_path, data)
         if final.get("mIoU") is not None:
             log.info("final: mIoU %.2f  mAcc %.2f  aAcc %.2f", final["mIoU"], final["mAcc"], final["aAcc"])

@@ -64,8 +64,12 @@ def random_resize(
 
 
 def random_crop(
-    img: np.ndarray, label: np.ndarray, crop_size: Sequence[int], cat_max_ratio: float = 1.0,
-    ignore_index: int = IGNORE_INDEX, tries: int = 10,
+    img: np.ndarray,
+    label: np.ndarray,
+    crop_size: Sequence[int],
+    cat_max_ratio: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+    tries: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """mmseg ``RandomCrop``: a random ``crop_size = (h, w)`` window (smaller where the image is); with
     ``cat_max_ratio < 1`` re-draw (up to ``tries`` times) while one class covers >= that share."""
@@ -120,7 +124,9 @@ def photometric_distortion(
     return img
 
 
-def normalize(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """``(H, W, 3) uint8`` -> ``(3, H, W) float32`` with ``(x - mean) / std`` on the 0-255 scale."""
     t = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float()
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -128,8 +134,9 @@ def normalize(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Seque
     return (t - m) / s
 
 
-def pad_to(img: torch.Tensor, label: torch.Tensor, size: Sequence[int],
-           ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_to(
+    img: torch.Tensor, label: torch.Tensor, size: Sequence[int], ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad bottom/right to ``size = (h, w)``: image with 0, label with ``ignore_index``."""
     h, w = label.shape
     ph, pw = max(size[0] - h, 0), max(size[1] - w, 0)
