@@ -367,6 +367,10 @@ def test_model_structure_matches_the_original_settings():
     images, _ = model.transform([torch.rand(3, 100, 130)])
     assert images.tensors.shape[-1] % 32 == 0 and images.tensors.shape[-2] % 32 == 0
     assert max(images.image_sizes[0]) <= 160 and min(images.image_sizes[0]) == 123  # 128 short side, 160 cap
+    m = build_detector("faster_rcnn", "focalnet_tiny_srf", 5, **{**TINY, "drop_path_rate": 0.2, "focal_levels": 3})
+    assert m.backbone.body.cfg.drop_path_rate == 0.2 and m.backbone.body.cfg.focal_levels == (3, 3, 3, 3)
+    with pytest.raises(TypeError, match="unknown detector option"):
+        build_detector("faster_rcnn", "focalnet_tiny_srf", 5, box_nms=0.3)
     with pytest.raises(ValueError, match="detector must be"):
         build_detector("retinanet", "focalnet_tiny_srf", 5)
 

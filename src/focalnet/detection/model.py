@@ -191,7 +191,8 @@ def build_detector(
 ) -> MaskRCNN | FasterRCNN:
     """Build a FocalNet Mask R-CNN (``detector="mask_rcnn"``) or Faster R-CNN.
 
-    ``num_classes`` counts the background (COCO: 81). ``backbone_overrides`` go to
+    ``num_classes`` counts the background (COCO: 81). ``backbone_overrides`` (and any ``overrides`` that
+    are :class:`~focalnet.FocalNetConfig` fields, e.g. ``drop_path_rate=0.2``) go to
     :func:`focalnet.create_backbone` (default ``focal_windows=(9, 9, 9, 9)``, ``drop_path_rate=0.1``;
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
@@ -200,7 +201,12 @@ def build_detector(
         raise ValueError(f"detector must be 'mask_rcnn' or 'faster_rcnn', got {detector!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-    body = _build_body(backbone, backbone_checkpoint, frozen_stages, dict(backbone_overrides or {}))
+    from ..models.focalnet import FocalNetConfig
+
+    backbone_fields = set(FocalNetConfig.__dataclass_fields__) - {"num_classes"}
+    direct = {k: overrides.pop(k) for k in list(overrides) if k in backbone_fields}
+    bb_over = {**(backbone_overrides or {}), **direct}
+    body = _build_body(backbone, backbone_checkpoint, frozen_stages, bb_over)
     if grad_checkpointing:
         body.set_grad_checkpointing(True)
     neck = FocalNetFPN(body, fpn_channels)
