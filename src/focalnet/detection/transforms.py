@@ -50,6 +50,10 @@ class RandomCropAbsoluteRange(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.crop, inpt, **params)
 
+    # torchvision < 0.21 calls the private names
+    _get_params = make_params
+    _transform = transform
+
 
 def _labels_getter(inputs: Any) -> tuple[torch.Tensor, ...]:
     target = inputs[1] if isinstance(inputs, (tuple, list)) else inputs

@@ -318,7 +318,11 @@ class FocalNetBlock(nn.Module):
         return x + y if gamma is None else torch.addcmul(x, y, gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and _mkldnn_ok(x) and not _has_hooks(self, self.modulation, *self.modulation.children()):
+        if (
+            self.fused
+            and _mkldnn_ok(x)
+            and not _has_hooks(self, self.modulation, *self.modulation.children(), *self.modulation.focal_layers)
+        ):
             return self._forward_fused(x)
         if self.use_postln:
             y = self.norm1(self.modulation(x))
