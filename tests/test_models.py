@@ -197,9 +197,14 @@ def test_drop_path_and_dropout_only_in_training():
     assert not torch.allclose(a, m(x))
 
 
+def test_uniform_settings_fit_any_number_of_stages():
+    cfg = focalnet.FocalNetConfig(depths=(1, 1))
+    assert cfg.focal_levels == (2, 2) and cfg.focal_windows == (3, 3)
+
+
 def test_bad_config_values_name_the_key():
     with pytest.raises(ValueError, match="focal_levels"):
-        focalnet.FocalNetConfig(depths=(2, 2), focal_levels=(2, 2, 2))
+        focalnet.FocalNetConfig(depths=(2, 2), focal_levels=(2, 3, 4))
     with pytest.raises(TypeError, match="focal_lvls"):
         focalnet.create_model("focalnet_tiny_srf", focal_lvls=3)
     with pytest.raises(ValueError, match="Did you mean"):

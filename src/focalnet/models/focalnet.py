@@ -61,6 +61,8 @@ class FocalNetConfig:
             value = getattr(self, name)
             if isinstance(value, int):
                 value = (value,) * n
+            elif name != "depths" and len(value) != n and len(set(value)) == 1:
+                value = (value[0],) * n  # a uniform setting fits any number of stages
             object.__setattr__(self, name, tuple(int(v) for v in value))
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries but depths has {n} stages")
