@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from focalnet.cli import main
+from focalnet.engine import packaged_configs
 from focalnet.segmentation import load_segmentation_config, load_segmentor, train
-from focalnet.segmentation.train import CONFIG_DIR
 from test_segmentation import make_folder_dataset
 
 TINY_SET = [
@@ -206,7 +206,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_shipped_configs_follow_the_model_zoo():
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    names = packaged_configs("segmentation")
     assert len(names) >= 7
     for name in names:
         cfg = load_segmentation_config(name)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine.config import load_config
+from ..engine.config import load_config, packaged_config, packaged_configs
 
 __all__ = [
     "ClassificationConfig",
@@ -219,26 +218,14 @@ class ClassificationConfig:
             raise ValueError(f"train.batch_size must be even with mixup/cutmix, got {self.train.batch_size}")
 
 
-def _config_dir() -> Path:
-    return Path(str(resources.files("focalnet") / "configs" / "classification"))
-
-
 def list_configs() -> list[str]:
     """Names of the bundled recipes (one per released model, plus small CPU ones)."""
-    return sorted(p.stem for p in _config_dir().glob("*.yaml"))
+    return packaged_configs("classification")
 
 
 def config_path(name: str) -> Path:
     """Path of a bundled recipe by name (``focalnet_tiny_srf``) or of a YAML file."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise FileNotFoundError(f"config file not found: {p}")
-        return p
-    bundled = _config_dir() / f"{name}.yaml"
-    if not bundled.exists():
-        raise FileNotFoundError(f"no bundled config {name!r}; available: {', '.join(list_configs())}")
-    return bundled
+    return packaged_config(name, "classification")
 
 
 def load_classification_config(
@@ -252,8 +239,7 @@ def load_classification_config(
     if config is not None:
         path = config_path(str(config))
     elif model is not None:
-        bundled = _config_dir() / f"{model}.yaml"
-        path = bundled if bundled.exists() else None
+        path = config_path(model) if model in list_configs() else None
     ov = list(overrides)
     if model is not None:
         ov.insert(0, f"model.name={model}")

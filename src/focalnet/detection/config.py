@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+
+from ..engine.config import packaged_config, packaged_configs
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
 
@@ -129,17 +130,9 @@ class DetectionConfig:
 
 def config_path(name: str) -> Path:
     """Path of a packaged config by name (``"mask_rcnn_focalnet_tiny_lrf_1x"``) or a file path."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    base = resources.files("focalnet") / "configs" / "detection"
-    cand = Path(str(base / (name if name.endswith(".yaml") else name + ".yaml")))
-    if cand.exists():
-        return cand
-    raise FileNotFoundError(f"config {name!r} not found (packaged configs: {', '.join(list_configs())})")
+    return packaged_config(name, "detection")
 
 
 def list_configs() -> list[str]:
     """Names of the packaged detection configs."""
-    base = Path(str(resources.files("focalnet") / "configs" / "detection"))
-    return sorted(p.stem for p in base.glob("*.yaml")) if base.exists() else []
+    return packaged_configs("detection")

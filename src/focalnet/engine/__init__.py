@@ -1,7 +1,16 @@
 """The training engine shared by every task: loop, AMP, DDP, checkpoints, resume, logging, configs."""
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import ConfigError, apply_overrides, build_config, config_to_dict, load_config, save_config
+from .config import (
+    ConfigError,
+    apply_overrides,
+    build_config,
+    config_to_dict,
+    load_config,
+    packaged_config,
+    packaged_configs,
+    save_config,
+)
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
 from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
@@ -24,6 +33,8 @@ __all__ = [
     "init_distributed",
     "layer_id",
     "load_config",
+    "packaged_config",
+    "packaged_configs",
     "param_groups",
     "rng_state",
     "save_config",

@@ -16,7 +16,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "build_config", "load_config", "config_to_dict", "save_config", "apply_overrides"]
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "build_config",
+    "config_to_dict",
+    "load_config",
+    "packaged_config",
+    "packaged_configs",
+    "save_config",
+]
 
 T = TypeVar("T")
 
@@ -198,3 +207,30 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML next to a run."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _packaged_dir(task: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("focalnet") / "configs" / task))
+
+
+def packaged_configs(task: str) -> list[str]:
+    """Names of the configs shipped in ``focalnet/configs/<task>/``."""
+    base = _packaged_dir(task)
+    return sorted(p.stem for p in base.glob("*.yaml")) if base.exists() else []
+
+
+def packaged_config(name: str | os.PathLike, task: str) -> Path:
+    """``name`` as an existing YAML file, else a config shipped for ``task`` (with or without ``.yaml``)."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    name = str(name)
+    cand = _packaged_dir(task) / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if cand.exists():
+        return cand
+    raise FileNotFoundError(
+        f"config {name!r} not found: neither a file nor one of the packaged {task} configs "
+        f"({', '.join(packaged_configs(task))})"
+    )

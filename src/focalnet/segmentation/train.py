@@ -26,6 +26,7 @@ from ..engine import (
     config_to_dict,
     init_distributed,
     load_config,
+    packaged_config,
     param_groups,
     save_config,
     setup_logging,
@@ -49,8 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("focalnet")
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "segmentation"
 
 
 @dataclass
@@ -156,14 +155,7 @@ class SegmentationConfig:
 
 def config_path(name: str) -> Path:
     """Resolve ``name`` to a YAML file: an existing path, or a config shipped in ``configs/segmentation``."""
-    p = Path(name).expanduser()
-    if p.exists():
-        return p
-    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if cand.exists():
-            return cand
-    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"config {name!r} not found (neither a file nor one of the shipped configs: {shipped})")
+    return packaged_config(name, "segmentation")
 
 
 def load_segmentation_config(
