@@ -84,26 +84,21 @@ def _count_params(cfg) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .factory import _original_sd
+    import torch
+
+    from .factory import _original_sd, checkpoint_config
     from .models import FocalNet, FocalNetBackbone, match_variant
-    from .weights import infer_config, read_checkpoint
+    from .weights import read_checkpoint
     from .weights.infer import check_state_dict
 
     ckpt = read_checkpoint(args.checkpoint)
     sd = _original_sd(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = infer_config(sd, stored=ckpt.config if ckpt.config and "embed_dim" in ckpt.config else None)
+        cfg, out_indices = checkpoint_config(ckpt, sd)
     variant = match_variant(cfg)
-    import torch
-
     with torch.device("meta"):
-        if ckpt.backbone_prefix or any(k.startswith("norm0.") for k in sd):
-            model = FocalNetBackbone(
-                cfg, out_indices=sorted({int(k[4]) for k in sd if k[:4] == "norm" and k[4].isdigit()}) or (0,)
-            )
-        else:
-            model = FocalNet(cfg)
+        model = FocalNet(cfg) if out_indices is None else FocalNetBackbone(cfg, out_indices=out_indices)
     try:
         check_state_dict(model.state_dict(), sd)
         fit = "all keys match"
@@ -136,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .factory import model_from_checkpoint, save_model
+    from .factory import _original_sd, checkpoint_config, model_from_checkpoint, save_model
     from .weights import convert_state_dict, read_checkpoint
     from .weights.io import atomic_save
 
@@ -145,11 +140,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         save_model(model, args.output)
     else:
         ckpt = read_checkpoint(args.input)
-        use_postln = None
-        if args.to == "timm":
-            model = model_from_checkpoint(args.input)
-            use_postln = model.cfg.use_postln
-        sd = convert_state_dict(ckpt.state_dict, to=args.to, source=ckpt.layout, use_postln=use_postln)
+        sd = _original_sd(ckpt)
+        # timm renames the norms of post-norm models: take the flag as model_from_checkpoint would
+        use_postln = checkpoint_config(ckpt, sd)[0].use_postln if args.to == "timm" else None
+        sd = convert_state_dict(sd, to=args.to, source="original", use_postln=use_postln)
         if str(args.output).endswith(".safetensors"):
             from .weights.io import save_safetensors
 

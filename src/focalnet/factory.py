@@ -20,6 +20,7 @@ from .weights.infer import CheckpointMismatchError, check_state_dict, infer_conf
 from .weights.io import Checkpoint, read_checkpoint, save_safetensors
 
 __all__ = [
+    "checkpoint_config",
     "create_model",
     "create_backbone",
     "model_from_checkpoint",
@@ -55,14 +56,19 @@ def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], ignore: tuple
         raise CheckpointMismatchError(f"unexpected keys: {bad}")
 
 
-def _build(ctor: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Build a model; when ``sd`` covers it exactly, build on the meta device and adopt the checkpoint
-    tensors (as float32) instead of randomly initialising weights that would be overwritten."""
+def _build_loaded(
+    ctor: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], ignore: tuple[str, ...] = ()
+) -> nn.Module:
+    """Build a model holding ``sd``. When ``sd`` covers it exactly, build on the meta device and adopt
+    the checkpoint tensors (as float32) instead of randomly initialising weights that would be
+    overwritten; otherwise build normally and :func:`load_weights` (keys under ``ignore`` may be missing)."""
     with torch.device("meta"):
         meta = ctor()
     msd = meta.state_dict()
     if set(msd) != set(sd) or any(tuple(msd[k].shape) != tuple(sd[k].shape) for k in msd):
-        return ctor()
+        model = ctor()
+        load_weights(model, sd, ignore)
+        return model
     sd32 = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     meta.load_state_dict(sd32, assign=True)
     if isinstance(meta, FocalNetBackbone):
@@ -70,16 +76,20 @@ def _build(ctor: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor]) -> nn.
     return meta
 
 
-def _load_into_classifier(model: FocalNet, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
+def _classifier_from_sd(cfg: FocalNetConfig, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
+    """A classifier of ``cfg`` (head size taken from ``sd``) holding ``sd``; a different ``num_classes``
+    replaces the head, a missing head is freshly initialised, each with a warning."""
     ckpt_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    if ckpt_classes == 0 and model.num_classes > 0:
+    ignore: tuple[str, ...] = ()
+    if ckpt_classes:
+        cfg = cfg.replace(num_classes=ckpt_classes)
+    elif cfg.num_classes > 0:
         warnings.warn(
-            f"{source} has no classifier head: the head of {model.num_classes} classes is freshly initialised",
+            f"{source} has no classifier head: the head of {cfg.num_classes} classes is freshly initialised",
             stacklevel=3,
         )
-        load_weights(model, sd, ignore=("head.",))
-    else:
-        load_weights(model, sd)
+        ignore = ("head.",)
+    model = _build_loaded(lambda: FocalNet(cfg), sd, ignore)
     if num_classes is not None and num_classes != model.num_classes:
         warnings.warn(
             f"{source} has a {ckpt_classes}-class head; it is dropped and a new {num_classes}-class head is "
@@ -116,11 +126,7 @@ def create_model(
         model = FocalNet(cfg)
     else:
         ckpt = read_checkpoint(path)
-        sd = _original_sd(ckpt)
-        if "head.weight" in sd:
-            cfg = cfg.replace(num_classes=int(sd["head.weight"].shape[0]))
-        model = _build(lambda: FocalNet(cfg), sd)
-        _load_into_classifier(model, sd, num_classes, str(path))
+        model = _classifier_from_sd(cfg, _original_sd(ckpt), num_classes, str(path))
         if "class_names" in ckpt.extra:
             model.class_names = list(ckpt.extra["class_names"])
     model.pretrained_cfg = _pretrained_cfg(model.cfg, name)
@@ -235,6 +241,35 @@ def _is_dense_file(ckpt: Checkpoint) -> bool:
     return ckpt.backbone_prefix or any(re.match(r"norm\d+\.", k) for k in ckpt.state_dict)
 
 
+def checkpoint_config(ckpt: Checkpoint, sd: StateDict) -> tuple[FocalNetConfig, tuple[int, ...] | None]:
+    """The architecture of a checkpoint and, for detection/segmentation files, its output indices.
+
+    Structure comes from the original-layout ``sd``; post-norm and ``normalize_modulator`` from the
+    config stored with the file (ours, or a hub folder's ``config.json``), else from the registered
+    variant the file names or matches (see :func:`~focalnet.weights.infer_config`).
+    """
+    stored = ckpt.config
+    flags_only = stored is not None and set(stored) <= {"use_postln", "normalize_modulator", "layerscale_value"}
+    if ckpt.variant and stored is None:
+        try:
+            v = get_variant(ckpt.variant)
+            stored = {"use_postln": v.cfg.use_postln, "normalize_modulator": v.cfg.normalize_modulator}
+            flags_only = True
+        except ValueError:
+            pass
+    norms = tuple(sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k))))
+    is_backbone = ckpt.backbone_prefix or bool(norms) or ckpt.extra.get("kind") == "backbone"
+    if stored is None:
+        cfg = infer_config(sd, backbone=is_backbone)
+    elif flags_only:
+        cfg = infer_config(sd, warn=False, backbone=is_backbone).replace(**stored)
+    else:
+        cfg = infer_config(sd, stored=stored)
+    if not is_backbone:
+        return cfg, None
+    return cfg, norms or tuple(range(cfg.num_stages))
+
+
 def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet | FocalNetBackbone:
     """Build the model a checkpoint describes, reading the architecture off the file, and load it.
 
@@ -245,43 +280,20 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet
     """
     ckpt = read_checkpoint(path)
     sd = _original_sd(ckpt)
-    stored = ckpt.config
-    flags_only = stored is not None and set(stored) <= {"use_postln", "normalize_modulator", "layerscale_value"}
-    if ckpt.variant and stored is None:
-        try:
-            v = get_variant(ckpt.variant)
-            stored = {"use_postln": v.cfg.use_postln, "normalize_modulator": v.cfg.normalize_modulator}
-            flags_only = True
-        except ValueError:
-            pass
-    norms = sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k)))
-    is_backbone = ckpt.backbone_prefix or bool(norms) or ckpt.extra.get("kind") == "backbone"
-    if stored is None:
-        cfg = infer_config(sd, backbone=is_backbone)
-    elif flags_only:
-        cfg = infer_config(sd, warn=False, backbone=is_backbone).replace(**stored)
-    else:
-        cfg = infer_config(sd, stored=stored)
+    cfg, out_indices = checkpoint_config(ckpt, sd)
     cfg = cfg.replace(**overrides) if overrides else cfg
     variant = match_variant(cfg)
-    if is_backbone:
-        out_indices = norms or tuple(range(cfg.num_stages))
-        model: FocalNet | FocalNetBackbone = _build(lambda: FocalNetBackbone(cfg, out_indices=out_indices), sd)
-        load_weights(model, sd)
+    if out_indices is not None:
+        model: FocalNet | FocalNetBackbone = _build_loaded(lambda: FocalNetBackbone(cfg, out_indices=out_indices), sd)
     else:
-        model = _build(lambda: FocalNet(cfg), sd)
-        load_weights(model, sd, ignore=("head.",) if cfg.num_classes == 0 else ())
+        model = _build_loaded(lambda: FocalNet(cfg), sd)
         model.pretrained_cfg = _pretrained_cfg(cfg, variant.name if variant else None)
-        if "pretrained_cfg" in ckpt.extra and isinstance(ckpt.extra["pretrained_cfg"], Mapping):
+        stored_pc = ckpt.extra.get("pretrained_cfg")
+        if isinstance(stored_pc, Mapping):
             for k in ("input_size", "crop_pct", "interpolation", "mean", "std"):
-                if k in ckpt.extra["pretrained_cfg"]:
-                    setattr(
-                        model.pretrained_cfg,
-                        k,
-                        tuple(ckpt.extra["pretrained_cfg"][k])
-                        if isinstance(ckpt.extra["pretrained_cfg"][k], list)
-                        else ckpt.extra["pretrained_cfg"][k],
-                    )
+                if k in stored_pc:
+                    v = stored_pc[k]
+                    setattr(model.pretrained_cfg, k, tuple(v) if isinstance(v, list) else v)
     if "class_names" in ckpt.extra:
         model.class_names = list(ckpt.extra["class_names"])
     model.variant_name = variant.name if variant else None
