@@ -218,3 +218,30 @@ class OriginalFocalNet(nn.Module):
         x = self.norm(x)
         x = torch.flatten(F.adaptive_avg_pool1d(x.transpose(1, 2), 1), 1)
         return self.head(x)
+
+
+HYPERPARAMETERS = (
+    "embed_dim",
+    "depths",
+    "patch_size",
+    "focal_levels",
+    "focal_windows",
+    "use_conv_embed",
+    "use_layerscale",
+    "use_postln",
+    "use_postln_in_modulation",
+    "normalize_modulator",
+)
+
+
+def original_like(model: nn.Module) -> OriginalFocalNet:
+    """The original implementation with ``model``'s settings and weights (a FocalNet or FocalNetBackbone)."""
+    cfg = model.cfg
+    kw = {k: getattr(cfg, k) for k in HYPERPARAMETERS}
+    out_indices = getattr(model, "out_indices", None)
+    if out_indices is None:
+        orig = OriginalFocalNet(**kw, num_classes=cfg.num_classes)
+    else:
+        orig = OriginalFocalNet(**kw, backbone=True, out_indices=out_indices)
+    orig.load_state_dict(model.state_dict(), strict=True)
+    return orig.eval()

@@ -10,21 +10,7 @@ import focalnet
 from focalnet.models import VARIANTS, FocalNet, FocalNetBackbone, count_flops, num_params
 
 from conftest import REFERENCE, need, randomize_
-from original_focalnet import OriginalFocalNet
-
-HP = [
-    "embed_dim",
-    "depths",
-    "patch_size",
-    "num_classes",
-    "focal_levels",
-    "focal_windows",
-    "use_conv_embed",
-    "use_layerscale",
-    "use_postln",
-    "use_postln_in_modulation",
-    "normalize_modulator",
-]
+from original_focalnet import original_like
 
 
 def _ref(name):
@@ -78,12 +64,7 @@ def _pair(cfg, backbone=False, out_indices=(0, 1, 2, 3)):
     else:
         ours = FocalNet(cfg).eval()
     randomize_(ours)
-    hp = {k: getattr(cfg, k) for k in HP}
-    if backbone:
-        hp.pop("num_classes")
-    orig = OriginalFocalNet(**hp, backbone=backbone, **({"out_indices": out_indices} if backbone else {})).eval()
-    orig.load_state_dict(ours.state_dict(), strict=True)
-    return ours, orig
+    return ours, original_like(ours)
 
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1))

@@ -9,21 +9,8 @@ import torch
 from focalnet.models import VARIANTS, FocalNet, FocalNetBackbone
 
 from conftest import randomize_
-from original_focalnet import OriginalFocalNet
+from original_focalnet import original_like
 
-HP = [
-    "embed_dim",
-    "depths",
-    "patch_size",
-    "num_classes",
-    "focal_levels",
-    "focal_windows",
-    "use_conv_embed",
-    "use_layerscale",
-    "use_postln",
-    "use_postln_in_modulation",
-    "normalize_modulator",
-]
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1))
 CASES = [
     ("focalnet_tiny_srf", SMALL),
@@ -37,9 +24,7 @@ CASES = [
 def _pair(name, overrides):
     cfg = VARIANTS[name].cfg.replace(num_classes=11, **overrides)
     ours = randomize_(FocalNet(cfg).eval())
-    orig = OriginalFocalNet(**{k: getattr(cfg, k) for k in HP}).eval()
-    orig.load_state_dict(ours.state_dict(), strict=True)
-    return ours, orig
+    return ours, original_like(ours)
 
 
 @pytest.mark.parametrize("name,overrides", CASES)
