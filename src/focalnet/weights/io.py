@@ -177,10 +177,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     backbone = False
     if any(k.startswith("backbone.") for k in sd):
         # mmdetection / mmsegmentation file: keep the backbone, ignore neck/heads
+        extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         backbone = True
-        extra["ignored_prefixes"] = sorted(
-            {k.split(".")[0] for k in unwrap_state_dict(obj) if not k.startswith("backbone.")}
-        )
     layout = detect_layout(sd)
     return Checkpoint(sd, layout, str(path), fmt, config, variant, extra, backbone)
