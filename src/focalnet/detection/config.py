@@ -15,7 +15,7 @@ __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "confi
 class ModelConfig:
     """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
 
-    detector: Literal["mask_rcnn", "faster_rcnn"] = "mask_rcnn"
+    detector: Literal["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn"] = "mask_rcnn"
     backbone: str = "focalnet_tiny_lrf"
     backbone_checkpoint: str = ""
     focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])

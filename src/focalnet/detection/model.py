@@ -188,8 +188,9 @@ def build_detector(
     grad_checkpointing: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
     **overrides: Any,
-) -> MaskRCNN | FasterRCNN:
-    """Build a FocalNet Mask R-CNN (``detector="mask_rcnn"``) or Faster R-CNN.
+) -> nn.Module:
+    """Build a FocalNet Mask R-CNN (``detector="mask_rcnn"``), Faster R-CNN or Cascade Mask R-CNN
+    (``"cascade_mask_rcnn"``: :func:`focalnet.detection.cascade.build_cascade_mask_rcnn`).
 
     ``num_classes`` counts the background (COCO: 81). ``backbone_overrides`` (and any ``overrides`` that
     are :class:`~focalnet.FocalNetConfig` fields, e.g. ``drop_path_rate=0.2``) go to
@@ -197,8 +198,25 @@ def build_detector(
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
     """
+    if detector == "cascade_mask_rcnn":
+        from .cascade import build_cascade_mask_rcnn
+
+        return build_cascade_mask_rcnn(
+            backbone,
+            num_classes,
+            backbone_checkpoint=backbone_checkpoint,
+            frozen_stages=frozen_stages,
+            fpn_channels=fpn_channels,
+            representation_size=representation_size,
+            mask_head_channels=mask_head_channels,
+            mmdet_compat=mmdet_compat,
+            train_resize=train_resize,
+            grad_checkpointing=grad_checkpointing,
+            backbone_overrides=backbone_overrides,
+            **overrides,
+        )
     if detector not in ("mask_rcnn", "faster_rcnn"):
-        raise ValueError(f"detector must be 'mask_rcnn' or 'faster_rcnn', got {detector!r}")
+        raise ValueError(f"detector must be 'mask_rcnn', 'faster_rcnn' or 'cascade_mask_rcnn', got {detector!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     from ..models.focalnet import FocalNetConfig
