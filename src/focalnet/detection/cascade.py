@@ -393,16 +393,18 @@ def build_cascade_mask_rcnn(
 
     backbone_fields = set(FocalNetConfig.__dataclass_fields__) - {"num_classes"}
     direct = {k: overrides.pop(k) for k in list(overrides) if k in backbone_fields}
-    bb_over = {**BACKBONE_DEFAULTS, **(backbone_overrides or {}), **direct}
-    body = _build_body(backbone, backbone_checkpoint, frozen_stages, bb_over)
-    if grad_checkpointing:
-        body.set_grad_checkpointing(True)
-    neck = FocalNetFPN(body, fpn_channels)
     s = {**CASCADE_DEFAULTS, **overrides}
     unknown = set(s) - set(CASCADE_DEFAULTS) - {"image_mean", "image_std", "rpn_score_thresh"}
     if unknown:
         raise TypeError(f"unknown Cascade Mask R-CNN option(s) {sorted(unknown)}; valid: {sorted(CASCADE_DEFAULTS)}")
     n = len(s["stage_iou_thresholds"])
+    stage_weights = _stage_tuple(s["stage_loss_weights"], n, "stage_loss_weights")
+    stage_stds = _stage_tuple(s["stage_box_stds"], n, "stage_box_stds")
+    bb_over = {**BACKBONE_DEFAULTS, **(backbone_overrides or {}), **direct}
+    body = _build_body(backbone, backbone_checkpoint, frozen_stages, bb_over)
+    if grad_checkpointing:
+        body.set_grad_checkpointing(True)
+    neck = FocalNetFPN(body, fpn_channels)
     anchors = (UnroundedAnchorGenerator if mmdet_compat else AnchorGenerator)(ANCHOR_SIZES, ASPECT_RATIOS)
     rpn = RegionProposalNetwork(
         anchors,
@@ -428,8 +430,8 @@ def build_cascade_mask_rcnn(
         [MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1) for _ in range(n)],
         [MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes - 1) for _ in range(n)],
         stage_iou_thresholds=s["stage_iou_thresholds"],
-        stage_loss_weights=_stage_tuple(s["stage_loss_weights"], n, "stage_loss_weights"),
-        stage_box_stds=_stage_tuple(s["stage_box_stds"], n, "stage_box_stds"),
+        stage_loss_weights=stage_weights,
+        stage_box_stds=stage_stds,
         batch_size_per_image=s["box_batch_size_per_image"],
         positive_fraction=s["box_positive_fraction"],
         giou_loss_weight=s["giou_loss_weight"],
