@@ -219,6 +219,39 @@ def _tiny_model(num_classes: int = 5) -> torch.nn.Module:
     return model.eval()
 
 
+MMSEG_CONFIG_TEXT = """norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    decode_head=dict(
+        type='UPerHead',
+        in_channels=[16, 32, 64, 128],
+        pool_scales=(1, 2, 3, 6),
+        channels=16,
+        dropout_ratio=0.2,
+        num_classes=5,
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        align_corners=True),
+    test_cfg=dict(mode='whole'))
+img_norm_cfg = dict(
+    mean=[120.0, 110.0, 100.0], std=[50.0, 51.0, 52.0], to_rgb=True)
+test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256), flip=False)]
+"""
+
+
+def test_settings_the_weights_cannot_show_come_from_the_stored_config():
+    model = _tiny_model()
+    sd = focalnet_to_mmseg(model.meta, model.state_dict())["state_dict"]
+    meta, _, extra = mmseg_to_focalnet({"meta": {"config": MMSEG_CONFIG_TEXT}, "state_dict": sd})
+    assert meta["head"]["align_corners"] is True and meta["head"]["dropout"] == 0.2
+    assert meta["head"]["channels"] == 16 and meta["head"]["aux_channels"] == 8 and meta["num_classes"] == 5
+    assert extra["mean"] == [120.0, 110.0, 100.0] and extra["std"] == [50.0, 51.0, 52.0]
+    assert extra["test"] == {"mode": "whole", "scale": [1024, 256]} and "data" not in extra  # not ADE20K
+    assert meta["class_names"] is None  # no CLASSES, not 150 classes: numbered
+    text = MMSEG_CONFIG_TEXT.replace("pool_scales=(1, 2, 3, 6)", "pool_scales=(1, 2, 3)")
+    with pytest.raises(ValueError, match="4 pyramid-pooling branches"):
+        mmseg_to_focalnet({"meta": {"config": text}, "state_dict": sd})
+
+
 def test_misfitting_original_file_names_the_keys(tmp_path):
     model = _tiny_model()
     original = focalnet_to_mmseg(model.meta, model.state_dict())

@@ -127,8 +127,6 @@ def mmseg_to_focalnet(obj: Mapping[str, Any]) -> tuple[dict[str, Any], StateDict
     from ..models.focalnet import FocalNetConfig
 
     sd = dict(obj["state_dict"])
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if not is_mmseg_segmentor(sd):
         raise ValueError("not an mmsegmentation encoder-decoder state dict (no backbone./decode_head. keys)")
     original_meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None

@@ -188,6 +188,8 @@ def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[st
         model.head_cfg.aux_weight = m.head.aux_weight
         model.meta["head"]["aux_weight"] = m.head.aux_weight
         model.meta["backbone_config"] = model.backbone.cfg.to_dict()
+        model.meta.pop("source", None)
+        model.meta["init_checkpoint"] = str(m.checkpoint)
         if model.num_classes != num_classes:
             log.warning(
                 "%s: %d classes -> %d of the data: new classifiers (conv_seg) for fine-tuning",
