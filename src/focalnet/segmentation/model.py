@@ -4,6 +4,10 @@ The decode head follows mmsegmentation's UPerNet: a pyramid pooling module (scal
 last backbone level, FPN-style top-down fusion of the four levels, 3x3 conv-BN-ReLU modules of 512
 channels, dropout 0.1 and a 1x1 classifier. The auxiliary ``FCNHead`` (one 3x3 conv-BN-ReLU of 256
 channels on the stage-3 feature, loss weight 0.4) only runs in training.
+
+The module tree, and so every state dict key, is that of the original mmsegmentation 0.x model, and in
+eval mode the logits are the original's for the same weights; :func:`load_segmentor` also reads the
+released mmseg files (see :mod:`focalnet.segmentation.convert`).
 """
 
 from __future__ import annotations
