@@ -228,16 +228,26 @@ def grid_anchors(
     return out
 
 
-def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Tensor, topk: int = 9) -> Tensor:
+def atss_assign(
+    anchors: Tensor,
+    num_level_anchors: Sequence[int],
+    gt_boxes: Tensor,
+    topk: int = 9,
+    return_details: bool = False,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """ATSS assignment (mmdet ``ATSSAssigner``): index of the assigned gt box per anchor, -1 for negatives.
 
     For each gt box: on each level the ``topk`` anchors whose centres are closest to the box centre are
     candidates; those with IoU >= mean + std (unbiased) of the candidates' IoUs and whose centre lies
     inside the box (all four distances > 0.01) are positives; an anchor positive for several boxes goes to
-    the one of highest IoU (the first on ties)."""
+    the one of highest IoU (the first on ties). ``return_details=True`` also returns the candidates
+    ``(C, G)`` (anchor indices) and the IoU thresholds ``(G,)``."""
     n, g = anchors.shape[0], gt_boxes.shape[0]
     assigned = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
     if n == 0 or g == 0:
+        if return_details:
+            empty = torch.zeros(0, g, dtype=torch.long, device=anchors.device)
+            return assigned, empty, anchors.new_zeros(g)
         return assigned
     ious = box_iou(anchors, gt_boxes)  # (N, G)
     a_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2
@@ -254,9 +264,9 @@ def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Ten
     thr = cand_iou.mean(0) + cand_iou.std(0)
     cx, cy = a_ctr[cand, 0], a_ctr[cand, 1]  # (C, G)
     inside = (
-        torch.stack(
-            [cx - gt_boxes[:, 0], cy - gt_boxes[:, 1], gt_boxes[:, 2] - cx, gt_boxes[:, 3] - cy], dim=-1
-        ).amin(-1)
+        torch.stack([cx - gt_boxes[:, 0], cy - gt_boxes[:, 1], gt_boxes[:, 2] - cx, gt_boxes[:, 3] - cy], dim=-1).amin(
+            -1
+        )
         > 0.01
     )
     is_pos = (cand_iou >= thr) & inside
@@ -266,6 +276,8 @@ def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Ten
     best, arg = scores.max(1)
     pos = best > -math.inf
     assigned[pos] = arg[pos]
+    if return_details:
+        return assigned, cand, thr
     return assigned
 
 
@@ -466,7 +478,7 @@ class ATSS(nn.Module):
             idx = v.nonzero().squeeze(1)
             gt = t["boxes"].to(all_anchors)
             assigned = torch.full((n,), -1, dtype=torch.long, device=all_anchors.device)
-            assigned[idx] = atss_assign(all_anchors[idx], num_level_valid, gt, self.topk)
+            assigned[idx] = atss_assign(all_anchors[idx], num_level_valid, gt, self.topk)  # type: ignore[assignment]
             pos = assigned >= 0
             lab = torch.full((n,), -1, dtype=torch.long, device=all_anchors.device)
             lab[pos] = t["labels"].to(all_anchors.device)[assigned[pos]] - 1  # 1..K -> 0-based
