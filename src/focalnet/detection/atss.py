@@ -252,7 +252,7 @@ def atss_assign(
     ious = box_iou(anchors, gt_boxes)  # (N, G)
     a_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2
     g_ctr = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-    dist_ = torch.cdist(a_ctr, g_ctr)  # (N, G)
+    dist_ = (a_ctr[:, None] - g_ctr[None]).pow(2).sum(-1).sqrt()  # (N, G); exact, unlike cdist's matmul path
     cands, start = [], 0
     for n_level in num_level_anchors:
         k = min(topk, n_level)
