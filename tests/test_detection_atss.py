@@ -247,8 +247,9 @@ def test_builders_and_config_dispatch():
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_bbox"] > 0
     sum(losses.values()).backward()
     assert model.head.atss_centerness.weight.grad.abs().sum() > 0 and model.head.scales[0].scale.grad is not None
-    with pytest.raises(ValueError, match="labels"):
-        model(imgs[:1], [{"boxes": tgts[0]["boxes"], "labels": torch.tensor([1, 5])}])
+    for bad in ([1, 5], [0, 1], [1]):
+        with pytest.raises(ValueError, match="labels"):
+            model(imgs[:1], [{"boxes": tgts[0]["boxes"], "labels": torch.tensor(bad)}])
     with pytest.raises(ValueError, match="positive width"):
         model(imgs[:1], [{"boxes": torch.tensor([[10.0, 10, 5, 30]]), "labels": torch.tensor([1])}])
 

@@ -422,12 +422,16 @@ class ATSS(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
         if targets is not None:
+            k = self.head.num_classes
             for t in targets:
                 b = t["boxes"]
                 if b.dim() != 2 or b.shape[-1] != 4:
                     raise ValueError(f"target boxes must be (N, 4), got {tuple(b.shape)}")
                 if len(b) and not bool((b[:, 2:] > b[:, :2]).all()):
                     raise ValueError("target boxes must have positive width and height (x1 < x2, y1 < y2)")
+                lab = t["labels"]
+                if lab.shape != b.shape[:1] or (len(lab) and not (1 <= int(lab.min()) <= int(lab.max()) <= k)):
+                    raise ValueError(f"target labels must be one per box, in 1..{k} (0 is the background)")
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         image_list, targets = self.transform(images, targets)
         feats = list(self.backbone(image_list.tensors).values())
@@ -487,8 +491,6 @@ class ATSS(nn.Module):
             labels.append(lab)
             matched.append(box)
             valid.append(v)
-        if any(bool(((lab >= self.head.num_classes) | (lab < -1)).any()) for lab in labels):
-            raise ValueError(f"target labels must be in 1..{self.head.num_classes} (0 is the background)")
         return atss_loss_terms(
             self._flatten(cls_out, self.head.num_classes),
             self._flatten(reg_out, 4),
