@@ -1,4 +1,4 @@
-"""Object detection and instance segmentation: FocalNet + FPN in torchvision Mask R-CNN / Faster R-CNN.
+"""Object detection and instance segmentation: FocalNet + FPN in torchvision Mask R-CNN / Faster R-CNN, and ATSS.
 
 >>> from focalnet.detection import mask_rcnn
 >>> model = mask_rcnn("focalnet_tiny_lrf", num_classes=81)  # 80 COCO classes + background
@@ -8,6 +8,7 @@ Train / evaluate / predict on COCO-format data with :func:`train`, :func:`evalua
 :func:`load_detector`.
 """
 
+from .atss import ATSS, atss
 from .config import DataConfig, DetectionConfig, ModelConfig, OptimConfig, config_path, list_configs
 from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
 from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
@@ -29,6 +30,7 @@ from .transforms import RandomCropAbsoluteRange, eval_transforms, train_transfor
 __all__ = [
     "DETECTION_DEFAULTS",
     "STAT_NAMES",
+    "ATSS",
     "AlignedMultiScaleRoIAlign",
     "CocoInstances",
     "DataConfig",
@@ -40,6 +42,7 @@ __all__ = [
     "OptimConfig",
     "RandomCropAbsoluteRange",
     "UnroundedAnchorGenerator",
+    "atss",
     "build_datasets",
     "build_detector",
     "build_model",

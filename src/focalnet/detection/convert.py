@@ -35,6 +35,7 @@ from torch import nn
 
 from ..engine.config import build_config
 from ..weights.infer import infer_config
+from .atss import is_mmdet_atss
 
 __all__ = [
     "convert_mmdet_state_dict",
@@ -147,7 +148,8 @@ def load_detector(
     """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
 
     Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
-    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN files (``state_dict`` with ``backbone.``,
+    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN / ATSS files (ATSS: ``bbox_head.atss_*`` keys,
+    backbone stages 1-3, loaded strictly; R-CNN: ``state_dict`` with ``backbone.``,
     ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
     head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
     ``overrides`` are :class:`~focalnet.detection.config.ModelConfig` fields (``score_thresh``,
@@ -179,10 +181,16 @@ def load_detector(
         }
     else:
         sd = obj.get("state_dict", obj)
+        if isinstance(sd, Mapping) and is_mmdet_atss(sd):
+            from .atss import load_mmdet_atss
+
+            model, fields = load_mmdet_atss(sd, **overrides)
+            return _finish_mmdet(model, fields, model.num_classes, device)
         if not isinstance(sd, Mapping) or not is_mmdet_detector(sd):
             raise ValueError(
                 f"{path} is neither a focalnet detection checkpoint (model.pt / checkpoint-*.pt) nor an "
-                "mmdetection Faster/Mask R-CNN file (state_dict with rpn_head./roi_head. keys)"
+                "mmdetection Faster/Mask R-CNN or ATSS file (state_dict with rpn_head./roi_head. or "
+                "bbox_head.atss_cls. keys)"
             )
         converted = convert_mmdet_state_dict(sd)
         num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
@@ -219,4 +227,23 @@ def load_detector(
         }
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
+    return model.to(device).eval(), meta
+
+
+def _finish_mmdet(
+    model: nn.Module, fields: dict[str, Any], num_classes: int, device: str | torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Class names (COCO's for 80 classes) and meta of a converted mmdetection detector."""
+    if num_classes == 81:
+        names, ids = coco_class_names()
+    else:
+        names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
+    meta = {
+        "class_names": names,
+        "category_ids": ids,
+        "source": "mmdetection",
+        "detection_config": {"model": fields},
+    }
+    model.class_names = names
+    model.category_ids = ids
     return model.to(device).eval(), meta

@@ -196,9 +196,24 @@ def build_detector(
     :func:`focalnet.create_backbone` (default ``focal_windows=(9, 9, 9, 9)``, ``drop_path_rate=0.1``;
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
+    ``detector="atss"`` builds :func:`focalnet.detection.atss.build_atss` (R-CNN-only options ignored).
     """
+    if detector == "atss":
+        from .atss import build_atss
+
+        return build_atss(  # type: ignore[return-value]
+            backbone,
+            num_classes,
+            backbone_checkpoint=backbone_checkpoint,
+            frozen_stages=frozen_stages,
+            fpn_channels=fpn_channels,
+            grad_checkpointing=grad_checkpointing,
+            train_resize=train_resize,
+            backbone_overrides=backbone_overrides,
+            **overrides,
+        )
     if detector not in ("mask_rcnn", "faster_rcnn"):
-        raise ValueError(f"detector must be 'mask_rcnn' or 'faster_rcnn', got {detector!r}")
+        raise ValueError(f"detector must be 'mask_rcnn', 'faster_rcnn' or 'atss', got {detector!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     from ..models.focalnet import FocalNetConfig
@@ -282,7 +297,8 @@ def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, A
         min_size=model_cfg.min_size,
         max_size=model_cfg.max_size,
         box_score_thresh=model_cfg.score_thresh,
-        box_nms_thresh=model_cfg.nms_thresh,
         box_detections_per_img=model_cfg.detections_per_img,
+        # None: the detector's own NMS IoU (0.5 for the R-CNNs, 0.6 for ATSS)
+        **({"box_nms_thresh": model_cfg.nms_thresh} if model_cfg.nms_thresh is not None else {}),
         **dict(model_cfg.detector_overrides),
     )
