@@ -8,14 +8,17 @@ from typing import Any, Literal
 
 from ..engine.config import packaged_config, packaged_configs
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
+# every detector of the package (``ModelConfig.detector``, ``--detector``)
+DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss")
+
+__all__ = ["DETECTORS", "ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
 
 
 @dataclass
 class ModelConfig:
     """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
 
-    detector: Literal["mask_rcnn", "faster_rcnn", "atss"] = "mask_rcnn"
+    detector: Literal["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss"] = "mask_rcnn"
     backbone: str = "focalnet_tiny_lrf"
     backbone_checkpoint: str = ""
     focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
