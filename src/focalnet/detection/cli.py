@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn"])
+    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn", "sparse_rcnn"])
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)

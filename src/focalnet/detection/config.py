@@ -15,7 +15,7 @@ __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "confi
 class ModelConfig:
     """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
 
-    detector: Literal["mask_rcnn", "faster_rcnn"] = "mask_rcnn"
+    detector: Literal["mask_rcnn", "faster_rcnn", "sparse_rcnn"] = "mask_rcnn"
     backbone: str = "focalnet_tiny_lrf"
     backbone_checkpoint: str = ""
     focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
@@ -33,6 +33,7 @@ class ModelConfig:
     detections_per_img: int = 100
     mmdet_compat: bool = False  # aligned RoIAlign + adaptive sampling, unrounded anchors
     detector_overrides: dict[str, Any] = field(default_factory=dict)  # torchvision MaskRCNN arguments
+    # (sparse_rcnn: SPARSE_RCNN_DEFAULTS keys, e.g. num_proposals, num_stages)
 
     def validate(self) -> None:
         if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):
@@ -91,6 +92,7 @@ class OptimConfig:
     warmup_ratio: float = 0.001
     lr_steps: list[float] = field(default_factory=lambda: [9, 11])
     decay_rate: float = 0.1
+    decay_all: bool = False  # weight decay on every parameter (mmdet without paramwise_cfg: Sparse R-CNN)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:

@@ -197,6 +197,20 @@ def build_detector(
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
     """
+    if detector == "sparse_rcnn":
+        from .sparse_rcnn import build_sparse_rcnn
+
+        return build_sparse_rcnn(  # type: ignore[return-value]
+            backbone,
+            num_classes,
+            backbone_checkpoint=backbone_checkpoint,
+            frozen_stages=frozen_stages,
+            fpn_channels=fpn_channels,
+            train_resize=train_resize,
+            grad_checkpointing=grad_checkpointing,
+            backbone_overrides=backbone_overrides,
+            **overrides,
+        )
     if detector not in ("mask_rcnn", "faster_rcnn"):
         raise ValueError(f"detector must be 'mask_rcnn' or 'faster_rcnn', got {detector!r}")
     if num_classes < 2:
@@ -264,6 +278,10 @@ def faster_rcnn(
 
 def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, Any]:
     """Arguments of :func:`build_detector` from a :class:`~focalnet.detection.config.ModelConfig`."""
+    if model_cfg.detector == "sparse_rcnn":
+        from .sparse_rcnn import sparse_rcnn_kwargs_from_config
+
+        return sparse_rcnn_kwargs_from_config(model_cfg, num_classes)
     overrides = dict(model_cfg.backbone_overrides)
     overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
     overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)
