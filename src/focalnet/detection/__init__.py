@@ -26,11 +26,13 @@ from .model import (
     mask_rcnn,
 )
 from .predict import draw_detections, predict_images
+from .sparse_rcnn import SPARSE_RCNN_DEFAULTS, SparseRCNN, sparse_rcnn
 from .train import build_datasets, build_model, detection_step, train
 from .transforms import RandomCropAbsoluteRange, eval_transforms, train_transforms
 
 __all__ = [
     "DETECTION_DEFAULTS",
+    "SPARSE_RCNN_DEFAULTS",
     "STAT_NAMES",
     "ATSS",
     "AlignedMultiScaleRoIAlign",
@@ -45,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RandomCropAbsoluteRange",
+    "SparseRCNN",
     "UnroundedAnchorGenerator",
     "atss",
     "build_datasets",
@@ -70,6 +73,7 @@ __all__ = [
     "outputs_to_coco",
     "predict_images",
     "run_inference",
+    "sparse_rcnn",
     "train",
     "train_transforms",
 ]

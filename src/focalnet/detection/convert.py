@@ -182,6 +182,12 @@ def load_detector(
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    from .sparse_rcnn import is_mmdet_sparse_rcnn, load_mmdet_sparse_rcnn
+
+    if "detection_config" not in obj and is_mmdet_sparse_rcnn(obj.get("state_dict", obj)):
+        model, meta = load_mmdet_sparse_rcnn(obj.get("state_dict", obj), path, **overrides)
+        model.class_names, model.category_ids = meta["class_names"], meta["category_ids"]
+        return model.to(device).eval(), meta
     if "detection_config" in obj and "model" in obj:
         data = dict(obj["detection_config"])
         model_cfg = dict(data.get("model", {}))

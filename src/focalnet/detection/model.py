@@ -219,6 +219,10 @@ def build_detector(
         from .cascade import build_cascade_mask_rcnn
 
         return build_cascade_mask_rcnn(backbone, num_classes, **common, **rcnn_heads, **overrides)
+    if detector == "sparse_rcnn":
+        from .sparse_rcnn import build_sparse_rcnn
+
+        return build_sparse_rcnn(backbone, num_classes, **common, **overrides)
     if detector not in ("mask_rcnn", "faster_rcnn"):
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}; got {detector!r}")
     if num_classes < 2:
@@ -286,6 +290,10 @@ def faster_rcnn(
 
 def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, Any]:
     """Arguments of :func:`build_detector` from a :class:`~focalnet.detection.config.ModelConfig`."""
+    if model_cfg.detector == "sparse_rcnn":
+        from .sparse_rcnn import sparse_rcnn_kwargs_from_config
+
+        return sparse_rcnn_kwargs_from_config(model_cfg, num_classes)
     overrides = dict(model_cfg.backbone_overrides)
     overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
     overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)

@@ -161,7 +161,13 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
             len(train_set),
             f", {len(val_set)} validation images" if val_set is not None else "",
         )
-    optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    if cfg.optim.decay_all:  # mmdet's default constructor: the same weight decay on every parameter
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+        )
+    else:
+        optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     tcfg = TrainerConfig(
         output_dir=str(out),
         epochs=cfg.epochs,
