@@ -293,10 +293,10 @@ def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{p} is not a readable segmentation checkpoint: {type(e).__name__}: {e}") from e
+    from ..weights.infer import check_buildable, check_finite
+    from ..weights.io import safe_torch_load
+
+    obj = safe_torch_load(p, "segmentation checkpoint")
     if not isinstance(obj, dict):
         raise ValueError(f"{p} does not hold a dict")
     if obj.get("format") == FORMAT:
@@ -309,11 +309,13 @@ def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "
             f"{p} is not a focalnet segmentation model (expected a file from `focalnet segmentation train`: "
             "OUTPUT/model.pt or OUTPUT/checkpoints/checkpoint-*.pt)"
         )
+    if not isinstance(meta, dict) or not isinstance(sd, dict) or not isinstance(extra, dict):
+        raise ValueError(f"{p}: malformed segmentation file (meta, weights and extra must be dicts)")
+    # stored settings checked against the tensors on the meta device before anything is allocated
+    check_buildable(lambda: _build_from_meta(meta), sd, p)
+    check_finite(sd, p)
     model = _build_from_meta(meta)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{p}: weights do not fit the stored architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    model.load_state_dict(sd)
+    model.to(map_location)
     model.eval()
     return model, extra
