@@ -89,9 +89,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .factory import _original_sd, checkpoint_config
     from .models import FocalNet, FocalNetBackbone, match_variant
     from .weights import read_checkpoint
-    from .weights.infer import check_state_dict
+    from .weights.infer import check_finite, check_state_dict
 
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint, allow_nonfinite=True)  # info reports broken weights
+    try:
+        check_finite(ckpt.state_dict, ckpt.path, allow=False)
+        finite = "all weights finite"
+    except ValueError as e:
+        finite = str(e)
     sd = _original_sd(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,6 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "variant": variant.name if variant else None,
         "config": cfg.to_dict(),
         "fit": fit,
+        "finite": finite,
         "notes": [str(w.message) for w in caught],
         "ignored_prefixes": ckpt.extra.get("ignored_prefixes", []),
     }

@@ -56,11 +56,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
+    p.add_argument(
         "--set",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false",
+        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -182,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
-        final = train(cfg, args.output, resume=args.resume)
+        final = train(cfg, args.output, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:

@@ -13,6 +13,7 @@ from .config import (
 )
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
+from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
 from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
 
 __all__ = [
@@ -20,10 +21,12 @@ __all__ = [
     "ConfigError",
     "DistInfo",
     "ResumableSampler",
+    "RunFolderError",
     "Trainer",
     "TrainerConfig",
     "all_reduce",
     "apply_overrides",
+    "avoid_inputs",
     "barrier",
     "build_adamw",
     "build_config",
@@ -33,9 +36,11 @@ __all__ = [
     "init_distributed",
     "layer_id",
     "load_config",
+    "make_output_dir",
     "packaged_config",
     "packaged_configs",
     "param_groups",
+    "prepare_run_folder",
     "rng_state",
     "save_config",
     "set_rng_state",

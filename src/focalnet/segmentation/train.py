@@ -28,6 +28,7 @@ from ..engine import (
     load_config,
     packaged_config,
     param_groups,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -239,7 +240,7 @@ def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
     }
 
 
-def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, Any]:
+def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, with ``cfg.train.resume``) and evaluate; returns the final metrics.
 
     Writes ``OUTPUT/config.yaml``, ``checkpoints/``, ``metrics.json`` (with the data problems found,
@@ -248,6 +249,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     out = Path(output_dir)
     r = cfg.train
     dist = init_distributed(r.device)
+    run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
@@ -355,6 +357,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
         keep_checkpoints=r.keep_checkpoints,
         seed=r.seed,
         resume=r.resume,
+        run_id=run_id,
         device=r.device,
         progress=r.progress,
     )
@@ -362,7 +365,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml", run_id=run_id)
     trainer = Trainer(
         tcfg,
         model,
