@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.resources import add_threads_arg
+
 __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS"]
 
 DEFAULT_PATHS = ("eager", "fused", "compiled", "onnxruntime", "timm")
@@ -438,7 +440,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16, help="batch of the timed training step")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: torch's)")
+    add_threads_arg(p)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per repetition and path (at least)")

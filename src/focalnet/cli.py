@@ -227,8 +227,54 @@ def _imagenet_names(num_classes: int) -> list[str] | None:
     return None
 
 
+# leaf commands that compute nothing (they get no --threads)
+_NO_COMPUTE = {"models", "info", "configs"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands report a mistyped option themselves: their own usage line and
+    the closest valid option, instead of the top-level usage."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:
+            bad = next((a for a in extras if a.startswith("-")), extras[0])
+            msg = f"unrecognized arguments: {' '.join(extras)}"
+            if bad.startswith("-"):
+                import difflib
+
+                close = difflib.get_close_matches(bad.split("=")[0], list(self._option_string_actions), n=1)
+                if close:
+                    msg += f" (did you mean {close[0]}?)"
+            self.error(msg)
+        return ns, extras
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, name: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(name, parser)]
+    out = []
+    for action in subs:
+        for cmd, p in action.choices.items():
+            out.extend(_leaf_parsers(p, cmd))
+    return out
+
+
+def _add_threads_everywhere(parser: argparse.ArgumentParser) -> None:
+    """One ``--threads`` option on every command that computes (see ``focalnet.engine.resources``)."""
+    from .engine.resources import add_threads_arg
+
+    seen: set[int] = set()
+    for name, p in _leaf_parsers(parser):
+        if name in _NO_COMPUTE or id(p) in seen or "--threads" in p._option_string_actions:
+            continue
+        seen.add(id(p))
+        add_threads_arg(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks")
+    parser = _Parser(prog="focalnet", description="Focal Modulation Networks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="table of the registered variants")
@@ -264,13 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # task not installed in this tree
             raise
         module.register(sub)
+    _add_threads_everywhere(parser)
     return parser
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's threads for commands with ``--threads`` (train commands refine it once their config,
+    hence their data-loader workers, is known)."""
+    if not hasattr(args, "threads"):
+        return
+    from .engine.resources import fit_workers, set_threads
+
+    workers = getattr(args, "workers", None)
+    set_threads(args.threads, workers=fit_workers(workers) if hasattr(args, "workers") else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _apply_threads(args)
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--img-size", type=int, help="evaluation size (default: the model's)")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int, default=4)
+    e.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
     e.add_argument(
         "--head-subset",
         choices=["none", "in1k"],
@@ -155,7 +155,7 @@ def _friendly(func: Any) -> Any:
 
 @_friendly
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .config import load_classification_config
     from .train import train
 
@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
             return 2
     cfg = load_classification_config(config, _train_overrides(args), model=args.model)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
         result = train(cfg, resume=args.resume)
     finally:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..engine import all_reduce, init_distributed, setup_logging, write_json
+from ..engine import all_reduce, fit_workers, init_distributed, setup_logging, write_json
 from .data import ImageFolder, imagenet_indices, resolve_split
 
 __all__ = [
@@ -222,7 +222,11 @@ def evaluate_model(
     tmap = torch.as_tensor(list(targets), dtype=torch.long, device=device)
     shard = Subset(dataset, list(range(rank, len(dataset), world_size))) if world_size > 1 else dataset
     loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=fit_workers(num_workers),
+        pin_memory=device.type == "cuda",
     )
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, correct1, correct5, loss
     confusion = torch.zeros(k, k + 1, dtype=torch.long, device=device)  # last column: outside the dataset classes

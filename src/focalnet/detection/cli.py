@@ -84,7 +84,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default: ./predictions)")
+    p.add_argument(
+        "--output", "--out", dest="out", default="predictions", help="output folder (default: ./predictions)"
+    )
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
@@ -173,10 +175,11 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .train import train
 
     cfg = resolve_config(args)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..engine import write_json
+from ..engine import fit_workers, write_json
 from .data import CocoInstances, detection_collate
 
 __all__ = ["STAT_NAMES", "coco_evaluate", "outputs_to_coco", "run_inference", "evaluate_detector", "masks_to_rle"]
@@ -136,7 +136,7 @@ def run_inference(
     model.eval()
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
     loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
+        shard, batch_size=batch_size, shuffle=False, num_workers=fit_workers(num_workers), collate_fn=detection_collate
     )
     results: list[dict[str, Any]] = []
     it: Iterable[Any] = loader

@@ -13,6 +13,7 @@ from .config import (
 )
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
+from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
 
 __all__ = [
@@ -22,7 +23,9 @@ __all__ = [
     "ResumableSampler",
     "Trainer",
     "TrainerConfig",
+    "add_threads_arg",
     "all_reduce",
+    "available_cores",
     "apply_overrides",
     "barrier",
     "build_adamw",
@@ -30,6 +33,8 @@ __all__ = [
     "cleanup_distributed",
     "collate_skip_none",
     "config_to_dict",
+    "default_threads",
+    "fit_workers",
     "init_distributed",
     "layer_id",
     "load_config",
@@ -39,6 +44,7 @@ __all__ = [
     "rng_state",
     "save_config",
     "set_rng_state",
+    "set_threads",
     "setup_logging",
     "write_json",
 ]

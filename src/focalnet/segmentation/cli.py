@@ -119,7 +119,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--output", "--out", dest="out", default="predictions", help="output folder (default ./predictions)")
     _add_test_args(p)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_predict)
@@ -134,6 +134,7 @@ def _yaml(v: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..engine import fit_workers, set_threads
     from .train import load_segmentation_config, train
 
     o: list[str] = []
@@ -175,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_eval:
         put("eval.enabled", False)
     cfg = load_segmentation_config(args.config, o + list(args.overrides))
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if cfg.model.backbone_checkpoint and not Path(cfg.model.backbone_checkpoint).exists():
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
     metrics = train(cfg, args.output)
