@@ -78,3 +78,38 @@ def test_mistyped_flag_names_the_subcommand_and_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert "usage: focalnet classification evaluate" in err
     assert "did you mean --checkpoint?" in err
+
+
+def test_benchmark_says_what_it_is_doing_before_timing():
+    from focalnet.benchmark import run_benchmark
+
+    lines: list[str] = []
+    run_benchmark(
+        batch_sizes=[1], img_size=32, reps=1, warmup=1, min_time=0.01, paths=["eager"], train=False, log=lines.append
+    )
+    warm = next(i for i, s in enumerate(lines) if "warming up eager" in s)
+    assert lines[0].startswith("building focalnet_tiny_srf") and warm < next(
+        i for i, s in enumerate(lines) if "rep 1/1" in s
+    )
+
+
+def test_classification_evaluate_max_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for wnid in ("n01440764", "n02102040", "n02979186"):  # ImageNet wnids: scored through the 1K head
+        (data / "val" / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(data / "val" / wnid / f"{i}.png")
+    rc = cli.main(
+        ["classification", "evaluate", "--model", "focalnet_tiny_srf", "--data", str(data), "--img-size", "32"]
+        + ["--max-images", "4", "--json", "--no-progress", "--threads", "1", "--workers", "0"]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    import json
+
+    m = json.loads(out[out.index("{") :])
+    assert m["num_images"] == 4
+    assert sum(1 for v in m["per_class_accuracy"].values() if v is not None) == 3  # spread over the classes

@@ -70,6 +70,7 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     e.add_argument("--max-per-class", type=int, default=0, help="only the first N images of each class")
+    e.add_argument("--max-images", type=int, default=0, help="only N images, spread evenly over the classes")
     e.add_argument("--output", help="write metrics.json and confusion_matrix.json here")
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -225,6 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             head_subset=args.head_subset,
             use_ema=args.ema,
             max_per_class=args.max_per_class,
+            max_images=args.max_images,
             output_dir=args.output,
             device=args.device,
             amp=args.amp,

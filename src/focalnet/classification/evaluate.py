@@ -315,12 +315,14 @@ def evaluate(
     device: str = "auto",
     amp: str = "none",
     progress: bool = True,
+    max_images: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (or released weights) on the ImageFolder split ``data/split``.
 
     Writes ``metrics.json`` (``top1``/``top5`` in percent, ``loss``, per-class accuracy, skipped files)
     and ``confusion_matrix.json`` to ``output_dir`` when given; returns the metrics. Runs under
-    torchrun too (each process scores a shard; rank 0 writes).
+    torchrun too (each process scores a shard; rank 0 writes). ``max_images`` > 0 scores that many
+    images spread evenly over the (class-sorted) split, so every class keeps its share.
     """
     from ..engine.trainer import _amp_dtype
 
@@ -336,6 +338,8 @@ def evaluate(
     names = loaded.class_names if head_subset == "none" else None
     targets = target_indices(folders, names, num_outputs)
     ds = ImageFolder(root, loaded.transform(size), class_names=folders, max_per_class=max_per_class, img_size=size)
+    if 0 < max_images < len(ds):
+        ds.samples = [ds.samples[i * len(ds) // max_images] for i in range(max_images)]
     log.info("evaluating %s on %s (%d images, %d classes) at %d px", loaded.source, root, len(ds), len(folders), size)
     model = loaded.model.to(dist_info.device)
     metrics = evaluate_model(

@@ -68,7 +68,8 @@ def register(subparsers: Any) -> None:
     _add_data_args(p, train=False)
     p.add_argument("--output", help="folder for metrics.json and results.json")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument(
@@ -215,7 +216,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(
-        model, ds, device, output_dir=args.output, batch_size=args.batch_size, num_workers=args.workers
+        model,
+        ds,
+        device,
+        output_dir=args.output,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_images=args.max_images,
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()

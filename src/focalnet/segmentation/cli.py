@@ -93,6 +93,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pretrained", action="store_true", help="download the released ImageNet weights")
     p.add_argument("--eval-every", type=int, help="iterations between evaluations (0: at the end only)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="evaluate on the first N validation images (default: all; a trial run much shorter than the "
+        "recipe uses a share of them)",
+    )
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument(
@@ -173,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.pretrained:
         put("model.pretrained", True)
     put("eval.every", args.eval_every)
+    put("eval.max_images", args.max_images)
     if args.no_eval:
         put("eval.enabled", False)
     cfg = load_segmentation_config(args.config, o + list(args.overrides))
