@@ -85,10 +85,18 @@ def test_benchmark_says_what_it_is_doing_before_timing():
 
     lines: list[str] = []
     run_benchmark(
-        batch_sizes=[1], img_size=32, reps=1, warmup=1, min_time=0.01, paths=["eager"], train=False, log=lines.append
+        "focalnet_tiny_iso",
+        batch_sizes=[1],
+        img_size=32,
+        reps=1,
+        warmup=1,
+        min_time=0.01,
+        paths=["eager"],
+        train=False,
+        log=lines.append,
     )
     warm = next(i for i, s in enumerate(lines) if "warming up eager" in s)
-    assert lines[0].startswith("building focalnet_tiny_srf") and warm < next(
+    assert lines[0].startswith("building focalnet_tiny_iso") and warm < next(
         i for i, s in enumerate(lines) if "rep 1/1" in s
     )
 
@@ -105,11 +113,101 @@ def test_classification_evaluate_max_images(tmp_path, capsys):
     rc = cli.main(
         ["classification", "evaluate", "--model", "focalnet_tiny_srf", "--data", str(data), "--img-size", "32"]
         + ["--max-images", "4", "--json", "--no-progress", "--threads", "1", "--workers", "0"]
+        + ["--output", str(tmp_path / "eval")]
     )
     assert rc == 0
+    assert (tmp_path / "eval" / "metrics.json").exists() and not (tmp_path / "eval" / "train.log").exists()
     out = capsys.readouterr().out
     import json
 
     m = json.loads(out[out.index("{") :])
     assert m["num_images"] == 4
     assert sum(1 for v in m["per_class_accuracy"].values() if v is not None) == 3  # spread over the classes
+
+
+def test_models_table_rounds_like_the_readme(capsys):
+    assert cli.main(["models", "--filter", "base_"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["focalnet_base_srf"] == "88.1" and rows["focalnet_base_lrf"] == "88.7"  # 88,148,144 / 88,749,768
+
+
+def _tiny(tmp_path, **kw):
+    import focalnet
+
+    m = focalnet.create_model("focalnet_tiny_srf", embed_dim=16, depths=(1, 1, 1, 1), **kw).eval()
+    path = tmp_path / "tiny.safetensors"
+    focalnet.save_model(m, path)
+    return m, path
+
+
+def test_convert_to_transformers_writes_a_folder_transformers_loads(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    m, path = _tiny(tmp_path, num_classes=4, use_postln=True)
+    assert cli.main(["convert", str(path), str(tmp_path / "hf"), "--to", "transformers"]) == 0
+    assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+    hf = transformers.FocalNetForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, m(x), atol=1e-4, rtol=0)
+
+
+def test_convert_to_timm_writes_a_folder_timm_loads(tmp_path):
+    timm = pytest.importorskip("timm")
+    import focalnet
+
+    m = focalnet.create_model("focalnet_tiny_lrf", num_classes=3).eval()
+    focalnet.save_model(m, tmp_path / "m.safetensors")
+    assert cli.main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "t"), "--to", "timm"]) == 0
+    tm = timm.create_model(f"local-dir:{tmp_path / 't'}", pretrained=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), m(x), atol=1e-4, rtol=0)
+    _, tiny = _tiny(tmp_path)
+    assert cli.main(["convert", str(tiny), str(tmp_path / "t2"), "--to", "timm"]) == 2  # no such timm model
+
+
+def test_convert_to_original_pth_keeps_the_configuration(tmp_path, capsys):
+    import focalnet
+
+    m, path = _tiny(tmp_path, use_postln=True, normalize_modulator=True, num_classes=3)
+    assert cli.main(["convert", str(path), str(tmp_path / "o.pth"), "--to", "original"]) == 0
+    back = focalnet.model_from_checkpoint(tmp_path / "o.pth")
+    assert back.cfg == m.cfg
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "o.pth"), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["notes"] == []  # no "matches no registered variant"
+
+
+def test_classify_pretrained_offline_fails_like_evaluate(capsys):
+    assert cli.main(["classify", "--pretrained", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "RANDOMLY" not in err
+    assert cli.main(["classify", "--model", "focalnet_tiny_srff"]) == 2
+    assert "focalnet_tiny_srf" in capsys.readouterr().err  # unknown name, with a suggestion
+
+
+def test_classify_and_predict_take_one_channel_checkpoints(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    _, path = _tiny(tmp_path, in_chans=1, num_classes=10)
+    img = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    assert cli.main(["classify", str(img), "--checkpoint", str(path), "--topk", "2", "--threads", "1"]) == 0
+    rc = cli.main(
+        ["classification", "predict", str(img), "--checkpoint", str(path), "--json", str(tmp_path / "p.json")]
+    )
+    assert rc == 0
+    import json
+
+    assert len(json.loads((tmp_path / "p.json").read_text())["results"][0]["top"]) == 5
+
+
+def test_segmentation_configs_lists_and_resolves(capsys):
+    assert cli.main(["segmentation", "configs"]) == 0
+    assert "upernet_focalnet_tiny_srf_camvid_cpu" in capsys.readouterr().out
+    assert cli.main(["segmentation", "configs", "upernet_focalnet_tiny_srf_camvid_cpu", "--set", "train.iters=10"]) == 0
+    out = capsys.readouterr().out
+    assert "iters: 10" in out and "recipe_iters: 2000" in out

@@ -40,6 +40,19 @@ log = logging.getLogger("focalnet")
 IN22K_UNUSED_INDEX = 850  # slot of the 22K head that the 22K label map lacks (ImageNet-1K "teddy bear")
 
 
+def image_mode(model: nn.Module) -> str:
+    """``"L"`` for a FocalNet with 1 input channel, else ``"RGB"``."""
+    cfg = getattr(model, "cfg", None)
+    return "L" if getattr(cfg, "in_chans", 3) == 1 else "RGB"
+
+
+def fit_channels(values: tuple[float, ...] | list[float], model: nn.Module) -> tuple[float, ...]:
+    """Normalisation ``mean``/``std`` with one value per input channel of ``model``."""
+    n = 1 if image_mode(model) == "L" else 3
+    values = tuple(values)
+    return values[:n] if len(values) >= n else (values[0],) * n
+
+
 @dataclass
 class LoadedClassifier:
     """A classifier ready for inference with its class names and preprocessing."""
@@ -58,6 +71,11 @@ class LoadedClassifier:
     def num_outputs(self) -> int:
         return int(getattr(self.model, "num_classes", 0))
 
+    @property
+    def image_mode(self) -> str:
+        """The PIL mode the model takes: ``"L"`` for a 1-channel model (e.g. the demo's), else ``"RGB"``."""
+        return image_mode(self.model)
+
     def transform(self, img_size: int | None = None) -> Any:
         """The evaluation transform (short side to size / crop_pct, centre crop, normalise)."""
         from timm.data import create_transform
@@ -67,8 +85,8 @@ class LoadedClassifier:
             is_training=False,
             interpolation=self.interpolation,
             crop_pct=self.crop_pct,
-            mean=tuple(self.mean),
-            std=tuple(self.std),
+            mean=fit_channels(self.mean, self.model),
+            std=fit_channels(self.std, self.model),
         )
 
 
@@ -327,7 +345,7 @@ def evaluate(
     from ..engine.trainer import _amp_dtype
 
     dist_info = init_distributed(device)
-    setup_logging(output_dir, dist_info.is_main)
+    setup_logging(None, dist_info.is_main)  # console only: an evaluation folder gets no train.log
     loaded = load_classifier(checkpoint, model_name=model_name, pretrained=pretrained, use_ema=use_ema)
     root = resolve_split(data, split)
     size = img_size or loaded.img_size

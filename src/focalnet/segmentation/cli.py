@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict"]
+__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_configs"]
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -129,6 +129,27 @@ def register(subparsers: Any) -> None:
     _add_test_args(p)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("configs", help="list the shipped configs, or print one resolved")
+    p.add_argument("name", nargs="?", help="a shipped config name or YAML file to print resolved")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_configs)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """``focalnet segmentation configs [NAME]``: the shipped configs, or one of them resolved."""
+    import yaml
+
+    from ..engine import config_to_dict, packaged_configs
+    from .train import config_path, load_segmentation_config
+
+    if args.name is None:
+        for name in packaged_configs("segmentation"):
+            print(f"{name}  ({config_path(name)})")
+        return 0
+    cfg = load_segmentation_config(args.name, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
 
 
 def _bool(s: str | None) -> bool | None:
