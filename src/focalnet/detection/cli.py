@@ -76,7 +76,8 @@ def register(subparsers: Any) -> None:
     _add_data_args(p, train=False)
     p.add_argument("--output", help="folder for metrics.json and results.json")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument(
@@ -92,7 +93,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default: ./predictions)")
+    p.add_argument(
+        "--output", "--out", dest="out", default="predictions", help="output folder (default: ./predictions)"
+    )
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
@@ -181,10 +184,11 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .train import train
 
     cfg = resolve_config(args)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
@@ -220,7 +224,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(
-        model, ds, device, output_dir=args.output, batch_size=args.batch_size, num_workers=args.workers
+        model,
+        ds,
+        device,
+        output_dir=args.output,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_images=args.max_images,
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,10 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     iters: int = 160000
+    # the run length the warm-up was set for: a run of another length gets the same warm-up share, and a
+    # run much shorter than it is a trial whose evaluations use a share of the validation images (0: no
+    # scaling). Filled from the recipe by load_segmentation_config
+    recipe_iters: int = 0
     batch_size: int = 16  # images per optimizer step, over all processes (x accum_steps micro-batches)
     accum_steps: int = 1
     amp: str = "auto"
@@ -152,6 +157,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.accum_steps < 1:
             raise ValueError("iters, batch_size and accum_steps must be >= 1")
+        if self.recipe_iters < 0:
+            raise ValueError(f"recipe_iters must be >= 0, got {self.recipe_iters}")
 
 
 @dataclass
@@ -174,8 +181,37 @@ def config_path(name: str) -> Path:
 def load_segmentation_config(
     path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> SegmentationConfig:
-    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides."""
-    return load_config(SegmentationConfig, config_path(str(path)) if path else None, list(overrides))
+    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides.
+
+    When the overrides change ``train.iters`` but not the warm-up, ``train.recipe_iters`` records the
+    recipe's length (see :class:`RunConfig`)."""
+    file = config_path(str(path)) if path else None
+    cfg = load_config(SegmentationConfig, file, list(overrides))
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if not keys & {"train.recipe_iters", "optim.warmup_iters"} and not cfg.train.recipe_iters:
+        cfg.train.recipe_iters = load_config(SegmentationConfig, file).train.iters
+    return cfg
+
+
+def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, str]:
+    """(warm-up iterations, validation images per evaluation (0: all), a note for the log) of ``cfg``'s
+    run, scaled from the recipe's length when the run is shorter or longer."""
+    r, o = cfg.train, cfg.optim
+    warmup, max_images, note = min(o.warmup_iters, r.iters), cfg.eval.max_images, ""
+    if r.recipe_iters > 0 and r.iters != r.recipe_iters:
+        share = r.iters / r.recipe_iters
+        warmup = min(round(o.warmup_iters * share), max(r.iters - 1, 0))
+        note = (
+            f"warm-up scaled to the run's length: {warmup} of {r.iters} iterations "
+            f"(the recipe: {o.warmup_iters} of {r.recipe_iters})"
+        )
+        if share < 0.5 and not max_images and num_val:
+            max_images = min(num_val, max(10, math.ceil(num_val * share)))
+            note += (
+                f"; a trial run {share:.1%} of the recipe's length evaluates on {max_images} of the "
+                f"{num_val} validation images (--max-images N to choose)"
+            )
+    return warmup, max_images, note
 
 
 def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
@@ -303,12 +339,15 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     from timm.scheduler import PolyLRScheduler
 
+    warmup, max_images, note = scaled_schedule(cfg, len(val_set) if val_set is not None else 0)
+    if note:
+        log.info("%s", note)
     scheduler = PolyLRScheduler(
         optimizer,
         t_initial=r.iters,
         power=o.power,
         lr_min=o.min_lr,
-        warmup_t=min(o.warmup_iters, r.iters),
+        warmup_t=warmup,
         warmup_lr_init=o.lr * o.warmup_ratio,
         t_in_epochs=False,
     )
@@ -323,7 +362,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
                 val_set,
                 test_cfg,
                 device=trainer.device,
-                max_images=cfg.eval.max_images,
+                max_images=max_images,
                 num_workers=min(cfg.data.num_workers, 2),
                 rank=trainer.dist.rank,
                 world_size=trainer.dist.world_size,
