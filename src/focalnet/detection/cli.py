@@ -33,13 +33,13 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
+        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP.",
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn"])
+    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn", "dino"])
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
@@ -208,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
-    with_masks = getattr(model.roi_heads, "has_mask", lambda: False)()
+    with_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(

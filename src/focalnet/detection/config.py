@@ -15,7 +15,7 @@ __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "confi
 class ModelConfig:
     """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
 
-    detector: Literal["mask_rcnn", "faster_rcnn"] = "mask_rcnn"
+    detector: Literal["mask_rcnn", "faster_rcnn", "dino"] = "mask_rcnn"
     backbone: str = "focalnet_tiny_lrf"
     backbone_checkpoint: str = ""
     focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
@@ -33,6 +33,8 @@ class ModelConfig:
     detections_per_img: int = 100
     mmdet_compat: bool = False  # aligned RoIAlign + adaptive sampling, unrounded anchors
     detector_overrides: dict[str, Any] = field(default_factory=dict)  # torchvision MaskRCNN arguments
+    # detector "dino": DINOConfig fields (num_feature_levels, num_queries, enc_layers, dn_number, ...)
+    dino: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):
@@ -91,10 +93,13 @@ class OptimConfig:
     warmup_ratio: float = 0.001
     lr_steps: list[float] = field(default_factory=lambda: [9, 11])
     decay_rate: float = 0.1
+    backbone_lr_mult: float = 1.0  # lr of the FocalNet backbone = lr x this (DINO: 0.1)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if sorted(self.lr_steps) != list(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")
 

@@ -41,6 +41,7 @@ __all__ = [
     "detection_step",
     "to_device",
     "build_scheduler",
+    "build_optimizer",
 ]
 
 log = logging.getLogger("focalnet")
@@ -82,6 +83,26 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     elif need_train:
         log.warning("no validation annotations at %s: training without evaluation", ann)
     return train_set, val_set
+
+
+def build_optimizer(cfg: DetectionConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over the engine's parameter groups (no decay on norms, biases, layer scales); with
+    ``optim.backbone_lr_mult != 1`` the FocalNet backbone's parameters get ``lr x backbone_lr_mult``
+    (DINO's recipe: 1e-4 and 1e-5)."""
+    o = cfg.optim
+    if o.backbone_lr_mult == 1.0:
+        return build_adamw(model, o.lr, o.weight_decay, betas=tuple(o.betas))
+    from ..engine.optim import param_groups
+    from ..models.focalnet import FocalNetBackbone
+
+    in_backbone = {id(p) for m in model.modules() if isinstance(m, FocalNetBackbone) for p in m.parameters()}
+    groups = []
+    for g in param_groups(model, o.weight_decay):
+        for backbone, mult in ((False, 1.0), (True, o.backbone_lr_mult)):
+            params = [p for p in g["params"] if (id(p) in in_backbone) == backbone]
+            if params:  # an absolute lr per group (no lr_scale: timm's schedulers would apply it again)
+                groups.append({**g, "params": params, "lr": o.lr * mult})
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
 def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
@@ -159,7 +180,7 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
             len(train_set),
             f", {len(val_set)} validation images" if val_set is not None else "",
         )
-    optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    optimizer = build_optimizer(cfg, model)
     tcfg = TrainerConfig(
         output_dir=str(out),
         epochs=cfg.epochs,
