@@ -147,7 +147,8 @@ def load_detector(
     """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
 
     Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
-    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN files (``state_dict`` with ``backbone.``,
+    original FocalNet-DINO files (``{"model": ...}`` / ``{"ema_model": ...}``, see
+    :func:`focalnet.detection.dino.convert.load_dino`) and original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN files (``state_dict`` with ``backbone.``,
     ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
     head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
     ``overrides`` are :class:`~focalnet.detection.config.ModelConfig` fields (``score_thresh``,
@@ -159,6 +160,10 @@ def load_detector(
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    from .dino.convert import is_dino_checkpoint, load_dino
+
+    if is_dino_checkpoint(obj):  # original FocalNet-DINO file or ours
+        return load_dino(obj, device, **overrides)
     if "detection_config" in obj and "model" in obj:
         data = dict(obj["detection_config"])
         model_cfg = dict(data.get("model", {}))
