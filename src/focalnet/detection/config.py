@@ -43,6 +43,14 @@ class ModelConfig:
             raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
         if not 0 <= self.score_thresh < 1 or not 0 < self.nms_thresh <= 1:
             raise ValueError("score_thresh must be in [0, 1) and nms_thresh in (0, 1]")
+        if self.dino:
+            from .dino.model import DINOConfig
+
+            valid = set(DINOConfig.__dataclass_fields__) - {"backbone", "backbone_overrides", "num_classes"}
+            valid -= {"min_size", "max_size"}  # model.min_size / model.max_size
+            unknown = sorted(set(self.dino) - valid)
+            if unknown:
+                raise ValueError(f"unknown model.dino key(s) {unknown}; valid: {sorted(valid)}")
 
 
 @dataclass

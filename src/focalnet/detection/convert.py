@@ -162,7 +162,7 @@ def load_detector(
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     from .dino.convert import is_dino_checkpoint, load_dino
 
-    if is_dino_checkpoint(obj):  # original FocalNet-DINO file or ours
+    if is_dino_checkpoint(obj) and "detection_config" not in obj:  # original FocalNet-DINO file or converted
         return load_dino(obj, device, **overrides)
     if "detection_config" in obj and "model" in obj:
         data = dict(obj["detection_config"])
