@@ -275,7 +275,7 @@ def test_packaged_configs_build_the_released_models(name, levels, windows):
     assert cfg.model.focal_windows == windows
     o = ref["hyperparameters"]["optim"]
     assert cfg.optim.lr == o["lr"] and cfg.optim.lr * cfg.optim.backbone_lr_mult == pytest.approx(o["lr_backbone"])
-    assert cfg.optim.weight_decay == o["weight_decay"] and cfg.grad_clip == o["clip_max_norm"]
+    assert cfg.optim.weight_decay == o["weight_decay"] and cfg.optim.decay_all and cfg.grad_clip == o["clip_max_norm"]
     assert cfg.epochs == o["epochs"] and cfg.optim.lr_steps == [o["lr_drop"]] and cfg.optim.warmup_steps == 0
     aug = ref["hyperparameters"]["data_aug"]
     assert cfg.data.scales == aug["scales"] and cfg.data.max_size == aug["max_size"]
@@ -316,6 +316,11 @@ def test_backbone_lr_multiplier_groups():
     cfg.optim.warmup_steps = 0
     build_scheduler(cfg, opt, 10, 100)
     assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == [1e-5, 1e-4]
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}  # no decay on norms and biases
+    cfg.optim.decay_all = True  # the original DINO: weight decay on every parameter
+    opt = build_optimizer(cfg, model)
+    assert {g["weight_decay"] for g in opt.param_groups} == {1e-4} and len(opt.param_groups) == 2
+    assert {id(p): g["lr"] for g in opt.param_groups for p in g["params"]} == lr_of
 
 
 def test_dino_config_keys_checked():

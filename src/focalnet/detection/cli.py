@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .config import DETECTORS
+
 __all__ = ["register", "resolve_config"]
 
 _REF_MIN_SIZE = 800
@@ -39,7 +41,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn", "dino"])
+    p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
