@@ -370,6 +370,14 @@ def test_cli_train_evaluate_predict_tiny_config(tmp_path):
     dets = recs[0]["detections"]
     assert (tmp_path / "pred" / "0000.png").exists() and 0 < len(dets) <= 100
     assert {d["label"] for d in dets} <= {"square", "disc"}
+    # the run resumes from its checkpoint (DINO's parameter groups and shared heads restored)
+    rc, _, stderr = _run_cli(
+        *("detection", "train", "--config", str(out / "config.yaml"), "--output", str(out), "--resume", "auto"),
+        *("--max-steps", "2", "--no-progress"),
+    )
+    assert rc == 0, stderr
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in hist] == [1, 2] and "resum" in (out / "train.log").read_text().lower()
 
 
 @pytest.mark.slow
