@@ -6,8 +6,9 @@ pure-PyTorch implementation in transformers' Deformable DETR, forward and backwa
     python benchmarks/ms_deform_attn.py --dino-l           # also DINO-L (fl4, 5 scales) inference at 800x1333
 
 Shapes: 8 heads of 32 channels, 4 points per level, levels at strides 8-64 (4-scale) of ``--image``;
-"encoder" queries every token, "decoder" 900 + 200 queries. Each measurement is the median of
-``--reps`` runs after one warm-up; outputs and the three gradients are compared (max abs difference).
+"encoder" queries every token, "decoder" 900 + 200 queries. The two implementations alternate; each
+figure is the fastest of ``--reps`` runs after one warm-up (the machine may be shared); outputs and the
+three gradients are compared (max abs difference).
 """
 
 from __future__ import annotations
@@ -38,19 +39,29 @@ def _reference() -> Any:
     return run
 
 
-def _time(fn, inputs: list[torch.Tensor], reps: int) -> tuple[float, float, torch.Tensor, list[torch.Tensor]]:
-    fwd, bwd = [], []
+def _once(fn, inputs: list[torch.Tensor]) -> tuple[float, float, torch.Tensor, list[torch.Tensor]]:
+    xs = [t.detach().clone().requires_grad_() for t in inputs]
+    t0 = time.perf_counter()
+    out = fn(*xs)
+    t1 = time.perf_counter()
+    out.backward(torch.ones_like(out) / out.numel() ** 0.5)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, out.detach(), [x.grad for x in xs]
+
+
+def _time_pair(fns: list, inputs: list[torch.Tensor], reps: int) -> list[tuple[float, float, Any, Any]]:
+    """Alternate the implementations (so load changes on a shared machine hit both alike); per
+    implementation the fastest forward and backward of ``reps`` runs after one warm-up each."""
+    results: list[list[tuple]] = [[] for _ in fns]
     for i in range(reps + 1):
-        xs = [t.detach().clone().requires_grad_() for t in inputs]
-        t0 = time.perf_counter()
-        out = fn(*xs)
-        t1 = time.perf_counter()
-        out.backward(torch.ones_like(out) / out.numel() ** 0.5)
-        t2 = time.perf_counter()
-        if i:  # the first run warms up
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    return statistics.median(fwd), statistics.median(bwd), out.detach(), [x.grad for x in xs]
+        for j, fn in enumerate(fns):
+            r = _once(fn, inputs)
+            if i:
+                results[j].append(r)
+    out = []
+    for rs in results:
+        out.append((min(r[0] for r in rs), min(r[1] for r in rs), rs[-1][2], rs[-1][3]))
+    return out
 
 
 def bench_attention(image: tuple[int, int], reps: int, device: str) -> list[dict[str, Any]]:
@@ -65,8 +76,11 @@ def bench_attention(image: tuple[int, int], reps: int, device: str) -> list[dict
         value = torch.randn(1, S, M, D, generator=g).to(device)
         loc = (torch.rand(1, Lq, M, L, P, 2, generator=g) * 1.1 - 0.05).to(device)
         weights = torch.softmax(torch.randn(1, Lq, M, L * P, generator=g), -1).view(1, Lq, M, L, P).to(device)
-        ours = _time(lambda v, lo, w: ms_deform_attn(v, shapes, lo, w), [value, loc, weights], reps)
-        theirs = _time(lambda v, lo, w: reference(v, shapes, lo, w), [value, loc, weights], reps)
+        ours, theirs = _time_pair(
+            [lambda v, lo, w: ms_deform_attn(v, shapes, lo, w), lambda v, lo, w: reference(v, shapes, lo, w)],
+            [value, loc, weights],
+            reps,
+        )
         out_diff = (ours[2] - theirs[2]).abs().max().item()
         grad_diff = max((a - b).abs().max().item() for a, b in zip(ours[3], theirs[3]))
         rows.append(

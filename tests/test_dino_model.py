@@ -308,3 +308,14 @@ def test_fl4_5scale_loads_strictly_and_differs_from_fl3(fl3_outputs, tmp_path):
     dist = matched_distances(_rows(fl3), rows)
     print(f"fl4 5-scale vs fl3 4-scale: median {np.median(dist):.2e}, p95 {np.percentile(dist, 95):.2e}")
     assert np.median(dist) > 0.05
+
+
+def test_ms_deform_attn_traces_as_one_graph():
+    """No data-dependent control flow: dynamo captures the whole function (``fullgraph=True``)."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(6, 5), (3, 3)]
+    value = torch.randn(1, 39, 2, 4, generator=g)
+    loc = torch.rand(1, 7, 2, 2, 3, 2, generator=g)
+    attw = torch.rand(1, 7, 2, 2, 3, generator=g)
+    compiled = torch.compile(ms_deform_attn, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(value, shapes, loc, attw), ms_deform_attn(value, shapes, loc, attw))

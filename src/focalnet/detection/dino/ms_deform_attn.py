@@ -36,18 +36,22 @@ def ms_deform_attn(
     _, Lq, _, L, P, _ = sampling_locations.shape
     if len(spatial_shapes) != L:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {L} levels of sampling locations")
-    # [N*M, D, S]: each head's channels as an image batch; [N*M, L, Lq, P, 2] grids in [-1, 1]
-    v = value.permute(0, 2, 3, 1).reshape(N * M, D, S)
-    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 1, 4, 5).reshape(N * M, L, Lq, P, 2)
-    weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(N * M, L, 1, Lq, P)
-    out = value.new_zeros(())
-    start = 0
-    for level, (h, w) in enumerate(spatial_shapes):
-        v_l = v[:, :, start : start + h * w].reshape(N * M, D, h, w)
-        start += h * w
-        sampled = F.grid_sample(v_l, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False)
-        out = out + (sampled * weights[:, level]).sum(-1)  # [N*M, D, Lq]
-    return out.view(N, M * D, Lq).transpose(1, 2).contiguous()
+    # level-major [L, N*M, Lq, P, 2] grids in [-1, 1] and [L, N*M, 1, Lq, P] weights: one contiguous
+    # slice per level
+    grids = (2.0 * sampling_locations - 1.0).permute(3, 0, 2, 1, 4, 5).reshape(L, N * M, Lq, P, 2)
+    weights = attention_weights.permute(3, 0, 2, 1, 4).reshape(L, N * M, 1, Lq, P)
+    inplace = not torch.is_grad_enabled()
+    out: Tensor | None = None
+    for level, v in enumerate(value.split([h * w for h, w in spatial_shapes], dim=1)):
+        h, w = spatial_shapes[level]
+        v_l = v.permute(0, 2, 3, 1).reshape(N * M, D, h, w)  # each head's channels as an image batch
+        sampled = F.grid_sample(v_l, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False)
+        # [N*M, D, Lq, P] -> weighted sum over the points; in place when nothing needs the samples
+        sampled = sampled.mul_(weights[level]) if inplace else sampled * weights[level]
+        part = sampled.sum(-1)  # [N*M, D, Lq]
+        out = part if out is None else out + part
+    assert out is not None
+    return out.reshape(N, M * D, Lq).transpose(1, 2).contiguous()
 
 
 class MSDeformAttn(nn.Module):
