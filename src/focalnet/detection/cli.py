@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
+        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP.",
     )
@@ -102,9 +102,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("convert", help="convert an mmdetection FocalNet Mask R-CNN checkpoint to a focalnet model.pt")
+    p = sub.add_parser(
+        "convert",
+        help="convert an mmdetection FocalNet Mask R-CNN or an original FocalNet-DINO checkpoint to a focalnet "
+        "model.pt (FocalNet-DINO: --to original converts back)",
+    )
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument(
+        "--to",
+        choices=["focalnet", "original"],
+        default="focalnet",
+        help="FocalNet-DINO files: our format (default) or back to the original {'model': state_dict}",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("configs", help="list the packaged detection configs")
@@ -287,8 +297,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..weights.io import atomic_save
-    from .convert import load_detector
+    from .convert import _load, load_detector
+    from .dino.convert import convert_file, is_dino_checkpoint
 
+    if is_dino_checkpoint(_load(args.input)):
+        print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
+        return 0
     model, meta = load_detector(args.input, "cpu")
     if meta["source"] != "mmdetection":
         raise ValueError(f"{args.input} is already a focalnet detection checkpoint")

@@ -165,7 +165,9 @@ def load_detector(
     """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
 
     Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
-    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN / Cascade Mask R-CNN / ATSS files
+    original FocalNet-DINO files (``{"model": ...}`` / ``{"ema_model": ...}``, see
+    :func:`focalnet.detection.dino.convert.load_dino`), and original mmdetection 2.x FocalNet Mask R-CNN /
+    Faster R-CNN / Cascade Mask R-CNN / ATSS files
     (ATSS: ``bbox_head.atss_*`` keys, backbone stages 1-3, loaded strictly; R-CNN: ``state_dict`` with ``backbone.``,
     ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
     head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
@@ -179,6 +181,10 @@ def load_detector(
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    from .dino.convert import is_dino_checkpoint, load_dino
+
+    if "detection_config" not in obj and is_dino_checkpoint(obj):  # original FocalNet-DINO file or ours
+        return load_dino(obj, device, **overrides)
     from .sparse_rcnn import is_mmdet_sparse_rcnn, load_mmdet_sparse_rcnn
 
     if "detection_config" not in obj and is_mmdet_sparse_rcnn(obj.get("state_dict", obj)):
