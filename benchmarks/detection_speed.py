@@ -1,12 +1,12 @@
 """Speed of the FocalNet detectors on this machine, side by side with Mask R-CNN and torchvision's ResNet-50
 Mask R-CNN: seconds per training iteration and per inference image, and their ratios.
 
-    python benchmarks/detection_speed.py --threads 2            # every detector, 800x1333 and 512x853, CPU
+    python benchmarks/detection_speed.py --threads 2            # the paper's 4 detectors, 800x1333 and 512x853
     python benchmarks/detection_speed.py --detectors mask_rcnn,cascade_mask_rcnn --json speed.json
     python benchmarks/detection_speed.py --device cuda --batch 2 --iters 20 --amp
 
-``--detectors`` takes any names :func:`focalnet.detection.build_detector` knows (unknown ones are skipped
-with a message); FocalNet Mask R-CNN and torchvision's ``maskrcnn_resnet50_fpn(weights=None,
+``--detectors`` takes any names :func:`focalnet.detection.build_detector` knows (default: the paper's four
+FocalNet-T detectors; unknown names are skipped with a message); FocalNet Mask R-CNN and torchvision's ``maskrcnn_resnet50_fpn(weights=None,
 weights_backbone=None)`` are always timed in the same run as the baselines of the ratios. Each FocalNet
 detector is built from its packaged ``<detector>_focalnet_tiny_lrf_3x`` config where one exists (the
 released settings: focal windows, proposals, heads), else from the default model config, with
@@ -20,20 +20,20 @@ import argparse
 import json
 import platform
 import time
-import typing
 from typing import Any
 
 import torch
 from torch import nn
 
 TORCHVISION = "torchvision_maskrcnn_r50"
+PAPER_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn")  # the paper's FocalNet-T detectors
 
 
 def known_detectors() -> list[str]:
-    """The detector names of :class:`focalnet.detection.ModelConfig` (what ``build_detector`` accepts)."""
-    from focalnet.detection.config import ModelConfig
+    """The detector names ``build_detector`` accepts."""
+    from focalnet.detection.config import DETECTORS
 
-    return list(typing.get_args(typing.get_type_hints(ModelConfig)["detector"]))
+    return list(DETECTORS)
 
 
 def build(name: str, backbone: str, h: int, w: int) -> nn.Module:
@@ -143,7 +143,7 @@ def main() -> None:
     p.add_argument(
         "--detectors",
         default="",
-        help="comma-separated focalnet detectors (default: every one build_detector knows); "
+        help="comma-separated focalnet detectors (default: the paper's four, " + ",".join(PAPER_DETECTORS) + "); "
         "mask_rcnn and torchvision's R50 Mask R-CNN are always added as baselines",
     )
     p.add_argument("--backbone", default="focalnet_tiny_lrf")
@@ -159,7 +159,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     known = known_detectors()
-    asked = [d.strip() for d in args.detectors.split(",") if d.strip()] or known
+    asked = [d.strip() for d in args.detectors.split(",") if d.strip()] or list(PAPER_DETECTORS)
     names = ["mask_rcnn"]
     for d in asked:
         if d not in known:

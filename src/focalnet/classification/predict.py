@@ -91,7 +91,7 @@ def predict(
         results.append({"image": str(path)})
         try:
             with Image.open(path) as im:
-                t = tf(im.convert("RGB"))
+                t = tf(im.convert(loaded.image_mode))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             results[-1]["error"] = f"unreadable image: {e}"

@@ -203,10 +203,17 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML next to a run."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Any, path: str | os.PathLike, run_id: str | None = None) -> None:
+    """Write the resolved config as YAML next to a run (atomically; ``run_id`` as a leading comment,
+    so that the file still loads as a config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    if run_id:
+        text = f"# run_id: {run_id}\n{text}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _packaged_dir(task: str) -> Path:

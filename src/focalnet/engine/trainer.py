@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .distributed import DistInfo, ResumableSampler, all_reduce, init_distributed
+from .resources import fit_workers
+from .runs import make_output_dir, prepare_run_folder
 
 __all__ = ["TrainerConfig", "Trainer", "StepFn", "EvalFn", "collate_skip_none", "setup_logging", "write_json"]
 
@@ -60,6 +62,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     resume: str | None = None  # None, "auto" or a checkpoint path
+    overwrite: bool = False  # a new run may replace another run's checkpoints in output_dir
+    run_id: str = ""  # set by prepare_run_folder (the task calls it first; else fit() does)
     drop_last: bool = True
     find_unused_parameters: bool = False
     progress: bool = True
@@ -77,12 +81,26 @@ def collate_skip_none(batch: list[Any]) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
+    """Write strict JSON atomically (temp file, then rename): NaN and infinities become ``null``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent, "output folder")
+    text = json.dumps(finite_json(data), indent=2, default=_json_default, allow_nan=False)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that it is valid JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    if isinstance(data, torch.Tensor) or (hasattr(data, "tolist") and not isinstance(data, (str, bytes))):
+        return finite_json(data.tolist())
+    return data
 
 
 def _json_default(o: Any) -> Any:
@@ -104,7 +122,7 @@ def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) ->
         h.setFormatter(fmt)
         log.addHandler(h)
     if output_dir is not None and is_main:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        make_output_dir(output_dir)
         path = str(Path(output_dir) / "train.log")
         if not any(
             isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in log.handlers
@@ -155,7 +173,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.is_main = self.dist.is_main
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_output_dir(self.out)
         setup_logging(self.out, self.is_main)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -176,7 +194,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             generator=self._loader_gen,
-            num_workers=cfg.num_workers,
+            num_workers=fit_workers(cfg.num_workers),
             collate_fn=collate_fn,
             drop_last=cfg.drop_last,
             pin_memory=self.device.type == "cuda",
@@ -222,6 +240,7 @@ class Trainer:
             "rng": rng_state(),
             "history": json.loads(json.dumps(self.history, default=_json_default)),
             "world_size": self.dist.world_size,
+            "run_id": self.cfg.run_id,
             **self.run_state,
         }
         if self.scheduler is not None and hasattr(self.scheduler, "state_dict"):
@@ -257,7 +276,7 @@ class Trainer:
         if not r:
             return
         if r == "auto":
-            found = self.ckpt.latest()
+            found = self.ckpt.latest(run_id=self.cfg.run_id or None)
             if found is None:
                 log.info("no checkpoint in %s: starting from scratch", self.ckpt.directory)
                 return
@@ -265,7 +284,19 @@ class Trainer:
         else:
             path, state = Path(r), CheckpointManager.load(r)
         self.load_state_dict(state)
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+        # the loaded checkpoint is at this step: a finished run resumed adds no second record or checkpoint
+        self._last_ckpt_step = self.step
+        if self.history and self.history[-1].get("step") == self.step:
+            self._last_eval_step = self.step
+        log.info(
+            "resumed from %s (run %s) at epoch %d, batch %d, step %d%s",
+            path,
+            state.get("run_id") or "of no id",
+            self.epoch,
+            self.batch_in_epoch,
+            self.step,
+            " (already finished)" if self.step >= self.total_steps else "",
+        )
 
     def save_checkpoint(self) -> None:
         self._last_ckpt_step = self.step
@@ -402,6 +433,10 @@ class Trainer:
         Returns the final metrics (also written to ``metrics.json``); ``{"interrupted": True, ...}``
         if a signal stopped the run after saving a checkpoint.
         """
+        if not self.cfg.run_id:
+            self.cfg.run_id = prepare_run_folder(
+                self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
+            )
         self._resume()
         restore = self._install_signals()
         try:
@@ -416,13 +451,16 @@ class Trainer:
         model = self.ddp_model
         model.train()
         log.info(
-            "training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s",
+            "training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s "
+            "(%d compute threads, %d data loader workers per process)",
             self.total_steps,
             self.updates_per_epoch,
             cfg.batch_size,
             self.dist.world_size,
             cfg.accum_steps,
             self.device,
+            torch.get_num_threads(),
+            self.loader.num_workers,
         )
         self._set_lr()
         while self.step < self.total_steps:
@@ -522,7 +560,9 @@ class Trainer:
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 and self.step < self.total_steps:
                     self._record(self._epoch_stats(loss_sum, n_loss, seen, t0), True)
                     model.train()
-                if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+            # every N updates in both modes (epoch-based runs also save at each epoch's end)
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and self.step < self.total_steps:
+                if self.batch_in_epoch < self.batches_per_epoch or cfg.max_steps > 0:
                     self.save_checkpoint()
             if self._stop_requested():
                 if bar is not None:
