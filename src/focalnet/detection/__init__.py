@@ -1,4 +1,5 @@
-"""Object detection and instance segmentation: FocalNet + FPN in torchvision Mask R-CNN / Faster R-CNN.
+"""Object detection and instance segmentation: FocalNet + FPN in torchvision Mask R-CNN / Faster R-CNN,
+Cascade Mask R-CNN (:func:`cascade_mask_rcnn`) and ATSS (:func:`atss`).
 
 >>> from focalnet.detection import mask_rcnn
 >>> model = mask_rcnn("focalnet_tiny_lrf", num_classes=81)  # 80 COCO classes + background
@@ -8,6 +9,8 @@ Train / evaluate / predict on COCO-format data with :func:`train`, :func:`evalua
 :func:`load_detector`.
 """
 
+from .atss import ATSS, atss
+from .cascade import CascadeMaskRCNN, CascadeRoIHeads, cascade_mask_rcnn, convert_mmdet_cascade_state_dict
 from .config import DataConfig, DetectionConfig, ModelConfig, OptimConfig, config_path, list_configs
 from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
 from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
@@ -31,7 +34,10 @@ __all__ = [
     "DETECTION_DEFAULTS",
     "SPARSE_RCNN_DEFAULTS",
     "STAT_NAMES",
+    "ATSS",
     "AlignedMultiScaleRoIAlign",
+    "CascadeMaskRCNN",
+    "CascadeRoIHeads",
     "CocoInstances",
     "DataConfig",
     "DataProblem",
@@ -43,12 +49,15 @@ __all__ = [
     "RandomCropAbsoluteRange",
     "SparseRCNN",
     "UnroundedAnchorGenerator",
+    "atss",
     "build_datasets",
     "build_detector",
     "build_model",
+    "cascade_mask_rcnn",
     "coco_class_names",
     "coco_evaluate",
     "config_path",
+    "convert_mmdet_cascade_state_dict",
     "convert_mmdet_state_dict",
     "decode_segmentation",
     "detection_collate",

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .config import DETECTORS
+
 __all__ = ["register", "resolve_config"]
 
 _REF_MIN_SIZE = 800
@@ -39,7 +41,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn", "sparse_rcnn"])
+    p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
@@ -208,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
-    with_masks = getattr(model.roi_heads, "has_mask", lambda: False)()
+    with_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(

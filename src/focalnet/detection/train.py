@@ -65,7 +65,7 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     """Training set (augmented) and validation set (``None`` where no validation json exists)."""
     d = cfg.data
     train_set = None
-    with_masks = cfg.model.detector == "mask_rcnn"
+    with_masks = cfg.model.detector in ("mask_rcnn", "cascade_mask_rcnn")
     if need_train:
         ann, img = d.paths("train")
         tf = train_transforms(d.scales, d.max_size, d.crop_branch, d.crop_resize_scales, d.crop_range, d.flip_prob)
@@ -147,6 +147,8 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
     train_set, val_set = build_datasets(cfg)
     assert train_set is not None
     model = build_model(cfg, train_set.num_classes)
+    if dist_info.distributed and dist_info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN heads (Cascade Mask R-CNN): SyncBN as the original
     if dist_info.is_main:
         save_config(cfg, out / "config.yaml")
         n_params = sum(p.numel() for p in model.parameters())

@@ -34,7 +34,16 @@ from ..engine import (
 )
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
-from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, save_segmentor, upernet
+from .model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HeadConfig,
+    UPerNet,
+    build_segmentor,
+    read_segmentor,
+    save_segmentor,
+    upernet,
+)
 from .transforms import TrainTransform
 
 __all__ = [
@@ -57,6 +66,9 @@ class ModelConfig:
     backbone: str = "focalnet_tiny_srf"
     backbone_checkpoint: str | None = None  # any ImageNet checkpoint (kernels resized) or a segmentation one
     pretrained: bool = False  # download the released ImageNet weights of `backbone`
+    # fine-tune a whole segmentor (ours or an original mmseg UPerNet file): its architecture replaces
+    # backbone/backbone_overrides/head (apart from drop_path_rate and head.aux_weight)
+    checkpoint: str | None = None
     backbone_overrides: dict[str, Any] = field(
         default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3}
     )
@@ -167,6 +179,30 @@ def load_segmentation_config(
 
 def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
     m = cfg.model
+    if m.checkpoint:
+        if m.backbone_checkpoint or m.pretrained:
+            raise ConfigError("model.checkpoint (a whole segmentor) excludes model.backbone_checkpoint/pretrained")
+        meta, sd, _ = read_segmentor(m.checkpoint)
+        drop_path = m.backbone_overrides.get("drop_path_rate")
+        model = build_segmentor(meta, sd, m.checkpoint, **({} if drop_path is None else {"drop_path_rate": drop_path}))
+        model.head_cfg.aux_weight = m.head.aux_weight
+        model.meta["head"]["aux_weight"] = m.head.aux_weight
+        model.meta["backbone_config"] = model.backbone.cfg.to_dict()
+        model.meta.pop("source", None)
+        model.meta["init_checkpoint"] = str(m.checkpoint)
+        if model.num_classes != num_classes:
+            log.warning(
+                "%s: %d classes -> %d of the data: new classifiers (conv_seg) for fine-tuning",
+                m.checkpoint,
+                model.num_classes,
+                num_classes,
+            )
+            model.reset_classes(num_classes, class_names)
+        else:
+            if model.class_names != list(class_names):
+                log.warning("%s: same number of classes, the data's names replace the checkpoint's", m.checkpoint)
+            model.meta["class_names"] = list(class_names)
+        return model.train()
     model = upernet(
         m.backbone,
         num_classes,
