@@ -183,7 +183,8 @@ def test_original_file_loads_strictly_and_round_trips(tiny, tmp_path):
     orig = tmp_path / "orig.pth"
     torch.save({"model": sd, "optimizer": {}, "epoch": 3}, orig)
     model, meta = load_detector(orig)
-    assert meta["source"] == "original" and meta["class_names"][0] == "class_0"
+    assert meta["source"] == "original" and meta["class_names"][0] == "class_1"  # label 0: unused slot
+    assert meta["category_ids"] == list(range(1, 7))
     cfg = model.cfg
     assert (cfg.num_feature_levels, cfg.out_indices, cfg.num_queries, cfg.dec_layers) == (4, (1, 2, 3), 30, 2)
     assert cfg.backbone_overrides["embed_dim"] == 32 and cfg.enc_n_points == 4
@@ -268,8 +269,9 @@ def fl3_outputs(tmp_path_factory):
     spec = json.loads((DET / "dino_focalnet_large_fl3_4scale.json").read_text())
     path = tmp_path_factory.mktemp("dino") / "fl3.pth"
     torch.save({"model": seeded_state_dict(spec)}, path)
-    model, _ = load_detector(path)
+    model, meta = load_detector(path)
     assert sum(p.numel() for p in model.parameters()) == spec["num_params"]
+    assert meta["class_names"][0] == "person" and meta["class_names"][11] == "N/A"  # labels = COCO ids
     npz = np.load(DET / "dino_fl3_4scale_seeded.npz")
     with torch.no_grad():
         out = model(torch.from_numpy(npz["input"]))
