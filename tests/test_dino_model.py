@@ -159,7 +159,7 @@ def test_tiny_dino_image_list_detections(tiny):
         d = tiny([img])[0]
         batch, mask, sizes = tiny.preprocess([img])
         raw = tiny(batch, mask=mask)
-    assert sizes == [(91, 128)]  # short side 96 would make the long side exceed max_size 128
+    assert sizes == [(91, 127)]  # DETR: short side 96 would make the long side exceed 128: 91 = round(128 * 50 / 70)
     best = raw["pred_logits"][0].sigmoid().flatten().argmax()
     q, c = divmod(int(best), 7)
     cx, cy, w, h = raw["pred_boxes"][0, q].tolist()
@@ -321,3 +321,11 @@ def test_ms_deform_attn_traces_as_one_graph():
     attw = torch.rand(1, 7, 2, 2, 3, generator=g)
     compiled = torch.compile(ms_deform_attn, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(value, shapes, loc, attw), ms_deform_attn(value, shapes, loc, attw))
+
+
+def test_resized_size_follows_detr():
+    from focalnet.detection.dino.model import resized_size
+
+    assert resized_size(480, 640, 800, 1333) == (800, 1066)  # short side 800, long side truncated
+    assert resized_size(400, 1200, 800, 1333) == (444, 1332)  # long side capped: short = round(1333 / 3)
+    assert resized_size(1000, 800, 800, 1333) == (1000, 800)  # already there
