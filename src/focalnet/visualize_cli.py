@@ -169,7 +169,7 @@ def register(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
     src.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads (e.g. the demo's)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--output", "--out", dest="out", type=Path, required=True, help="output folder")
     p.add_argument("--stage", type=int, default=-1, help="stage to show (0-based, negative from the end; default last)")
     p.add_argument("--block", type=int, default=-1, help="block within the stage (default last)")
     p.add_argument("--size", type=int, default=None, help="crop size (default: the model's input size)")

@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--img-size", type=int, help="evaluation size (default: the model's)")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int, default=4)
+    e.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
     e.add_argument(
         "--head-subset",
         choices=["none", "in1k"],
@@ -76,6 +76,7 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     e.add_argument("--max-per-class", type=int, default=0, help="only the first N images of each class")
+    e.add_argument("--max-images", type=int, default=0, help="only N images, spread evenly over the classes")
     e.add_argument("--output", help="write metrics.json and confusion_matrix.json here")
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -161,7 +162,7 @@ def _friendly(func: Any) -> Any:
 
 @_friendly
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .config import load_classification_config
     from .train import train
 
@@ -174,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
             return 2
     cfg = load_classification_config(config, _train_overrides(args), model=args.model)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
@@ -230,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             head_subset=args.head_subset,
             use_ema=args.ema,
             max_per_class=args.max_per_class,
+            max_images=args.max_images,
             output_dir=args.output,
             device=args.device,
             amp=args.amp,

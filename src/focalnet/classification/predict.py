@@ -90,7 +90,7 @@ def predict(
     for path in paths:
         results.append({"image": str(path)})
         try:
-            img = open_image(path)
+            img = open_image(path, loaded.image_mode)
         except (ImageDecodeError, OSError) as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             results[-1]["error"] = f"unreadable image: {e}"

@@ -175,7 +175,17 @@ class TrainingRun:
         from timm.scheduler import CosineLRScheduler
 
         tr = self.trainer
-        warmup = min(int(round(t.warmup_epochs * tr.updates_per_epoch)), max(tr.total_steps - 1, 0))
+        warmup_epochs = t.warmup_epochs
+        self.warmup_note = ""
+        run_epochs = tr.total_steps / tr.updates_per_epoch
+        if t.recipe_epochs > 0 and t.warmup_epochs > 0 and abs(run_epochs - t.recipe_epochs) > 1e-9:
+            warmup_epochs = t.warmup_epochs * run_epochs / t.recipe_epochs
+            self.warmup_note = (
+                f" (warm-up scaled to the run's length: the recipe warms up {t.warmup_epochs:g} of "
+                f"{t.recipe_epochs:g} epochs, this run {warmup_epochs:.3g} of {run_epochs:.3g}; "
+                "--set train.warmup_epochs=N to fix it)"
+            )
+        warmup = min(int(round(warmup_epochs * tr.updates_per_epoch)), max(tr.total_steps - 1, 0))
         self.warmup_steps = warmup
         tr.scheduler = CosineLRScheduler(
             optimizer,
@@ -271,7 +281,7 @@ class TrainingRun:
             save_config(cfg, self.out / "config.yaml", run_id=tr.cfg.run_id)
         log.info(
             "%s: %d classes, %d training images%s; total batch %d (%d x %d processes x %d accumulation), "
-            "lr %.3g (base %.3g%s), %d warm-up steps of %d",
+            "lr %.3g (base %.3g%s), %d warm-up steps of %d%s",
             cfg.model.name,
             len(self.class_names),
             len(self.train_set),
@@ -285,6 +295,7 @@ class TrainingRun:
             " x total batch / 512" if cfg.train.scale_lr else "",
             self.warmup_steps,
             tr.total_steps,
+            self.warmup_note,
         )
         final = tr.fit()
         bad_train = self._gather_bad_train()

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .config import DETECTORS
+
 __all__ = ["register", "resolve_config"]
 
 _REF_MIN_SIZE = 800
@@ -33,13 +35,13 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
+        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP.",
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=["mask_rcnn", "faster_rcnn"])
+    p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
@@ -74,7 +76,8 @@ def register(subparsers: Any) -> None:
     _add_data_args(p, train=False)
     p.add_argument("--output", help="folder for metrics.json and results.json")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument(
@@ -90,16 +93,28 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default: ./predictions)")
+    p.add_argument(
+        "--output", "--out", dest="out", default="predictions", help="output folder (default: ./predictions)"
+    )
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("convert", help="convert an mmdetection FocalNet Mask R-CNN checkpoint to a focalnet model.pt")
+    p = sub.add_parser(
+        "convert",
+        help="convert an mmdetection FocalNet Mask R-CNN or an original FocalNet-DINO checkpoint to a focalnet "
+        "model.pt (FocalNet-DINO: --to original converts back)",
+    )
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument(
+        "--to",
+        choices=["focalnet", "original"],
+        default="focalnet",
+        help="FocalNet-DINO files: our format (default) or back to the original {'model': state_dict}",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("configs", help="list the packaged detection configs")
@@ -179,10 +194,11 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .train import train
 
     cfg = resolve_config(args)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
@@ -214,11 +230,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
-    with_masks = getattr(model.roi_heads, "has_mask", lambda: False)()
+    with_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
     ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(
-        model, ds, device, output_dir=args.output, batch_size=args.batch_size, num_workers=args.workers
+        model,
+        ds,
+        device,
+        output_dir=args.output,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_images=args.max_images,
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
@@ -275,8 +297,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..weights.io import atomic_save
-    from .convert import load_detector
+    from .convert import _load, load_detector
+    from .dino.convert import convert_file, is_dino_checkpoint
 
+    if is_dino_checkpoint(_load(args.input)):
+        print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
+        return 0
     model, meta = load_detector(args.input, "cpu")
     if meta["source"] != "mmdetection":
         raise ValueError(f"{args.input} is already a focalnet detection checkpoint")

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..engine.config import build_config
 from ..weights.infer import infer_config
+from .atss import is_mmdet_atss
 
 __all__ = [
     "convert_mmdet_state_dict",
@@ -42,6 +43,7 @@ __all__ = [
     "load_detector",
     "coco_class_names",
     "mmdet_backbone_config",
+    "load_strict",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -102,6 +104,26 @@ def convert_mmdet_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
+def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(sd)``, raising one ``ValueError`` that names the missing, unexpected and
+    mis-shaped keys (``what`` starts the message)."""
+    own = model.state_dict()
+    shapes = [
+        f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{what} do not fit: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}, "
+            f"mis-shaped {shapes[:8]}{' ...' if len(shapes) > 8 else ''}"
+        )
+    model.load_state_dict(sd)
+
+
 def mmdet_backbone_config(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """(variant name, backbone overrides) reproducing the FocalNet backbone of an mmdet state dict."""
     from ..models.registry import match_variant
@@ -143,7 +165,10 @@ def load_detector(
     """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
 
     Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
-    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN files (``state_dict`` with ``backbone.``,
+    original FocalNet-DINO files (``{"model": ...}`` / ``{"ema_model": ...}``, see
+    :func:`focalnet.detection.dino.convert.load_dino`), and original mmdetection 2.x FocalNet Mask R-CNN /
+    Faster R-CNN / Cascade Mask R-CNN / ATSS files
+    (ATSS: ``bbox_head.atss_*`` keys, backbone stages 1-3, loaded strictly; R-CNN: ``state_dict`` with ``backbone.``,
     ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
     head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
     ``overrides`` are :class:`~focalnet.detection.config.ModelConfig` fields (``score_thresh``,
@@ -156,6 +181,16 @@ def load_detector(
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    from .dino.convert import is_dino_checkpoint, load_dino
+
+    if "detection_config" not in obj and is_dino_checkpoint(obj):  # original FocalNet-DINO file or ours
+        return load_dino(obj, device, **overrides)
+    from .sparse_rcnn import is_mmdet_sparse_rcnn, load_mmdet_sparse_rcnn
+
+    if "detection_config" not in obj and is_mmdet_sparse_rcnn(obj.get("state_dict", obj)):
+        model, meta = load_mmdet_sparse_rcnn(obj.get("state_dict", obj), path, **overrides)
+        model.class_names, model.category_ids = meta["class_names"], meta["category_ids"]
+        return model.to(device).eval(), meta
     if "detection_config" in obj and "model" in obj:
         data = dict(obj["detection_config"])
         model_cfg = dict(data.get("model", {}))
@@ -188,16 +223,29 @@ def load_detector(
         }
     else:
         sd = obj.get("state_dict", obj)
+        if isinstance(sd, Mapping) and is_mmdet_atss(sd):
+            from .atss import load_mmdet_atss
+
+            model, fields = load_mmdet_atss(sd, **overrides)
+            return _finish_mmdet(model, fields, model.num_classes, device)
         if not isinstance(sd, Mapping) or not is_mmdet_detector(sd):
             raise ValueError(
                 f"{path} is neither a focalnet detection checkpoint (model.pt / checkpoint-*.pt) nor an "
-                "mmdetection Faster/Mask R-CNN file (state_dict with rpn_head./roi_head. keys)"
+                "mmdetection Faster/Mask/Cascade Mask R-CNN or ATSS file (state_dict with rpn_head./roi_head. or "
+                "bbox_head.atss_cls. keys)"
             )
         check_finite(sd, str(path))
-        converted = convert_mmdet_state_dict(sd)
-        num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
+        from .cascade import convert_mmdet_cascade_state_dict, is_mmdet_cascade, mmdet_cascade_num_classes
+
+        if is_mmdet_cascade(sd):
+            converted = convert_mmdet_cascade_state_dict(sd)
+            num_classes = mmdet_cascade_num_classes(sd)
+            detector = "cascade_mask_rcnn"
+        else:
+            converted = convert_mmdet_state_dict(sd)
+            num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
+            detector = "mask_rcnn" if any(k.startswith("roi_head.mask_head.") for k in sd) else "faster_rcnn"
         name, bb = mmdet_backbone_config(sd)
-        detector = "mask_rcnn" if any(k.startswith("roi_head.mask_head.") for k in sd) else "faster_rcnn"
         from .config import ModelConfig
 
         mc = build_config(
@@ -212,11 +260,7 @@ def load_detector(
             },
         )
         model = build_detector(**detector_kwargs_from_config(mc, num_classes))
-        missing, unexpected = model.load_state_dict(converted, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: converted mmdetection weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}"
-            )
+        load_strict(model, converted, f"{path}: converted mmdetection weights")
         if num_classes == 81:
             names, ids = coco_class_names()
         else:
@@ -229,4 +273,23 @@ def load_detector(
         }
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
+    return model.to(device).eval(), meta
+
+
+def _finish_mmdet(
+    model: nn.Module, fields: dict[str, Any], num_classes: int, device: str | torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Class names (COCO's for 80 classes) and meta of a converted mmdetection detector."""
+    if num_classes == 81:
+        names, ids = coco_class_names()
+    else:
+        names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
+    meta = {
+        "class_names": names,
+        "category_ids": ids,
+        "source": "mmdetection",
+        "detection_config": {"model": fields},
+    }
+    model.class_names = names
+    model.category_ids = ids
     return model.to(device).eval(), meta

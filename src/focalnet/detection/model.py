@@ -33,6 +33,7 @@ from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setu
 
 from ..factory import create_backbone
 from ..models.focalnet import FocalNetBackbone
+from .config import DETECTORS
 
 __all__ = [
     "FocalNetFPN",
@@ -188,17 +189,57 @@ def build_detector(
     grad_checkpointing: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
     **overrides: Any,
-) -> MaskRCNN | FasterRCNN:
-    """Build a FocalNet Mask R-CNN (``detector="mask_rcnn"``) or Faster R-CNN.
+) -> nn.Module:
+    """Build a FocalNet Mask R-CNN (``detector="mask_rcnn"``), Faster R-CNN or Cascade Mask R-CNN
+    (``"cascade_mask_rcnn"``: :func:`focalnet.detection.cascade.build_cascade_mask_rcnn`).
 
     ``num_classes`` counts the background (COCO: 81). ``backbone_overrides`` (and any ``overrides`` that
     are :class:`~focalnet.FocalNetConfig` fields, e.g. ``drop_path_rate=0.2``) go to
     :func:`focalnet.create_backbone` (default ``focal_windows=(9, 9, 9, 9)``, ``drop_path_rate=0.1``;
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
+    ``detector="atss"`` builds :func:`focalnet.detection.atss.build_atss` (R-CNN-only options ignored).
+    ``detector="dino"`` builds FocalNet-DINO (:func:`focalnet.detection.dino.dino`): ``num_classes`` is
+    then the number of class logits (labels ``0..num_classes-1``; with this package's datasets, whose
+    labels are ``1..K``, ``K + 1``), ``overrides`` are :class:`~focalnet.detection.dino.DINOConfig` fields.
     """
+    common: dict[str, Any] = dict(
+        backbone_checkpoint=backbone_checkpoint,
+        frozen_stages=frozen_stages,
+        fpn_channels=fpn_channels,
+        train_resize=train_resize,
+        grad_checkpointing=grad_checkpointing,
+        backbone_overrides=backbone_overrides,
+    )
+    rcnn_heads: dict[str, Any] = dict(
+        representation_size=representation_size, mask_head_channels=mask_head_channels, mmdet_compat=mmdet_compat
+    )
+    if detector == "atss":
+        from .atss import build_atss
+
+        return build_atss(backbone, num_classes, **common, **overrides)
+    if detector == "cascade_mask_rcnn":
+        from .cascade import build_cascade_mask_rcnn
+
+        return build_cascade_mask_rcnn(backbone, num_classes, **common, **rcnn_heads, **overrides)
+    if detector == "sparse_rcnn":
+        from .sparse_rcnn import build_sparse_rcnn
+
+        return build_sparse_rcnn(backbone, num_classes, **common, **overrides)
+    if detector == "dino":
+        from .dino import dino
+
+        return dino(
+            backbone,
+            num_classes=num_classes,
+            backbone_checkpoint=backbone_checkpoint,
+            frozen_stages=frozen_stages,
+            grad_checkpointing=grad_checkpointing,
+            backbone_overrides=backbone_overrides,
+            **overrides,
+        )
     if detector not in ("mask_rcnn", "faster_rcnn"):
-        raise ValueError(f"detector must be 'mask_rcnn' or 'faster_rcnn', got {detector!r}")
+        raise ValueError(f"detector must be one of {', '.join(DETECTORS)}; got {detector!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     from ..models.focalnet import FocalNetConfig
@@ -264,9 +305,26 @@ def faster_rcnn(
 
 def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, Any]:
     """Arguments of :func:`build_detector` from a :class:`~focalnet.detection.config.ModelConfig`."""
+    if model_cfg.detector == "sparse_rcnn":
+        from .sparse_rcnn import sparse_rcnn_kwargs_from_config
+
+        return sparse_rcnn_kwargs_from_config(model_cfg, num_classes)
     overrides = dict(model_cfg.backbone_overrides)
     overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
     overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)
+    if model_cfg.detector == "dino":
+        return dict(
+            detector="dino",
+            backbone=model_cfg.backbone,
+            num_classes=num_classes,
+            backbone_checkpoint=model_cfg.backbone_checkpoint or None,
+            frozen_stages=model_cfg.frozen_stages,
+            grad_checkpointing=model_cfg.grad_checkpointing,
+            backbone_overrides=overrides,
+            min_size=model_cfg.min_size,
+            max_size=model_cfg.max_size,
+            **dict(model_cfg.dino),
+        )
     return dict(
         detector=model_cfg.detector,
         backbone=model_cfg.backbone,
@@ -282,7 +340,8 @@ def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, A
         min_size=model_cfg.min_size,
         max_size=model_cfg.max_size,
         box_score_thresh=model_cfg.score_thresh,
-        box_nms_thresh=model_cfg.nms_thresh,
         box_detections_per_img=model_cfg.detections_per_img,
+        # None: the detector's own NMS IoU (0.5 for the R-CNNs, 0.6 for ATSS)
+        **({"box_nms_thresh": model_cfg.nms_thresh} if model_cfg.nms_thresh is not None else {}),
         **dict(model_cfg.detector_overrides),
     )

@@ -86,7 +86,7 @@ def predict_images(
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue
         det = model([F.to_dtype(img, torch.float32, scale=True).to(device)])[0]
-        keep = det["scores"] >= score_thr
+        keep = (det["scores"] >= score_thr) & (det["labels"] >= 1)  # label 0: background slot (DINO)
         det = {k: v[keep].cpu() for k, v in det.items()}
         dets = []
         rles = masks_to_rle((det["masks"][:, 0] > 0.5).numpy()) if "masks" in det and with_masks_json else None

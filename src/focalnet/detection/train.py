@@ -44,6 +44,7 @@ __all__ = [
     "detection_step",
     "to_device",
     "build_scheduler",
+    "build_optimizer",
 ]
 
 log = logging.getLogger("focalnet")
@@ -68,7 +69,7 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     """Training set (augmented) and validation set (``None`` where no validation json exists)."""
     d = cfg.data
     train_set = None
-    with_masks = cfg.model.detector == "mask_rcnn"
+    with_masks = cfg.model.detector in ("mask_rcnn", "cascade_mask_rcnn")
     if need_train:
         ann, img = d.paths("train")
         tf = train_transforms(d.scales, d.max_size, d.crop_branch, d.crop_resize_scales, d.crop_range, d.flip_prob)
@@ -85,6 +86,33 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     elif need_train:
         log.warning("no validation annotations at %s: training without evaluation", ann)
     return train_set, val_set
+
+
+def build_optimizer(cfg: DetectionConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over the engine's parameter groups (no decay on norms, biases, layer scales), or with the
+    same decay on every parameter (``optim.decay_all``); with ``optim.backbone_lr_mult != 1`` the
+    FocalNet backbone's parameters get ``lr x backbone_lr_mult`` (DINO's recipe: 1e-4 and 1e-5)."""
+    o = cfg.optim
+    if o.decay_all:  # mmdet's default constructor / DETR's: the same weight decay on every parameter
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": o.weight_decay}]
+    elif o.backbone_lr_mult == 1.0:
+        return build_adamw(model, o.lr, o.weight_decay, betas=tuple(o.betas))
+    else:
+        from ..engine.optim import param_groups
+
+        groups = param_groups(model, o.weight_decay)
+    if o.backbone_lr_mult != 1.0:
+        from ..models.focalnet import FocalNetBackbone
+
+        in_backbone = {id(p) for m in model.modules() if isinstance(m, FocalNetBackbone) for p in m.parameters()}
+        split = []
+        for g in groups:
+            for backbone, mult in ((False, 1.0), (True, o.backbone_lr_mult)):
+                params = [p for p in g["params"] if (id(p) in in_backbone) == backbone]
+                if params:  # an absolute lr per group (no lr_scale: timm's schedulers would apply it again)
+                    split.append({**g, "params": params, "lr": o.lr * mult})
+        groups = split
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
@@ -157,6 +185,8 @@ def train(
     train_set, val_set = build_datasets(cfg)
     assert train_set is not None
     model = build_model(cfg, train_set.num_classes)
+    if dist_info.distributed and dist_info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN heads (Cascade Mask R-CNN): SyncBN as the original
     if dist_info.is_main:
         save_config(cfg, out / "config.yaml", run_id=run_id)
         n_params = sum(p.numel() for p in model.parameters())
@@ -169,7 +199,7 @@ def train(
             len(train_set),
             f", {len(val_set)} validation images" if val_set is not None else "",
         )
-    optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    optimizer = build_optimizer(cfg, model)
     tcfg = TrainerConfig(
         output_dir=str(out),
         epochs=cfg.epochs,

@@ -13,6 +13,7 @@ from .config import (
 )
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
+from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
 from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
 
@@ -24,7 +25,9 @@ __all__ = [
     "RunFolderError",
     "Trainer",
     "TrainerConfig",
+    "add_threads_arg",
     "all_reduce",
+    "available_cores",
     "apply_overrides",
     "avoid_inputs",
     "barrier",
@@ -33,6 +36,8 @@ __all__ = [
     "cleanup_distributed",
     "collate_skip_none",
     "config_to_dict",
+    "default_threads",
+    "fit_workers",
     "init_distributed",
     "layer_id",
     "load_config",
@@ -44,6 +49,7 @@ __all__ = [
     "rng_state",
     "save_config",
     "set_rng_state",
+    "set_threads",
     "setup_logging",
     "write_json",
 ]

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
+from .resources import fit_workers
 from .runs import make_output_dir, prepare_run_folder
 
 __all__ = ["TrainerConfig", "Trainer", "StepFn", "EvalFn", "collate_skip_none", "setup_logging", "write_json"]
@@ -195,7 +196,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             generator=self._loader_gen,
-            num_workers=cfg.num_workers,
+            num_workers=fit_workers(cfg.num_workers),
             collate_fn=collate_fn,
             drop_last=cfg.drop_last,
             pin_memory=self.device.type == "cuda",
@@ -452,13 +453,16 @@ class Trainer:
         model = self.ddp_model
         model.train()
         log.info(
-            "training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s",
+            "training %d steps (%d per epoch, batch %d x %d processes x %d accumulation) on %s "
+            "(%d compute threads, %d data loader workers per process)",
             self.total_steps,
             self.updates_per_epoch,
             cfg.batch_size,
             self.dist.world_size,
             cfg.accum_steps,
             self.device,
+            torch.get_num_threads(),
+            self.loader.num_workers,
         )
         self._set_lr()
         while self.step < self.total_steps:

@@ -8,6 +8,7 @@
 torch.Size([1, 3, 64, 48])
 """
 
+from .convert import convert_segmentor, focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
 from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
 from .evaluate import (
     MS_RATIOS,
@@ -20,7 +21,17 @@ from .evaluate import (
     slide_inference,
     whole_inference,
 )
-from .model import FCNHead, HeadConfig, UPerHead, UPerNet, load_segmentor, save_segmentor, upernet
+from .model import (
+    FCNHead,
+    HeadConfig,
+    UPerHead,
+    UPerNet,
+    build_segmentor,
+    load_segmentor,
+    read_segmentor,
+    save_segmentor,
+    upernet,
+)
 from .predict import colorize, overlay, palette, predict_image, predict_images
 from .train import SegmentationConfig, load_segmentation_config, train
 from .transforms import TestTransform, TrainTransform
@@ -39,6 +50,12 @@ __all__ = [
     "UPerHead",
     "UPerNet",
     "build_dataset",
+    "build_segmentor",
+    "convert_segmentor",
+    "focalnet_to_mmseg",
+    "is_mmseg_segmentor",
+    "mmseg_to_focalnet",
+    "read_segmentor",
     "colorize",
     "confusion_matrix",
     "evaluate",

@@ -1,4 +1,4 @@
-"""``focalnet segmentation {train,evaluate,predict}``: a thin layer over the Python API."""
+"""``focalnet segmentation {train,evaluate,predict,convert}``: a thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict"]
+__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -90,9 +90,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--crop-size", type=int, help="square training crop (default 512)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 6e-5)")
     p.add_argument("--backbone-checkpoint", help="ImageNet (or segmentation) checkpoint for the backbone")
+    p.add_argument(
+        "--checkpoint",
+        help="fine-tune a whole segmentor: one of ours (model.pt) or an original mmsegmentation UPerNet "
+        "file (architecture from the file; new classifiers when the classes differ)",
+    )
     p.add_argument("--pretrained", action="store_true", help="download the released ImageNet weights")
     p.add_argument("--eval-every", type=int, help="iterations between evaluations (0: at the end only)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="evaluate on the first N validation images (default: all; a trial run much shorter than the "
+        "recipe uses a share of them)",
+    )
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument(
@@ -113,7 +124,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="mIoU of a trained model (single/multi-scale, whole/slide, flip)")
-    p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt (or a training checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="OUTPUT/model.pt, a training checkpoint or an original mmsegmentation UPerNet file",
+    )
     _add_data_args(p, train=False)
     p.add_argument("--split", choices=["train", "val"], default="val")
     _add_test_args(p)
@@ -124,11 +139,44 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
     p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
+    p.add_argument("--output", "--out", dest="out", default="predictions", help="output folder (default ./predictions)")
     _add_test_args(p)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "convert",
+        help="original mmsegmentation UPerNet file <-> focalnet segmentation file",
+        description="Convert a released (mmsegmentation 0.x) FocalNet UPerNet file into this package's "
+        "format (--to focalnet, the default) or write any segmentation file in the original layout "
+        "(--to original). The file is checked strictly against the model it describes first.",
+    )
+    p.add_argument("input", help="original UPerNet .pth or one of ours (model.pt, checkpoint-*.pt)")
+    p.add_argument("output")
+    p.add_argument("--to", choices=["focalnet", "original"], default="focalnet")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("configs", help="list the shipped configs, or print one resolved")
+    p.add_argument("name", nargs="?", help="a shipped config name or YAML file to print resolved")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_configs)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """``focalnet segmentation configs [NAME]``: the shipped configs, or one of them resolved."""
+    import yaml
+
+    from ..engine import config_to_dict, packaged_configs
+    from .train import config_path, load_segmentation_config
+
+    if args.name is None:
+        for name in packaged_configs("segmentation"):
+            print(f"{name}  ({config_path(name)})")
+        return 0
+    cfg = load_segmentation_config(args.name, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
 
 
 def _bool(s: str | None) -> bool | None:
@@ -140,6 +188,7 @@ def _yaml(v: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..engine import fit_workers, set_threads
     from .train import load_segmentation_config, train
 
     o: list[str] = []
@@ -175,14 +224,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         put("eval.crop_size", [s, s])
         put("eval.stride", [math.ceil(s * 2 / 3)] * 2)
     put("model.backbone_checkpoint", args.backbone_checkpoint)
+    put("model.checkpoint", args.checkpoint)
     if args.pretrained:
         put("model.pretrained", True)
     put("eval.every", args.eval_every)
+    put("eval.max_images", args.max_images)
     if args.no_eval:
         put("eval.enabled", False)
     cfg = load_segmentation_config(args.config, o + list(args.overrides))
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if cfg.model.backbone_checkpoint and not Path(cfg.model.backbone_checkpoint).exists():
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint not found: {cfg.model.checkpoint}")
     metrics = train(cfg, args.output, overwrite=args.overwrite)
     if metrics.get("interrupted"):
         print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
@@ -338,4 +392,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
         print(f"{r['image']}: {r['color']}  ({top})")
     print(f"wrote {len(records)} prediction(s) to {args.out} (predictions.json)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_segmentor
+    from .model import read_segmentor
+
+    out = convert_segmentor(args.input, args.output, to=args.to)
+    meta, sd, _ = read_segmentor(out)
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    print(
+        f"wrote {out} ({args.to} layout): UPerNet on {meta['backbone']}, {meta['num_classes']} classes, "
+        f"{n / 1e6:.3f}M parameters"
+    )
     return 0

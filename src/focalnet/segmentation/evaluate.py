@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.distributed import all_reduce
+from ..engine.resources import fit_workers
 from .model import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .transforms import TestTransform
 
@@ -121,11 +122,17 @@ def metrics_from_confusion(cm: torch.Tensor | np.ndarray, class_names: Sequence[
 
 
 # ---------------------------------------------------------------------------------------- inference
+def _align_corners(model: nn.Module) -> bool:
+    """The model's ``align_corners`` (mmseg resizes logits back to the image with the head's setting)."""
+    head = getattr(getattr(model, "module", model), "head_cfg", None)
+    return bool(getattr(head, "align_corners", False))
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     enc = getattr(model, "encode_decode", None)
     out = enc(x) if enc is not None else model(x)
     if out.shape[-2:] != x.shape[-2:]:
-        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=_align_corners(model))
     return out
 
 
@@ -200,7 +207,7 @@ def predict_probs(
                 torch.device(device).type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
                 logit = inference(model, xi, cfg)
-            logit = F.interpolate(logit.float(), size=(h0, w0), mode="bilinear", align_corners=False)
+            logit = F.interpolate(logit.float(), size=(h0, w0), mode="bilinear", align_corners=_align_corners(model))
             prob = logit.softmax(1)
             if flip:
                 prob = prob.flip(-1)
@@ -245,7 +252,7 @@ def evaluate(
     total_n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     indices = list(range(rank, total_n, world_size))
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first
+        Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=fit_workers(num_workers), collate_fn=_first
     )
     was_training = model.training
     model.eval()

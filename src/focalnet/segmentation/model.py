@@ -4,11 +4,17 @@ The decode head follows mmsegmentation's UPerNet: a pyramid pooling module (scal
 last backbone level, FPN-style top-down fusion of the four levels, 3x3 conv-BN-ReLU modules of 512
 channels, dropout 0.1 and a 1x1 classifier. The auxiliary ``FCNHead`` (one 3x3 conv-BN-ReLU of 256
 channels on the stage-3 feature, loss weight 0.4) only runs in training.
+
+The module tree, and so every state dict key, is that of the original mmsegmentation 0.x model, and in
+eval mode the logits are the original's for the same weights; :func:`load_segmentor` also reads the
+released mmseg files (see :mod:`focalnet.segmentation.convert`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +36,9 @@ __all__ = [
     "upernet",
     "save_segmentor",
     "load_segmentor",
+    "read_segmentor",
+    "build_segmentor",
+    "upgrade_state_dict",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -50,15 +59,33 @@ def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
+# ConvModule children were numbered (0, 1, 2) before they took mmcv's names; old files still load
+_LEGACY_CONV_MODULE = {"0.": "conv.", "1.": "bn."}
+
+
 class ConvModule(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> ReLU, as mmcv's ``ConvModule`` with ``norm_cfg=BN``."""
+    """Conv (no bias) -> BatchNorm (eps 1e-5, momentum 0.1) -> ReLU, as mmcv's ``ConvModule`` with
+    ``norm_cfg=BN`` and the same child names (``conv``, ``bn``, ``activate``), so that the head's
+    state dict keys are those of the original mmsegmentation files. State dicts with the earlier
+    numbered names (``.0.weight``, ``.1.running_mean``) are renamed on load."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, padding: int = 0) -> None:
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=False),
-            nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
+            OrderedDict(
+                conv=nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=False),
+                bn=nn.BatchNorm2d(out_ch),
+                activate=nn.ReLU(inplace=True),
+            )
         )
+        self._register_load_state_dict_pre_hook(_rename_legacy_conv_module)
+
+
+def _rename_legacy_conv_module(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for old, new in _LEGACY_CONV_MODULE.items():
+            if rest.startswith(old) and prefix + new + rest[len(old) :] not in state_dict:
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
 
 
 class PPM(nn.ModuleList):
@@ -192,6 +219,21 @@ class UPerNet(nn.Module):
             )
         self.meta: dict[str, Any] = dict(meta or {})
 
+    def reset_classes(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
+        """New (randomly initialised) classifiers ``conv_seg`` of both heads for ``num_classes`` classes
+        (fine-tuning a trained segmentor on other classes); everything else is kept."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        heads = [self.decode_head] + ([self.auxiliary_head] if self.auxiliary_head is not None else [])
+        for h in heads:
+            old = h.conv_seg
+            h.conv_seg = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
+        self.num_classes = num_classes
+        self.meta["num_classes"] = int(num_classes)
+        self.meta["class_names"] = list(class_names) if class_names is not None else None
+
     @property
     def class_names(self) -> list[str]:
         return list(self.meta.get("class_names") or [str(i) for i in range(self.num_classes)])
@@ -276,27 +318,50 @@ def save_segmentor(model: UPerNet, path: str | os.PathLike, extra: Mapping[str, 
     atomic_save({"format": FORMAT, "meta": dict(model.meta), "extra": dict(extra or {}), "state_dict": state}, path)
 
 
-def _build_from_meta(meta: Mapping[str, Any]) -> UPerNet:
+def _build_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> UPerNet:
     from ..models.focalnet import FocalNetConfig
 
-    cfg = FocalNetConfig.from_dict(dict(meta["backbone_config"])).replace(drop_path_rate=0.0)
+    cfg = FocalNetConfig.from_dict(dict(meta["backbone_config"])).replace(
+        **{"drop_path_rate": 0.0, **backbone_overrides}
+    )
     bb = FocalNetBackbone(cfg, out_indices=(0, 1, 2, 3))
     head = dict(meta.get("head") or {})
     head_cfg = HeadConfig(**{k: tuple(v) if k == "pool_scales" else v for k, v in head.items()})
     return UPerNet(bb, int(meta["num_classes"]), head_cfg, meta)
 
 
-def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[UPerNet, dict[str, Any]]:
-    """Rebuild a :class:`UPerNet` from a file written by :func:`save_segmentor` or from a training
-    checkpoint (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``); returns
-    ``(model in eval mode, extra)``. Loads with ``weights_only=True``."""
-    p = os.fspath(path)
+_LEGACY_KEY = re.compile(
+    r"^(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+    r"|auxiliary_head\.convs\.\d+)\.([01])\.(.+)$"
+)
+
+
+def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our files written before the ConvModules took mmcv's child names (``.0.`` -> ``.conv.``,
+    ``.1.`` -> ``.bn.``): the same weights under today's keys (other keys unchanged)."""
+    out = {}
+    for k, v in sd.items():
+        m = _LEGACY_KEY.match(k)
+        out[f"{m.group(1)}.{'conv' if m.group(2) == '0' else 'bn'}.{m.group(3)}" if m else k] = v
+    return out
+
+
+def _read(p: str, map_location: str | torch.device) -> Any:
     if not os.path.exists(p):
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    from ..weights.infer import check_buildable, check_finite
     from ..weights.io import safe_torch_load
 
-    obj = safe_torch_load(p, "segmentation checkpoint")
+    return safe_torch_load(p, "segmentation checkpoint")
+
+
+def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(meta, state_dict, extra)`` of a segmentation file in any supported layout, without building
+    the model: ours (:func:`save_segmentor`, training checkpoints) or an original mmsegmentation 0.x
+    FocalNet UPerNet (converted, see :mod:`focalnet.segmentation.convert`)."""
+    from .convert import is_mmseg_segmentor, mmseg_to_focalnet
+
+    p = os.fspath(path)
+    obj = _read(p, "cpu")
     if not isinstance(obj, dict):
         raise ValueError(f"{p} does not hold a dict")
     if obj.get("format") == FORMAT:
@@ -304,18 +369,48 @@ def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "
     elif "segmentation_meta" in obj and "model" in obj:  # training checkpoint of focalnet segmentation train
         meta, extra = obj["segmentation_meta"], dict(obj.get("segmentation_extra") or {})
         sd = obj["model"]
+    elif isinstance(obj.get("state_dict"), Mapping) and is_mmseg_segmentor(obj["state_dict"]):
+        try:
+            meta, sd, extra = mmseg_to_focalnet(obj)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from e
     else:
         raise ValueError(
             f"{p} is not a focalnet segmentation model (expected a file from `focalnet segmentation train`: "
-            "OUTPUT/model.pt or OUTPUT/checkpoints/checkpoint-*.pt)"
+            "OUTPUT/model.pt or OUTPUT/checkpoints/checkpoint-*.pt, or an original mmsegmentation UPerNet "
+            "file with backbone./decode_head. keys)"
         )
-    if not isinstance(meta, dict) or not isinstance(sd, dict) or not isinstance(extra, dict):
+    if not isinstance(meta, Mapping) or not isinstance(sd, Mapping) or not isinstance(extra, dict):
         raise ValueError(f"{p}: malformed segmentation file (meta, weights and extra must be dicts)")
-    # stored settings checked against the tensors on the meta device before anything is allocated
-    check_buildable(lambda: _build_from_meta(meta), sd, p)
-    check_finite(sd, p)
-    model = _build_from_meta(meta)
+    return dict(meta), upgrade_state_dict(sd), extra
+
+
+def build_segmentor(
+    meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint", **backbone_overrides: Any
+) -> UPerNet:
+    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly. The stored
+    settings are checked against the tensors on the meta device before anything is allocated (raises
+    :class:`~focalnet.weights.infer.CheckpointMismatchError` naming missing, unexpected and mis-shaped
+    keys), and non-finite weights are refused. ``backbone_overrides`` change backbone settings the weights
+    do not fix (``drop_path_rate``)."""
+    from ..weights.infer import check_buildable, check_finite
+
+    check_buildable(lambda: _build_from_meta(meta, **backbone_overrides), sd, source)
+    check_finite(sd, source)
+    model = _build_from_meta(meta, **backbone_overrides)
     model.load_state_dict(sd)
+    return model
+
+
+def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[UPerNet, dict[str, Any]]:
+    """Rebuild a :class:`UPerNet` from a file written by :func:`save_segmentor`, a training checkpoint
+    (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``) or an original mmsegmentation
+    0.x FocalNet UPerNet file (``{"meta", "state_dict"}``: backbone and head read off the keys, ADE20K
+    class names for 150 classes); returns ``(model in eval mode, extra)``. Loads with
+    ``weights_only=True`` and strictly: a file that does not fit names the missing, unexpected and
+    mis-shaped keys."""
+    meta, sd, extra = read_segmentor(path)
+    model = build_segmentor(meta, sd, os.fspath(path))
     model.to(map_location)
     model.eval()
     return model, extra

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -37,7 +38,16 @@ from ..engine import (
 )
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
-from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, save_segmentor, upernet
+from .model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HeadConfig,
+    UPerNet,
+    build_segmentor,
+    read_segmentor,
+    save_segmentor,
+    upernet,
+)
 from .transforms import TrainTransform
 
 __all__ = [
@@ -60,6 +70,9 @@ class ModelConfig:
     backbone: str = "focalnet_tiny_srf"
     backbone_checkpoint: str | None = None  # any ImageNet checkpoint (kernels resized) or a segmentation one
     pretrained: bool = False  # download the released ImageNet weights of `backbone`
+    # fine-tune a whole segmentor (ours or an original mmseg UPerNet file): its architecture replaces
+    # backbone/backbone_overrides/head (apart from drop_path_rate and head.aux_weight)
+    checkpoint: str | None = None
     backbone_overrides: dict[str, Any] = field(
         default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3}
     )
@@ -127,6 +140,10 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     iters: int = 160000
+    # the run length the warm-up was set for: a run of another length gets the same warm-up share, and a
+    # run much shorter than it is a trial whose evaluations use a share of the validation images (0: no
+    # scaling). Filled from the recipe by load_segmentation_config
+    recipe_iters: int = 0
     batch_size: int = 16  # images per optimizer step, over all processes (x accum_steps micro-batches)
     accum_steps: int = 1
     amp: str = "auto"
@@ -142,6 +159,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.accum_steps < 1:
             raise ValueError("iters, batch_size and accum_steps must be >= 1")
+        if self.recipe_iters < 0:
+            raise ValueError(f"recipe_iters must be >= 0, got {self.recipe_iters}")
 
 
 @dataclass
@@ -164,12 +183,65 @@ def config_path(name: str) -> Path:
 def load_segmentation_config(
     path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> SegmentationConfig:
-    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides."""
-    return load_config(SegmentationConfig, config_path(str(path)) if path else None, list(overrides))
+    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides.
+
+    When the overrides change ``train.iters`` but not the warm-up, ``train.recipe_iters`` records the
+    recipe's length (see :class:`RunConfig`)."""
+    file = config_path(str(path)) if path else None
+    cfg = load_config(SegmentationConfig, file, list(overrides))
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if not keys & {"train.recipe_iters", "optim.warmup_iters"} and not cfg.train.recipe_iters:
+        cfg.train.recipe_iters = load_config(SegmentationConfig, file).train.iters
+    return cfg
+
+
+def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, str]:
+    """(warm-up iterations, validation images per evaluation (0: all), a note for the log) of ``cfg``'s
+    run, scaled from the recipe's length when the run is shorter or longer."""
+    r, o = cfg.train, cfg.optim
+    warmup, max_images, note = min(o.warmup_iters, r.iters), cfg.eval.max_images, ""
+    if r.recipe_iters > 0 and r.iters != r.recipe_iters:
+        share = r.iters / r.recipe_iters
+        warmup = min(round(o.warmup_iters * share), max(r.iters - 1, 0))
+        note = (
+            f"warm-up scaled to the run's length: {warmup} of {r.iters} iterations "
+            f"(the recipe: {o.warmup_iters} of {r.recipe_iters})"
+        )
+        if share < 0.5 and not max_images and num_val:
+            max_images = min(num_val, max(10, math.ceil(num_val * share)))
+            note += (
+                f"; a trial run {share:.1%} of the recipe's length evaluates on {max_images} of the "
+                f"{num_val} validation images (--max-images N to choose)"
+            )
+    return warmup, max_images, note
 
 
 def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
     m = cfg.model
+    if m.checkpoint:
+        if m.backbone_checkpoint or m.pretrained:
+            raise ConfigError("model.checkpoint (a whole segmentor) excludes model.backbone_checkpoint/pretrained")
+        meta, sd, _ = read_segmentor(m.checkpoint)
+        drop_path = m.backbone_overrides.get("drop_path_rate")
+        model = build_segmentor(meta, sd, m.checkpoint, **({} if drop_path is None else {"drop_path_rate": drop_path}))
+        model.head_cfg.aux_weight = m.head.aux_weight
+        model.meta["head"]["aux_weight"] = m.head.aux_weight
+        model.meta["backbone_config"] = model.backbone.cfg.to_dict()
+        model.meta.pop("source", None)
+        model.meta["init_checkpoint"] = str(m.checkpoint)
+        if model.num_classes != num_classes:
+            log.warning(
+                "%s: %d classes -> %d of the data: new classifiers (conv_seg) for fine-tuning",
+                m.checkpoint,
+                model.num_classes,
+                num_classes,
+            )
+            model.reset_classes(num_classes, class_names)
+        else:
+            if model.class_names != list(class_names):
+                log.warning("%s: same number of classes, the data's names replace the checkpoint's", m.checkpoint)
+            model.meta["class_names"] = list(class_names)
+        return model.train()
     model = upernet(
         m.backbone,
         num_classes,
@@ -277,12 +349,15 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     from timm.scheduler import PolyLRScheduler
 
+    warmup, max_images, note = scaled_schedule(cfg, len(val_set) if val_set is not None else 0)
+    if note:
+        log.info("%s", note)
     scheduler = PolyLRScheduler(
         optimizer,
         t_initial=r.iters,
         power=o.power,
         lr_min=o.min_lr,
-        warmup_t=min(o.warmup_iters, r.iters),
+        warmup_t=warmup,
         warmup_lr_init=o.lr * o.warmup_ratio,
         t_in_epochs=False,
     )
@@ -297,7 +372,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
                 val_set,
                 test_cfg,
                 device=trainer.device,
-                max_images=cfg.eval.max_images,
+                max_images=max_images,
                 num_workers=min(cfg.data.num_workers, 2),
                 rank=trainer.dist.rank,
                 world_size=trainer.dist.world_size,
