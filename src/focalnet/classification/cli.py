@@ -284,6 +284,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
+    failed = sum("error" in r for r in results)
+    if failed and failed == len(results):
+        print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)
+        return 1
     return 0
 
 

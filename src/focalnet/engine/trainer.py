@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .distributed import DistInfo, ResumableSampler, all_reduce, init_distributed
+from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .resources import fit_workers
 from .runs import make_output_dir, prepare_run_folder
 
@@ -189,8 +189,10 @@ class Trainer:
         # worker seeds come from this generator (seeded per epoch/rank/start in _train_epoch), not from
         # the global RNG, so that a resumed run draws the same global random numbers as an uninterrupted one
         self._loader_gen = torch.Generator()
+        # per-sample seeding of Python random / NumPy / torch: augmentations are reproducible and resumable
+        self._seeded = SeededSamples(train_set, cfg.seed)
         self.loader = DataLoader(
-            train_set,
+            self._seeded,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             generator=self._loader_gen,
@@ -504,6 +506,7 @@ class Trainer:
             bar = tqdm(total=remaining, desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True, leave=False)
         micro = 0
         self._loader_gen.manual_seed(hash((cfg.seed, self.epoch, self.dist.rank, start_batch)) % 2**63)
+        self._seeded.epoch = self.epoch
         it = iter(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(remaining):
