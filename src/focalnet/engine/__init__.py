@@ -14,7 +14,7 @@ from .config import (
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
-from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
+from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
 
 __all__ = [
     "CheckpointManager",
@@ -41,6 +41,7 @@ __all__ = [
     "packaged_config",
     "packaged_configs",
     "param_groups",
+    "plot_curves",
     "rng_state",
     "save_config",
     "set_rng_state",
