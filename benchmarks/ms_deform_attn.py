@@ -148,7 +148,8 @@ def main() -> None:
     }
     print(f"multi-scale deformable attention, image {args.image}, {result['threads']} threads, {args.device}")
     print(
-        f"{'shape':8} {'queries':>8} {'ours fwd/bwd ms':>18} {'transformers fwd/bwd ms':>24} {'speed-up':>9} {'max|diff|':>10}"
+        f"{'shape':8} {'queries':>8} {'ours fwd / bwd ms':>18} {'transformers fwd / bwd ms':>24} {'speed-up':>9} "
+        f"{'no-grad ms ours / theirs':>25} {'speed-up':>9} {'max|diff|':>10}"
     )
     for r in result["attention"]:
         print(
