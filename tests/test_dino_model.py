@@ -183,7 +183,7 @@ def test_original_file_loads_strictly_and_round_trips(tiny, tmp_path):
     orig = tmp_path / "orig.pth"
     torch.save({"model": sd, "optimizer": {}, "epoch": 3}, orig)
     model, meta = load_detector(orig)
-    assert meta["source"] == "original" and meta["class_names"][0] == "class_0"
+    assert meta["source"] == "original" and meta["class_names"][0] == "class_1"
     cfg = model.cfg
     assert (cfg.num_feature_levels, cfg.out_indices, cfg.num_queries, cfg.dec_layers) == (4, (1, 2, 3), 30, 2)
     assert cfg.backbone_overrides["embed_dim"] == 32 and cfg.enc_n_points == 4

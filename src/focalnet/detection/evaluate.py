@@ -133,8 +133,11 @@ def run_inference(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    category_ids: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO results of this process's share (every ``world_size``-th image) of ``dataset``."""
+    """COCO results of this process's share (every ``world_size``-th image) of ``dataset``; label ``l``
+    is category ``category_ids[l - 1]`` (default: the dataset's categories)."""
+    cat_ids = list(dataset.category_ids if category_ids is None else category_ids)
     model.eval()
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
     loader = DataLoader(
@@ -152,7 +155,7 @@ def run_inference(
         images, targets = batch
         outputs = model([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
-            results.extend(outputs_to_coco(out, tgt["image_id"], dataset.category_ids))
+            results.extend(outputs_to_coco(out, tgt["image_id"], cat_ids))
     return results
 
 
@@ -173,6 +176,7 @@ def evaluate_detector(
     batch_size: int = 1,
     num_workers: int = 2,
     progress: bool = True,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Inference (split over the torchrun processes, if any) and COCO bbox (+ segm for Mask R-CNN)
     metrics. Every process gets the metrics; rank 0 writes ``results.json`` (COCO format, original
@@ -190,6 +194,7 @@ def evaluate_detector(
         rank=rank,
         world_size=world,
         progress=progress,
+        category_ids=category_ids,
     )
     results = _gather(results)
     metrics: dict[str, Any] = {}

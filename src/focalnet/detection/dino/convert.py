@@ -238,8 +238,9 @@ def load_dino(
     """``(model in eval mode, meta)`` from an original FocalNet-DINO checkpoint or one of ours.
 
     ``overrides`` change :class:`DINOConfig` fields that do not affect the weights (``num_select``,
-    ``min_size``, ``max_size``...). ``meta``: ``class_names`` (index = label), ``category_ids``
-    (category of each label), ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
+    ``min_size``, ``max_size``...). ``meta``: ``class_names`` and ``category_ids`` (entry
+    ``label - 1`` for label ``label``, as for every detector of the package; label 0 is no class),
+    ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
     """
     obj = _read(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else obj_or_path
     what = str(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else "checkpoint"
@@ -262,7 +263,9 @@ def load_dino(
             names, ids = coco91_class_names()
         else:
             names, ids = [f"class_{i}" for i in range(cfg.num_classes)], list(range(cfg.num_classes))
-        meta = {"class_names": names, "category_ids": ids, "source": "original"}
+        # the package's convention (evaluate, predict): entry ``label - 1`` describes label ``label``; slot 0
+        # is no class (COCO: category ids 1..90)
+        meta = {"class_names": names[1:], "category_ids": ids[1:], "source": "original"}
     meta["dino_config"] = model.cfg.to_dict()
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
@@ -279,8 +282,8 @@ def save_dino(
     """Write our format (``state_dict`` defaults to the model's; shared heads are stored once on disk)."""
     from ...weights.io import atomic_save
 
-    names = class_names or model.class_names or [f"class_{i}" for i in range(model.num_classes)]
-    ids = category_ids or model.category_ids or list(range(model.num_classes))
+    names = class_names or model.class_names or [f"class_{i}" for i in range(1, model.num_classes)]
+    ids = category_ids or model.category_ids or list(range(1, model.num_classes))
     atomic_save(
         {
             "format": FORMAT,
