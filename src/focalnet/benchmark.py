@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.resources import add_threads_arg
+
 __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS"]
 
 DEFAULT_PATHS = ("eager", "fused", "compiled", "onnxruntime", "timm")
@@ -166,6 +168,7 @@ def _interleaved(
     """Time every callable ``reps`` times, round-robin; iterations per repetition sized to ``min_time``."""
     iters: dict[str, int] = {}
     for name, fn in fns.items():
+        log(f"  warming up {name} ({max(1, warmup)} run(s))")
         t = 0.0
         for _ in range(max(1, warmup)):
             t = _time_once(fn, 1, device)
@@ -209,10 +212,17 @@ def run_benchmark(
     ``compile_train``, the compiled model (its backward compilation takes minutes on a small CPU).
     """
     dev = torch.device(device)
+    if dev.type == "cpu":
+        # torch.compile imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on a
+        # CPU-only machine that has a CUDA toolkit folder: irrelevant to a CPU benchmark
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     num_classes = 1000
+    log(f"building {model} ({', '.join(paths)}) on {device}, {threads} threads")
     ours = _our_model(model, num_classes, 0.1).to(dev).eval()
     timm_model = _timm_model(model, ours, 0.1) if "timm" in paths else None
     if timm_model is not None:
@@ -235,6 +245,7 @@ def run_benchmark(
         elif p == "fused":
             infer[p] = fused
         elif p == "compiled":
+            log("compiling with torch.compile (the first call takes minutes on a small CPU)...")
             t = time.perf_counter()
             comp = torch.compile(ours, dynamic=True, fullgraph=True)
             with torch.no_grad():
@@ -242,8 +253,10 @@ def run_benchmark(
             notes["compiled"] = (
                 f"torch.compile(dynamic=True, fullgraph=True); first call {time.perf_counter() - t:.0f} s"
             )
+            log(f"  compiled in {time.perf_counter() - t:.0f} s")
             infer[p] = comp
         elif p == "onnxruntime":
+            log("exporting to ONNX for onnxruntime...")
             workdir = tempfile.mkdtemp(prefix="focalnet-bench-")
             import onnxruntime
 
@@ -438,7 +451,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16, help="batch of the timed training step")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: torch's)")
+    add_threads_arg(p)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per repetition and path (at least)")

@@ -59,8 +59,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append(
             [
                 name,
-                f"{rec['params_m']:.1f}",
-                f"{rec['gflops']:.1f}",
+                f"{params / 1e6:.1f}",  # from the count, not from params_m (88.148 -> 88.15 -> 88.2)
+                f"{flops / 1e9:.1f}",
                 str(v.input_size),
                 str(v.cfg.num_classes),
                 "-" if v.top1 is None else f"{v.top1:.1f}",
@@ -89,9 +89,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .factory import _original_sd, checkpoint_config
     from .models import FocalNet, FocalNetBackbone, match_variant
     from .weights import read_checkpoint
-    from .weights.infer import check_state_dict
+    from .weights.infer import check_finite, check_state_dict
 
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint, allow_nonfinite=True)  # info reports broken weights
+    try:
+        check_finite(ckpt.state_dict, ckpt.path, allow=False)
+        finite = "all weights finite"
+    except ValueError as e:
+        finite = str(e)
     sd = _original_sd(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,6 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "variant": variant.name if variant else None,
         "config": cfg.to_dict(),
         "fit": fit,
+        "finite": finite,
         "notes": [str(w.message) for w in caught],
         "ignored_prefixes": ckpt.extra.get("ignored_prefixes", []),
     }
@@ -130,27 +136,59 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a checkpoint; timm/transformers outputs are model folders those libraries load."""
     from .factory import _original_sd, checkpoint_config, model_from_checkpoint, save_model
     from .weights import convert_state_dict, read_checkpoint
-    from .weights.io import atomic_save
+    from .weights.io import atomic_save, save_safetensors
 
+    out = Path(args.output)
     if args.to == "safetensors":
         model = model_from_checkpoint(args.input)
-        save_model(model, args.output)
-    else:
-        ckpt = read_checkpoint(args.input)
-        sd = _original_sd(ckpt)
-        # timm renames the norms of post-norm models: take the flag as model_from_checkpoint would
-        use_postln = checkpoint_config(ckpt, sd)[0].use_postln if args.to == "timm" else None
-        sd = convert_state_dict(sd, to=args.to, source="original", use_postln=use_postln)
-        if str(args.output).endswith(".safetensors"):
-            from .weights.io import save_safetensors
-
-            save_safetensors(sd, args.output)
+        save_model(model, out)
+        print(f"wrote {out} (safetensors with the model config)")
+        return 0
+    ckpt = read_checkpoint(args.input)
+    sd = _original_sd(ckpt)
+    cfg, out_indices = checkpoint_config(ckpt, sd)
+    names = ckpt.extra.get("class_names")
+    if args.to == "original":
+        meta: dict = {"focalnet_config": cfg.to_dict()}  # read back by focalnet info / model_from_checkpoint
+        if names:
+            meta["class_names"] = list(names)
+        if out.suffix == ".safetensors":
+            save_safetensors(sd, out, {"format": "focalnet", **meta})
         else:
-            atomic_save({"model": sd} if args.to == "original" else sd, args.output)
-    print(f"wrote {args.output} ({args.to} layout)")
+            atomic_save({"model": sd, **meta}, out)
+        print(f"wrote {out} (original layout, with the model config)")
+        return 0
+    if out_indices is not None:
+        raise ValueError(
+            f"{args.input} is a detection/segmentation backbone: {args.to} has no such model (use --to original)"
+        )
+    converted = convert_state_dict(sd, to=args.to, source="original", use_postln=cfg.use_postln)
+    if out.suffix in _FILE_SUFFIXES:  # a bare state dict, as before; a folder keeps the configuration
+        if out.suffix == ".safetensors":
+            save_safetensors(converted, out, {"format": "pt"})
+        else:
+            atomic_save(converted, out)
+        print(f"wrote {out} ({args.to} layout, bare state dict; give a folder name for a loadable model folder)")
+        return 0
+    from .weights.export import timm_config, transformers_config
+
+    config = transformers_config(cfg, names) if args.to == "transformers" else timm_config(cfg, names)
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors(converted, out / "model.safetensors", {"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    how = (
+        f"transformers.FocalNetForImageClassification.from_pretrained({str(out)!r})"
+        if args.to == "transformers"
+        else f"timm.create_model('local-dir:{out}', pretrained=True)"
+    )
+    print(f"wrote {out}/ (config.json + model.safetensors, {args.to} layout): load with {how}")
     return 0
 
 
@@ -159,6 +197,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from .classification.evaluate import fit_channels, image_mode
     from .factory import create_model, model_from_checkpoint
     from .weights import PretrainedUnavailableError
 
@@ -166,33 +205,43 @@ def cmd_classify(args: argparse.Namespace) -> int:
         model = model_from_checkpoint(args.checkpoint)
         weights = f"checkpoint {args.checkpoint}"
     else:
+        from .models import get_variant
+
+        get_variant(args.model)  # an unknown name fails here, before anything else is said
         try:
             model = create_model(args.model, pretrained=args.pretrained or False)
-            weights = f"released {args.model} weights" if args.pretrained else None
-        except PretrainedUnavailableError as e:
-            print(f"note: {e}", file=sys.stderr)
-            model = create_model(args.model)
-            weights = None
-        if weights is None:
+        except PretrainedUnavailableError as e:  # asked for the released weights: never fall back to random
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.pretrained:
+            weights = f"released {args.model} weights"
+        else:
             weights = f"RANDOMLY INITIALISED {args.model} (no pretrained weights: predictions are meaningless)"
     model.eval()
+    mode = image_mode(model)
     images: list[tuple[str, Image.Image]] = []
     if args.images:
+        from .engine.images import open_image
+
         for p in args.images:
             try:
-                images.append((p, Image.open(p).convert("RGB")))
+                images.append((p, open_image(p, mode)))
             except (OSError, ValueError) as e:
                 print(f"error: cannot read image {p}: {e}", file=sys.stderr)
                 return 2
     else:
         from skimage import data
 
-        images.append(("skimage.data.chelsea (a cat)", Image.fromarray(data.chelsea())))
+        images.append(("skimage.data.chelsea (a cat)", Image.fromarray(data.chelsea()).convert(mode)))
     from timm.data import create_transform
 
     pc = model.pretrained_cfg
     tf = create_transform(
-        input_size=pc.input_size, interpolation=pc.interpolation, crop_pct=pc.crop_pct, mean=pc.mean, std=pc.std
+        input_size=pc.input_size,
+        interpolation=pc.interpolation,
+        crop_pct=pc.crop_pct,
+        mean=fit_channels(pc.mean, model),
+        std=fit_channels(pc.std, model),
     )
     names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
     print(f"weights: {weights}")
@@ -227,8 +276,54 @@ def _imagenet_names(num_classes: int) -> list[str] | None:
     return None
 
 
+# leaf commands that compute nothing (they get no --threads)
+_NO_COMPUTE = {"models", "info", "configs"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands report a mistyped option themselves: their own usage line and
+    the closest valid option, instead of the top-level usage."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:
+            bad = next((a for a in extras if a.startswith("-")), extras[0])
+            msg = f"unrecognized arguments: {' '.join(extras)}"
+            if bad.startswith("-"):
+                import difflib
+
+                close = difflib.get_close_matches(bad.split("=")[0], list(self._option_string_actions), n=1)
+                if close:
+                    msg += f" (did you mean {close[0]}?)"
+            self.error(msg)
+        return ns, extras
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, name: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(name, parser)]
+    out = []
+    for action in subs:
+        for cmd, p in action.choices.items():
+            out.extend(_leaf_parsers(p, cmd))
+    return out
+
+
+def _add_threads_everywhere(parser: argparse.ArgumentParser) -> None:
+    """One ``--threads`` option on every command that computes (see ``focalnet.engine.resources``)."""
+    from .engine.resources import add_threads_arg
+
+    seen: set[int] = set()
+    for name, p in _leaf_parsers(parser):
+        if name in _NO_COMPUTE or id(p) in seen or "--threads" in p._option_string_actions:
+            continue
+        seen.add(id(p))
+        add_threads_arg(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks")
+    parser = _Parser(prog="focalnet", description="Focal Modulation Networks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="table of the registered variants")
@@ -264,17 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # task not installed in this tree
             raise
         module.register(sub)
+    _add_threads_everywhere(parser)
     return parser
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's threads for commands with ``--threads`` (train commands refine it once their config,
+    hence their data-loader workers, is known)."""
+    if not hasattr(args, "threads"):
+        return
+    from .engine.resources import fit_workers, set_threads
+
+    workers = getattr(args, "workers", None)
+    set_threads(args.threads, workers=fit_workers(workers) if hasattr(args, "workers") else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _apply_threads(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # bad input: files, settings, data (one line, exit code 2)
+        msg = str(e).strip() or type(e).__name__
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.strerror or type(e).__name__}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged (non-finite loss)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

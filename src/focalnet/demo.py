@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engine.resources import add_threads_arg, set_threads
 from .factory import create_model, save_model
 from .models.focalnet import FocalNet, FocalNetConfig
 from .weights.hub import PretrainedUnavailableError
@@ -454,8 +455,7 @@ def _plot_stages(images: list[np.ndarray], stage_maps: list, path: Path) -> None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     result = run_demo(
         args.out,
         args.epochs,
@@ -469,7 +469,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         progress=not args.quiet,
     )
-    print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
+    if args.quiet:  # otherwise run_demo has reported the held-out accuracy already
+        print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
     print(f"wrote {result['out']}  (open {Path(result['out']) / 'index.html'})")
     return 0
 
@@ -481,7 +482,9 @@ def register(subparsers: Any) -> None:
         help="train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it",
         description="Train a small FocalNet on handwritten digits and show what it learned, offline.",
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/demo-<timestamp>)")
+    p.add_argument(
+        "--output", "--out", dest="out", type=Path, default=None, help="output folder (default: runs/demo-<timestamp>)"
+    )
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -495,11 +498,6 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also classify scikit-image photos with the released ImageNet FocalNet-T (needs the hub)",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (default: torch's choice; 1 is faster on a CPU busy with other jobs)",
-    )
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_demo)

@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
     p.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--output", "--out", dest="out", required=True, help="output file")
     p.add_argument("--img-size", type=int, default=None, help="size of the example input (any size works later)")
     p.add_argument("--batch", type=int, default=1, help="batch of the example input")
     p.add_argument("--opset", type=int, default=17)

@@ -39,16 +39,22 @@ def register(subparsers: Any) -> None:
     t.add_argument("--checkpoint", help="fine-tune from this checkpoint (any layout; new head if classes differ)")
     _pretrained_arg(t, "fine-tune from the released weights (optional tag: ms_in1k, ms_in22k)")
     t.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT/checkpoints) or a checkpoint path")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
     t.add_argument("--workers", type=int, help="data loader workers per process")
     t.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     t.add_argument("--device", help="auto, cpu or cuda")
     t.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override any config value, e.g. train.epochs=5 aug.mixup=0",
+        help="override any config value, e.g. train.epochs=5 aug.mixup=0 (repeatable: all apply, in order)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
@@ -61,7 +67,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--img-size", type=int, help="evaluation size (default: the model's)")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int, default=4)
+    e.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
     e.add_argument(
         "--head-subset",
         choices=["none", "in1k"],
@@ -70,6 +76,7 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     e.add_argument("--max-per-class", type=int, default=0, help="only the first N images of each class")
+    e.add_argument("--max-images", type=int, default=0, help="only N images, spread evenly over the classes")
     e.add_argument("--output", help="write metrics.json and confusion_matrix.json here")
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -106,7 +113,7 @@ def register(subparsers: Any) -> None:
 
     c = sub.add_parser("configs", help="list the bundled recipes, or print one resolved")
     c.add_argument("name", nargs="?")
-    c.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides")
+    c.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides")
     c.set_defaults(func=cmd_configs)
 
 
@@ -155,7 +162,7 @@ def _friendly(func: Any) -> Any:
 
 @_friendly
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .config import load_classification_config
     from .train import train
 
@@ -168,8 +175,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
             return 2
     cfg = load_classification_config(config, _train_overrides(args), model=args.model)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
     if os.environ.get("RANK", "0") != "0":
@@ -224,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             head_subset=args.head_subset,
             use_ema=args.ema,
             max_per_class=args.max_per_class,
+            max_images=args.max_images,
             output_dir=args.output,
             device=args.device,
             amp=args.amp,
@@ -275,6 +284,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
+    failed = sum("error" in r for r in results)
+    if failed and failed == len(results):
+        print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -150,6 +150,9 @@ class TrainSection:
     warmup_lr: float = 5e-7
     min_lr: float = 5e-6
     warmup_epochs: float = 5.0
+    # the run length (epochs) the warm-up was set for; a run of another length (epochs or max_steps) gets
+    # the same warm-up share of its steps. 0: no scaling. Filled from the recipe by load_classification_config
+    recipe_epochs: float = 0.0
     weight_decay: float = 0.05
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -175,7 +178,7 @@ class TrainSection:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        for name in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs"):
+        for name in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs", "recipe_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.base_lr == 0:
@@ -234,7 +237,10 @@ def load_classification_config(
     model: str | None = None,
 ) -> ClassificationConfig:
     """Resolve a run config: the bundled recipe of ``model`` (when no ``config`` is given) or ``config``
-    (a bundled name or a YAML path), then ``overrides`` (``["train.epochs=5", ...]``), validated."""
+    (a bundled name or a YAML path), then ``overrides`` (``["train.epochs=5", ...]``), validated.
+
+    When the overrides change the run's length but not its warm-up, ``train.recipe_epochs`` records the
+    recipe's length so that the warm-up keeps its share of the (shorter or longer) run."""
     path = None
     if config is not None:
         path = config_path(str(config))
@@ -243,4 +249,9 @@ def load_classification_config(
     ov = list(overrides)
     if model is not None:
         ov.insert(0, f"model.name={model}")
-    return load_config(ClassificationConfig, path, ov)
+    cfg = load_config(ClassificationConfig, path, ov)
+    keys = {o.split("=", 1)[0].strip() for o in ov}
+    if not keys & {"train.recipe_epochs", "train.warmup_epochs"} and not cfg.train.recipe_epochs:
+        recipe = load_config(ClassificationConfig, path, ov[:1] if model is not None else [])
+        cfg.train.recipe_epochs = float(recipe.train.epochs)
+    return cfg

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..engine import all_reduce, init_distributed, setup_logging, write_json
+from ..engine import all_reduce, fit_workers, init_distributed, setup_logging, write_json
 from .data import ImageFolder, imagenet_indices, resolve_split
 
 __all__ = [
@@ -38,6 +38,19 @@ __all__ = [
 log = logging.getLogger("focalnet")
 
 IN22K_UNUSED_INDEX = 850  # slot of the 22K head that the 22K label map lacks (ImageNet-1K "teddy bear")
+
+
+def image_mode(model: nn.Module) -> str:
+    """``"L"`` for a FocalNet with 1 input channel, else ``"RGB"``."""
+    cfg = getattr(model, "cfg", None)
+    return "L" if getattr(cfg, "in_chans", 3) == 1 else "RGB"
+
+
+def fit_channels(values: tuple[float, ...] | list[float], model: nn.Module) -> tuple[float, ...]:
+    """Normalisation ``mean``/``std`` with one value per input channel of ``model``."""
+    n = 1 if image_mode(model) == "L" else 3
+    values = tuple(values)
+    return values[:n] if len(values) >= n else (values[0],) * n
 
 
 @dataclass
@@ -58,6 +71,11 @@ class LoadedClassifier:
     def num_outputs(self) -> int:
         return int(getattr(self.model, "num_classes", 0))
 
+    @property
+    def image_mode(self) -> str:
+        """The PIL mode the model takes: ``"L"`` for a 1-channel model (e.g. the demo's), else ``"RGB"``."""
+        return image_mode(self.model)
+
     def transform(self, img_size: int | None = None) -> Any:
         """The evaluation transform (short side to size / crop_pct, centre crop, normalise)."""
         from timm.data import create_transform
@@ -67,8 +85,8 @@ class LoadedClassifier:
             is_training=False,
             interpolation=self.interpolation,
             crop_pct=self.crop_pct,
-            mean=tuple(self.mean),
-            std=tuple(self.std),
+            mean=fit_channels(self.mean, self.model),
+            std=fit_channels(self.std, self.model),
         )
 
 
@@ -222,7 +240,11 @@ def evaluate_model(
     tmap = torch.as_tensor(list(targets), dtype=torch.long, device=device)
     shard = Subset(dataset, list(range(rank, len(dataset), world_size))) if world_size > 1 else dataset
     loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=fit_workers(num_workers),
+        pin_memory=device.type == "cuda",
     )
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, correct1, correct5, loss
     confusion = torch.zeros(k, k + 1, dtype=torch.long, device=device)  # last column: outside the dataset classes
@@ -311,17 +333,19 @@ def evaluate(
     device: str = "auto",
     amp: str = "none",
     progress: bool = True,
+    max_images: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (or released weights) on the ImageFolder split ``data/split``.
 
     Writes ``metrics.json`` (``top1``/``top5`` in percent, ``loss``, per-class accuracy, skipped files)
     and ``confusion_matrix.json`` to ``output_dir`` when given; returns the metrics. Runs under
-    torchrun too (each process scores a shard; rank 0 writes).
+    torchrun too (each process scores a shard; rank 0 writes). ``max_images`` > 0 scores that many
+    images spread evenly over the (class-sorted) split, so every class keeps its share.
     """
     from ..engine.trainer import _amp_dtype
 
     dist_info = init_distributed(device)
-    setup_logging(output_dir, dist_info.is_main)
+    setup_logging(None, dist_info.is_main)  # console only: an evaluation folder gets no train.log
     loaded = load_classifier(checkpoint, model_name=model_name, pretrained=pretrained, use_ema=use_ema)
     root = resolve_split(data, split)
     size = img_size or loaded.img_size
@@ -332,6 +356,8 @@ def evaluate(
     names = loaded.class_names if head_subset == "none" else None
     targets = target_indices(folders, names, num_outputs)
     ds = ImageFolder(root, loaded.transform(size), class_names=folders, max_per_class=max_per_class, img_size=size)
+    if 0 < max_images < len(ds):
+        ds.samples = [ds.samples[i * len(ds) // max_images] for i in range(max_images)]
     log.info("evaluating %s on %s (%d images, %d classes) at %d px", loaded.source, root, len(ds), len(folders), size)
     model = loaded.model.to(dist_info.device)
     metrics = evaluate_model(

@@ -56,11 +56,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
+    p.add_argument(
         "--set",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false",
+        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -70,7 +76,8 @@ def register(subparsers: Any) -> None:
     _add_data_args(p, train=False)
     p.add_argument("--output", help="folder for metrics.json and results.json")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument(
@@ -86,7 +93,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions", help="output folder (default: ./predictions)")
+    p.add_argument(
+        "--output", "--out", dest="out", default="predictions", help="output folder (default: ./predictions)"
+    )
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
@@ -185,14 +194,15 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import cleanup_distributed
+    from ..engine import cleanup_distributed, fit_workers, set_threads
     from .train import train
 
     cfg = resolve_config(args)
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
-        final = train(cfg, args.output, resume=args.resume)
+        final = train(cfg, args.output, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -230,6 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         output_dir=args.output,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        max_images=args.max_images,
         category_ids=meta["category_ids"],
     )
     metrics["checkpoint"] = str(args.checkpoint)
@@ -294,6 +305,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if is_dino_checkpoint(_load(args.input)):
         print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
         return 0
+    if getattr(args, "to", "focalnet") == "original":
+        raise ValueError("--to original writes FocalNet-DINO files only; other detectors convert to focalnet")
     model, meta = load_detector(args.input, "cpu")
     if meta["source"] != "mmdetection":
         raise ValueError(f"{args.input} is already a focalnet detection checkpoint")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..engine import write_json
+from ..engine import fit_workers, write_json
 from .data import CocoInstances, detection_collate
 
 __all__ = ["STAT_NAMES", "coco_evaluate", "outputs_to_coco", "run_inference", "evaluate_detector", "masks_to_rle"]
@@ -79,10 +79,12 @@ def coco_evaluate(
     results: Sequence[dict[str, Any]],
     iou_types: Iterable[str] = ("bbox", "segm"),
     per_category: bool = True,
+    img_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run ``COCOeval`` for each IoU type over ``results`` (COCO result dicts) against ``coco_gt`` (a
     ``pycocotools.coco.COCO``); return the 12 stats per type (and per-category AP) plus the printed summary
-    under ``{type}_summary``. Segm results are scored with their mask areas (their ``bbox`` is dropped)."""
+    under ``{type}_summary``. Segm results are scored with their mask areas (their ``bbox`` is dropped).
+    ``img_ids`` restricts the evaluation to those images (default: all of ``coco_gt``'s)."""
     from pycocotools.cocoeval import COCOeval
 
     metrics: dict[str, Any] = {}
@@ -104,6 +106,8 @@ def coco_evaluate(
         with contextlib.redirect_stdout(buf):
             coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
             ev = COCOeval(coco_gt, coco_dt, iou)
+            if img_ids is not None:
+                ev.params.imgIds = sorted(int(i) for i in img_ids)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -133,15 +137,18 @@ def run_inference(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    num_images: int = 0,
     category_ids: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO results of this process's share (every ``world_size``-th image) of ``dataset``; label ``l``
-    is category ``category_ids[l - 1]`` (default: the dataset's categories)."""
+    """COCO results of this process's share (every ``world_size``-th image) of ``dataset`` (of its first
+    ``num_images`` images when > 0); label ``l`` is category ``category_ids[l - 1]`` (default: the
+    dataset's categories)."""
     cat_ids = list(dataset.category_ids if category_ids is None else category_ids)
     model.eval()
-    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    n = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
+    shard = Subset(dataset, list(range(rank, n, world_size)))
     loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
+        shard, batch_size=batch_size, shuffle=False, num_workers=fit_workers(num_workers), collate_fn=detection_collate
     )
     results: list[dict[str, Any]] = []
     it: Iterable[Any] = loader
@@ -176,11 +183,13 @@ def evaluate_detector(
     batch_size: int = 1,
     num_workers: int = 2,
     progress: bool = True,
+    max_images: int = 0,
     category_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Inference (split over the torchrun processes, if any) and COCO bbox (+ segm for Mask R-CNN)
     metrics. Every process gets the metrics; rank 0 writes ``results.json`` (COCO format, original
-    category ids, masks as RLE) into ``output_dir`` if given."""
+    category ids, masks as RLE) into ``output_dir`` if given. ``max_images`` > 0: only the first N images
+    (scored against their own ground truth only)."""
     device = torch.device(device)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -194,6 +203,7 @@ def evaluate_detector(
         rank=rank,
         world_size=world,
         progress=progress,
+        num_images=max_images,
         category_ids=category_ids,
     )
     results = _gather(results)
@@ -205,9 +215,11 @@ def evaluate_detector(
             and getattr(model.roi_heads, "has_mask", lambda: False)()
         )
         iou_types = ("bbox", "segm") if has_masks else ("bbox",)
-        metrics = coco_evaluate(dataset.coco, results, iou_types)
+        n = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
+        img_ids = [dataset.ids[i] for i in range(n)] if n < len(dataset) else None
+        metrics = coco_evaluate(dataset.coco, results, iou_types, img_ids=img_ids)
         metrics["num_detections"] = len(results)
-        metrics["num_images"] = len(dataset)
+        metrics["num_images"] = n
         if output_dir is not None:
             write_json(Path(output_dir) / "results.json", results)
     if distributed:

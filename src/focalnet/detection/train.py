@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ from ..engine import (
     build_adamw,
     config_to_dict,
     init_distributed,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -51,7 +54,7 @@ class DetectionTrainer(Trainer):
     """The shared :class:`~focalnet.engine.Trainer`, plotting only the main curves in ``curves.png`` (the
     24 COCO stats stay in ``metrics.json`` and TensorBoard; a plot of every one is slow and unreadable)."""
 
-    plot_keys = ("train_loss", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
+    plot_keys = ("train_loss", "lr", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
 
     def _plot_curves(self) -> None:
         full = self.history
@@ -166,19 +169,26 @@ def build_scheduler(
     )
 
 
-def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
-    """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics."""
+def train(
+    cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics.
+
+    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
     out = Path(output_dir)
     dist_info = init_distributed(cfg.device)
+    run_id = prepare_run_folder(out, resume=resume, overwrite=overwrite, task="detection", is_main=dist_info.is_main)
     setup_logging(out, dist_info.is_main)
     torch.manual_seed(cfg.seed + dist_info.rank)
+    random.seed(cfg.seed + dist_info.rank)
+    np.random.seed((cfg.seed + dist_info.rank) % 2**32)
     train_set, val_set = build_datasets(cfg)
     assert train_set is not None
     model = build_model(cfg, train_set.num_classes)
     if dist_info.distributed and dist_info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN heads (Cascade Mask R-CNN): SyncBN as the original
     if dist_info.is_main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml", run_id=run_id)
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "%s with %s: %.1fM parameters, %d classes, %d training images%s",
@@ -206,6 +216,7 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
         keep_checkpoints=cfg.keep_checkpoints,
         seed=cfg.seed,
         resume=resume,
+        run_id=run_id,
         drop_last=True,
         progress=cfg.progress,
         device=cfg.device,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert"]
+__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -98,12 +98,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pretrained", action="store_true", help="download the released ImageNet weights")
     p.add_argument("--eval-every", type=int, help="iterations between evaluations (0: at the end only)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="evaluate on the first N validation images (default: all; a trial run much shorter than the "
+        "recipe uses a share of them)",
+    )
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8",
@@ -128,7 +140,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
-    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--output", "--out", dest="out", default="predictions", help="output folder (default ./predictions)")
     _add_test_args(p)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_predict)
@@ -145,6 +157,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--to", choices=["focalnet", "original"], default="focalnet")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("configs", help="list the shipped configs, or print one resolved")
+    p.add_argument("name", nargs="?", help="a shipped config name or YAML file to print resolved")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_configs)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """``focalnet segmentation configs [NAME]``: the shipped configs, or one of them resolved."""
+    import yaml
+
+    from ..engine import config_to_dict, packaged_configs
+    from .train import config_path, load_segmentation_config
+
+    if args.name is None:
+        for name in packaged_configs("segmentation"):
+            print(f"{name}  ({config_path(name)})")
+        return 0
+    cfg = load_segmentation_config(args.name, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
+
 
 def _bool(s: str | None) -> bool | None:
     return None if s is None else s == "true"
@@ -155,6 +188,7 @@ def _yaml(v: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..engine import fit_workers, set_threads
     from .train import load_segmentation_config, train
 
     o: list[str] = []
@@ -194,14 +228,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.pretrained:
         put("model.pretrained", True)
     put("eval.every", args.eval_every)
+    put("eval.max_images", args.max_images)
     if args.no_eval:
         put("eval.enabled", False)
     cfg = load_segmentation_config(args.config, o + list(args.overrides))
+    set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if cfg.model.backbone_checkpoint and not Path(cfg.model.backbone_checkpoint).exists():
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {cfg.model.checkpoint}")
-    metrics = train(cfg, args.output)
+    metrics = train(cfg, args.output, overwrite=args.overwrite)
     if metrics.get("interrupted"):
         print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.distributed import all_reduce
+from ..engine.resources import fit_workers
 from .model import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .transforms import TestTransform
 
@@ -251,7 +252,7 @@ def evaluate(
     total_n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     indices = list(range(rank, total_n, world_size))
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first
+        Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=fit_workers(num_workers), collate_fn=_first
     )
     was_training = model.training
     model.eval()

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +31,7 @@ from ..engine import (
     load_config,
     packaged_config,
     param_groups,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -136,6 +140,10 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     iters: int = 160000
+    # the run length the warm-up was set for: a run of another length gets the same warm-up share, and a
+    # run much shorter than it is a trial whose evaluations use a share of the validation images (0: no
+    # scaling). Filled from the recipe by load_segmentation_config
+    recipe_iters: int = 0
     batch_size: int = 16  # images per optimizer step, over all processes (x accum_steps micro-batches)
     accum_steps: int = 1
     amp: str = "auto"
@@ -151,6 +159,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.accum_steps < 1:
             raise ValueError("iters, batch_size and accum_steps must be >= 1")
+        if self.recipe_iters < 0:
+            raise ValueError(f"recipe_iters must be >= 0, got {self.recipe_iters}")
 
 
 @dataclass
@@ -173,8 +183,37 @@ def config_path(name: str) -> Path:
 def load_segmentation_config(
     path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> SegmentationConfig:
-    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides."""
-    return load_config(SegmentationConfig, config_path(str(path)) if path else None, list(overrides))
+    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides.
+
+    When the overrides change ``train.iters`` but not the warm-up, ``train.recipe_iters`` records the
+    recipe's length (see :class:`RunConfig`)."""
+    file = config_path(str(path)) if path else None
+    cfg = load_config(SegmentationConfig, file, list(overrides))
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if not keys & {"train.recipe_iters", "optim.warmup_iters"} and not cfg.train.recipe_iters:
+        cfg.train.recipe_iters = load_config(SegmentationConfig, file).train.iters
+    return cfg
+
+
+def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, str]:
+    """(warm-up iterations, validation images per evaluation (0: all), a note for the log) of ``cfg``'s
+    run, scaled from the recipe's length when the run is shorter or longer."""
+    r, o = cfg.train, cfg.optim
+    warmup, max_images, note = min(o.warmup_iters, r.iters), cfg.eval.max_images, ""
+    if r.recipe_iters > 0 and r.iters != r.recipe_iters:
+        share = r.iters / r.recipe_iters
+        warmup = min(round(o.warmup_iters * share), max(r.iters - 1, 0))
+        note = (
+            f"warm-up scaled to the run's length: {warmup} of {r.iters} iterations "
+            f"(the recipe: {o.warmup_iters} of {r.recipe_iters})"
+        )
+        if share < 0.5 and not max_images and num_val:
+            max_images = min(num_val, max(10, math.ceil(num_val * share)))
+            note += (
+                f"; a trial run {share:.1%} of the recipe's length evaluates on {max_images} of the "
+                f"{num_val} validation images (--max-images N to choose)"
+            )
+    return warmup, max_images, note
 
 
 def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[str]) -> UPerNet:
@@ -239,7 +278,7 @@ def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
     }
 
 
-def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, Any]:
+def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, with ``cfg.train.resume``) and evaluate; returns the final metrics.
 
     Writes ``OUTPUT/config.yaml``, ``checkpoints/``, ``metrics.json`` (with the data problems found,
@@ -248,6 +287,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     out = Path(output_dir)
     r = cfg.train
     dist = init_distributed(r.device)
+    run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
@@ -256,6 +296,14 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
             f"{r.accum_steps} accumulation steps"
         )
     per_proc = r.batch_size // (world * r.accum_steps)
+    random.seed(r.seed + dist.rank)
+    np.random.seed((r.seed + dist.rank) % 2**32)
+    if per_proc < 2:
+        raise ConfigError(
+            f"train.batch_size {r.batch_size} gives {per_proc} image per process and micro-batch; UPerNet's "
+            "BatchNorm layers (the 1x1 pyramid-pooling branch) need at least 2: raise the batch size "
+            "(or lower accum_steps)"
+        )
     torch.manual_seed(r.seed)
 
     aug = cfg.aug
@@ -301,12 +349,15 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     from timm.scheduler import PolyLRScheduler
 
+    warmup, max_images, note = scaled_schedule(cfg, len(val_set) if val_set is not None else 0)
+    if note:
+        log.info("%s", note)
     scheduler = PolyLRScheduler(
         optimizer,
         t_initial=r.iters,
         power=o.power,
         lr_min=o.min_lr,
-        warmup_t=min(o.warmup_iters, r.iters),
+        warmup_t=warmup,
         warmup_lr_init=o.lr * o.warmup_ratio,
         t_in_epochs=False,
     )
@@ -321,7 +372,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
                 val_set,
                 test_cfg,
                 device=trainer.device,
-                max_images=cfg.eval.max_images,
+                max_images=max_images,
                 num_workers=min(cfg.data.num_workers, 2),
                 rank=trainer.dist.rank,
                 world_size=trainer.dist.world_size,
@@ -355,6 +406,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
         keep_checkpoints=r.keep_checkpoints,
         seed=r.seed,
         resume=r.resume,
+        run_id=run_id,
         device=r.device,
         progress=r.progress,
     )
@@ -362,7 +414,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml", run_id=run_id)
     trainer = Trainer(
         tcfg,
         model,

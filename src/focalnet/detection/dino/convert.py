@@ -222,14 +222,15 @@ def _read(path: str | os.PathLike) -> Any:
 
 
 def coco91_class_names() -> tuple[list[str], list[int]]:
-    """Names of the 91 label slots of the COCO DINO models (label = COCO category id; unused ids 'N/A')."""
+    """Names and category ids of labels 1..90 of the COCO DINO models (label = COCO category id, slot 0
+    unused; ids without a category are named 'N/A'), in this package's ``class_names[label - 1]`` layout."""
     from ..convert import coco_class_names
 
     names, ids = coco_class_names()
     table = ["N/A"] * 91
     for n, i in zip(names, ids):
         table[i] = n
-    return table, list(range(91))
+    return table[1:], list(range(1, 91))
 
 
 def load_dino(
@@ -238,9 +239,9 @@ def load_dino(
     """``(model in eval mode, meta)`` from an original FocalNet-DINO checkpoint or one of ours.
 
     ``overrides`` change :class:`DINOConfig` fields that do not affect the weights (``num_select``,
-    ``min_size``, ``max_size``...). ``meta``: ``class_names`` and ``category_ids`` (entry
-    ``label - 1`` for label ``label``, as for every detector of the package; label 0 is no class),
-    ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
+    ``min_size``, ``max_size``...). ``meta``: ``class_names`` and ``category_ids`` of labels ``1..C-1`` at
+    index ``label - 1`` (label 0 is the unused slot, as in COCO's 91; for the COCO models label = category
+    id), ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
     """
     obj = _read(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else obj_or_path
     what = str(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else "checkpoint"
@@ -262,10 +263,8 @@ def load_dino(
         if cfg.num_classes == 91:
             names, ids = coco91_class_names()
         else:
-            names, ids = [f"class_{i}" for i in range(cfg.num_classes)], list(range(cfg.num_classes))
-        # the package's convention (evaluate, predict): entry ``label - 1`` describes label ``label``; slot 0
-        # is no class (COCO: category ids 1..90)
-        meta = {"class_names": names[1:], "category_ids": ids[1:], "source": "original"}
+            names, ids = [f"class_{i}" for i in range(1, cfg.num_classes)], list(range(1, cfg.num_classes))
+        meta = {"class_names": names, "category_ids": ids, "source": "original"}
     meta["dino_config"] = model.cfg.to_dict()
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
