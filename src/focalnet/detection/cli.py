@@ -303,6 +303,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if is_dino_checkpoint(_load(args.input)):
         print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
         return 0
+    if getattr(args, "to", "focalnet") == "original":
+        raise ValueError("--to original writes FocalNet-DINO files only; other detectors convert to focalnet")
     model, meta = load_detector(args.input, "cpu")
     if meta["source"] != "mmdetection":
         raise ValueError(f"{args.input} is already a focalnet detection checkpoint")

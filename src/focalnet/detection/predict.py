@@ -35,7 +35,10 @@ def draw_detections(
     class_names: Sequence[str],
     mask_thresh: float = 0.5,
 ) -> torch.Tensor:
-    """uint8 CHW image with the masks (alpha 0.5), boxes and ``"name score"`` labels drawn on it."""
+    """uint8 CHW image with the masks (alpha 0.5), boxes and ``"name score"`` labels drawn on it: one
+    colour per class, labels on a filled tag of the box's colour, text and lines sized to the image."""
+    from ..drawing import font_path, font_size_for, text_color_on
+
     colors = _palette(max(len(class_names), 1) + 1)
     labels = detections["labels"].tolist()
     cols = [colors[lab % len(colors)] for lab in labels]
@@ -48,7 +51,19 @@ def draw_detections(
             f"{class_names[lab - 1] if 0 < lab <= len(class_names) else lab} {s:.2f}"
             for lab, s in zip(labels, detections["scores"].tolist())
         ]
-        out = draw_bounding_boxes(out, detections["boxes"], labels=text, colors=cols, width=2)
+        h, w = image.shape[-2:]
+        font = font_path()
+        out = draw_bounding_boxes(
+            out,
+            detections["boxes"],
+            labels=text,
+            colors=cols,
+            width=max(2, round(min(h, w) / 250)),
+            font=font,
+            font_size=font_size_for(w, h) if font else None,
+            label_colors=[text_color_on(c) for c in cols],
+            fill_labels=True,
+        )
     return out
 
 

@@ -54,7 +54,7 @@ class DetectionTrainer(Trainer):
     """The shared :class:`~focalnet.engine.Trainer`, plotting only the main curves in ``curves.png`` (the
     24 COCO stats stay in ``metrics.json`` and TensorBoard; a plot of every one is slow and unreadable)."""
 
-    plot_keys = ("train_loss", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
+    plot_keys = ("train_loss", "lr", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
 
     def _plot_curves(self) -> None:
         full = self.history

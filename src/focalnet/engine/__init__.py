@@ -23,7 +23,7 @@ from .distributed import (
 from .optim import build_adamw, layer_id, param_groups
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
-from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
+from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
 
 __all__ = [
     "CheckpointManager",
@@ -55,6 +55,7 @@ __all__ = [
     "packaged_configs",
     "param_groups",
     "prepare_run_folder",
+    "plot_curves",
     "rng_state",
     "save_config",
     "set_rng_state",
