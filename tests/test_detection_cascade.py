@@ -111,6 +111,22 @@ def test_original_file_loads_strictly_with_the_reference_parameter_count(tmp_pat
         convert_mmdet_cascade_state_dict({**sd, "roi_head.bbox_head.0.extra.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow
+def test_convert_cli_writes_a_checkpoint_that_reloads_identically(tmp_path):
+    ref = json.loads(need(CASCADE_REF).read_text())
+    path = tmp_path / "cascade.pth"
+    torch.save({"meta": {}, "state_dict": _seeded_state_dict(ref)}, path)
+    rc, stdout, stderr = run_cli("detection", "convert", str(path), str(tmp_path / "converted.pt"))
+    assert rc == 0 and "cascade_mask_rcnn" in stdout, stderr
+    model, _ = load_detector(path)
+    again, meta = load_detector(tmp_path / "converted.pt")
+    assert meta["source"] == "focalnet" and type(again).__name__ == "CascadeMaskRCNN"
+    assert again.roi_heads.box_roi_pool.aligned and again.backbone.body.cfg.focal_windows == (11, 9, 9, 7)
+    other = again.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other[k]), k
+
+
 # ---------------------------------------------------------------------------------------------- targets by hand
 def _tiny_heads(**kw) -> CascadeRoIHeads:
     torch.manual_seed(0)
@@ -138,6 +154,9 @@ def test_stage_targets_positives_and_regression_targets_by_hand():
         assert pos == expected_pos[s], s
         assert set(labels[0].tolist()) <= {0, 2} and (idx[0][labels[0] > 0] == 0).all()
         assert (idx[0][labels[0] == 0] == -1).all() and is_gt[0].tolist() == [o == 5 for o in order]
+    # an image without objects: every RoI is a background sample
+    rois, labels, idx, is_gt = rh.stage_targets(0, [PROPS], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.int64)])
+    assert len(rois[0]) == 5 and (labels[0] == 0).all() and (idx[0] == -1).all() and not is_gt[0].any()
     # regression targets with each stage's stds: (dx/w, dy/h, log dw, log dh) / std
     px, py, pw, ph = 50.0, 32.5, 100.0, 65.0  # centre/size of PROPS[1]
     for s, std in enumerate([(0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)]):

@@ -227,6 +227,9 @@ def test_box_decoding_and_proposals_follow_mmdet():
     cx, cy, bw = 30 + 0.1 * 40, 60 - 0.2 * 80, 80.0
     bh = 80 * 16 / 1000  # log-scale clamped at -log(1000 / 16), as mmdet (both sides)
     torch.testing.assert_close(out, torch.tensor([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]))
+    big = torch.tensor([[1000.0, 700.0, 1201.0, 901.0]])  # AMP deltas: pixel boxes still decoded in fp32
+    assert rh.decode(torch.zeros(1, 4, dtype=torch.bfloat16), big).dtype == torch.float32
+    torch.testing.assert_close(rh.decode(torch.zeros(1, 4, dtype=torch.bfloat16), big), big)
     # learned proposals start as the whole image, in each image's own size
     b, f = model.rpn(torch.tensor([[160.0, 128.0, 160.0, 128.0], [96.0, 64.0, 96.0, 64.0]]))
     assert b.shape == (2, 16, 4) and f.shape == (2, 16, 32)
@@ -240,6 +243,10 @@ def test_box_decoding_and_proposals_follow_mmdet():
     assert sorted(losses) == sorted(f"stage{s}_loss_{k}" for s in range(2) for k in ("cls", "bbox", "iou"))
     sum(losses.values()).backward()
     assert model.rpn.init_proposal_bboxes.weight.grad is not None  # the first stage's boxes come from them
+    with pytest.raises(ValueError, match="target labels must be in 1..2"):
+        model(
+            [torch.rand(3, 96, 128)], [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 60.0]]), "labels": torch.tensor([0])}]
+        )
     with pytest.raises(TypeError, match="unknown Sparse R-CNN option"):
         tiny_model(box_nms_thresh=0.5)
 
@@ -328,19 +335,27 @@ def test_cli_train_evaluate_predict_with_every_train_option(tmp_path):
         "1",
         "--batch-size",
         "2",
+        "--lr",
+        "1e-4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--amp",
+        "none",
         "--no-progress",
         "--set",
         "model.backbone_overrides.embed_dim=16",
         "model.detector_overrides.num_proposals=8",
         "model.detector_overrides.num_stages=1",
         "model.detector_overrides.feedforward_channels=32",
-        "data.num_workers=0",
         "data.crop_branch=false",
     )
     assert rc == 0, stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["detector"] == "sparse_rcnn" and saved["model"]["min_size"] == 96
     assert saved["data"]["scales"] == [77, 86, 96] and saved["model"]["max_size"] == 128
+    assert saved["optim"]["lr"] == 1e-4 and saved["optim"]["decay_all"] and saved["grad_clip"] == 1.0
     m = json.loads((out / "metrics.json").read_text())
     assert "bbox_mAP" in m and "segm_mAP" not in m and m["history"][-1]["step"] == 1
     ckpt = torch.load(out / "model.pt", weights_only=True)

@@ -89,9 +89,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .factory import _original_sd, checkpoint_config
     from .models import FocalNet, FocalNetBackbone, match_variant
     from .weights import read_checkpoint
-    from .weights.infer import check_state_dict
+    from .weights.infer import check_finite, check_state_dict
 
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint, allow_nonfinite=True)  # info reports broken weights
+    try:
+        check_finite(ckpt.state_dict, ckpt.path, allow=False)
+        finite = "all weights finite"
+    except ValueError as e:
+        finite = str(e)
     sd = _original_sd(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,6 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "variant": variant.name if variant else None,
         "config": cfg.to_dict(),
         "fit": fit,
+        "finite": finite,
         "notes": [str(w.message) for w in caught],
         "ignored_prefixes": ckpt.extra.get("ignored_prefixes", []),
     }
@@ -215,9 +221,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     mode = image_mode(model)
     images: list[tuple[str, Image.Image]] = []
     if args.images:
+        from .engine.images import open_image
+
         for p in args.images:
             try:
-                images.append((p, Image.open(p).convert(mode)))
+                images.append((p, open_image(p, mode)))
             except (OSError, ValueError) as e:
                 print(f"error: cannot read image {p}: {e}", file=sys.stderr)
                 return 2
@@ -404,9 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _apply_threads(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # bad input: files, settings, data (one line, exit code 2)
+        msg = str(e).strip() or type(e).__name__
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.strerror or type(e).__name__}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged (non-finite loss)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def visualize_images(
 
     from . import visualize as viz
     from .cli import _imagenet_names
+    from .engine.images import open_image
     from .models.focalnet import FocalNet, PretrainedCfg
 
     model.eval()
@@ -76,8 +77,7 @@ def visualize_images(
     crops, stems = [], []
     for p in image_paths:
         try:
-            img = Image.open(p)
-            img = img.convert("L" if in_chans == 1 else "RGB")
+            img = open_image(p, "L" if in_chans == 1 else "RGB")
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {p}: {e}") from e
         crops.append(viz.center_crop(img, crop, pc.crop_pct, pc.interpolation))

@@ -39,16 +39,22 @@ def register(subparsers: Any) -> None:
     t.add_argument("--checkpoint", help="fine-tune from this checkpoint (any layout; new head if classes differ)")
     _pretrained_arg(t, "fine-tune from the released weights (optional tag: ms_in1k, ms_in22k)")
     t.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT/checkpoints) or a checkpoint path")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
     t.add_argument("--workers", type=int, help="data loader workers per process")
     t.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     t.add_argument("--device", help="auto, cpu or cuda")
     t.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override any config value, e.g. train.epochs=5 aug.mixup=0",
+        help="override any config value, e.g. train.epochs=5 aug.mixup=0 (repeatable: all apply, in order)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
@@ -107,7 +113,7 @@ def register(subparsers: Any) -> None:
 
     c = sub.add_parser("configs", help="list the bundled recipes, or print one resolved")
     c.add_argument("name", nargs="?")
-    c.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides")
+    c.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides")
     c.set_defaults(func=cmd_configs)
 
 
@@ -178,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_classification_config(config, _train_overrides(args), model=args.model)
     set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
     if os.environ.get("RANK", "0") != "0":
@@ -285,6 +291,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
+    failed = sum("error" in r for r in results)
+    if failed and failed == len(results):
+        print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)
+        return 1
     return 0
 
 

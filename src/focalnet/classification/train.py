@@ -24,6 +24,7 @@ from ..engine import (
     build_adamw,
     config_to_dict,
     init_distributed,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -267,12 +268,17 @@ class TrainingRun:
 
         return _gather_names(sorted(self._bad_train))
 
-    def fit(self, resume: str | None = None) -> dict[str, Any]:
-        """Train (resuming from ``resume``: "auto" or a checkpoint path) and return the final metrics."""
+    def fit(self, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Train (resuming from ``resume``: "auto" or a checkpoint path) and return the final metrics.
+
+        A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
         cfg, tr = self.cfg, self.trainer
         tr.cfg.resume = resume
+        tr.cfg.run_id = prepare_run_folder(
+            self.out, resume=resume, overwrite=overwrite, task="classification", is_main=self.dist.is_main
+        )
         if self.dist.is_main:
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / "config.yaml", run_id=tr.cfg.run_id)
         log.info(
             "%s: %d classes, %d training images%s; total batch %d (%d x %d processes x %d accumulation), "
             "lr %.3g (base %.3g%s), %d warm-up steps of %d%s",
@@ -347,14 +353,16 @@ def train(
     *,
     output_dir: str | os.PathLike | None = None,
     resume: str | None = None,
+    overwrite: bool = False,
     dist_info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` (``output_dir`` overrides ``cfg.output_dir``); returns the final metrics.
 
-    Under torchrun every process calls it. ``resume="auto"`` continues from the newest valid checkpoint.
+    Under torchrun every process calls it. ``resume="auto"`` continues from the newest valid checkpoint;
+    ``overwrite=True`` lets a new run replace another run's checkpoints in the folder.
     The result has ``"interrupted": True`` if SIGTERM/SIGINT stopped the run (after a checkpoint).
     """
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     run = TrainingRun(cfg, dist_info)
-    return run.fit(resume)
+    return run.fit(resume, overwrite=overwrite)

@@ -6,7 +6,7 @@ Cascade Mask R-CNN (:func:`cascade_mask_rcnn`) and ATSS (:func:`atss`).
 
 Train / evaluate / predict on COCO-format data with :func:`train`, :func:`evaluate_detector`,
 :func:`predict_images` (or ``focalnet detection ...``); load original mmdetection checkpoints with
-:func:`load_detector`.
+:func:`load_detector`. FocalNet-DINO: :func:`dino` (see :mod:`focalnet.detection.dino`).
 """
 
 from .atss import ATSS, atss
@@ -14,6 +14,7 @@ from .cascade import CascadeMaskRCNN, CascadeRoIHeads, cascade_mask_rcnn, conver
 from .config import DataConfig, DetectionConfig, ModelConfig, OptimConfig, config_path, list_configs
 from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
 from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
+from .dino import dino
 from .evaluate import STAT_NAMES, coco_evaluate, evaluate_detector, outputs_to_coco, run_inference
 from .model import (
     DETECTION_DEFAULTS,
@@ -62,6 +63,7 @@ __all__ = [
     "decode_segmentation",
     "detection_collate",
     "detection_step",
+    "dino",
     "draw_detections",
     "eval_transforms",
     "evaluate_detector",

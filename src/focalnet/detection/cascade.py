@@ -229,7 +229,7 @@ class CascadeRoIHeads(nn.Module):
         loss_cls = F.cross_entropy(class_logits, labels)
         pos = torch.where(labels > 0)[0]
         if pos.numel() == 0:
-            return loss_cls, box_deltas.sum() * 0.0
+            return loss_cls, box_deltas[pos].sum()
         decoded = self.box_coders[stage].decode_single(_class_deltas(box_deltas[pos], labels[pos]), rois[pos])
         giou = generalized_box_iou_loss(decoded, matched_gt_boxes[pos], reduction="sum")
         return loss_cls, self.giou_loss_weight * giou / max(labels.numel(), 1)
@@ -279,8 +279,7 @@ class CascadeRoIHeads(nn.Module):
         for s in range(self.num_stages):
             w = self.stage_loss_weights[s]
             rois, labels, idx, is_gt = self.stage_targets(s, proposals, gt_boxes, gt_labels)
-            feats = self.box_roi_pool(features, rois, image_shapes)
-            logits, deltas = self.box_heads[s](feats)
+            logits, deltas = (t.float() for t in self.box_heads[s](self.box_roi_pool(features, rois, image_shapes)))
             all_labels = torch.cat(labels)
             matched = torch.cat([g[i.clamp(min=0)] if len(g) else r for g, i, r in zip(gt_boxes, idx, rois)])
             loss_cls, loss_box = self.stage_box_loss(s, logits, deltas, torch.cat(rois), all_labels, matched)
@@ -312,7 +311,7 @@ class CascadeRoIHeads(nn.Module):
         logits_sum: Tensor | None = None
         deltas = torch.empty(0)
         for s in range(self.num_stages):
-            logits, deltas = self.box_heads[s](self.box_roi_pool(features, rois, image_shapes))
+            logits, deltas = (t.float() for t in self.box_heads[s](self.box_roi_pool(features, rois, image_shapes)))
             logits_sum = logits if logits_sum is None else logits_sum + logits
             if s < self.num_stages - 1:
                 rois = self.refine(s, rois, logits, deltas, None, image_shapes)

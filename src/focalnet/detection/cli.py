@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN on COCO-format data",
+        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP.",
     )
@@ -56,11 +56,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
+    p.add_argument(
         "--set",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false",
+        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -96,9 +102,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("convert", help="convert an mmdetection FocalNet Mask R-CNN checkpoint to a focalnet model.pt")
+    p = sub.add_parser(
+        "convert",
+        help="convert an mmdetection FocalNet Mask R-CNN or an original FocalNet-DINO checkpoint to a focalnet "
+        "model.pt (FocalNet-DINO: --to original converts back)",
+    )
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument(
+        "--to",
+        choices=["focalnet", "original"],
+        default="focalnet",
+        help="FocalNet-DINO files: our format (default) or back to the original {'model': state_dict}",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("configs", help="list the packaged detection configs")
@@ -186,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
-        final = train(cfg, args.output, resume=args.resume)
+        final = train(cfg, args.output, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -281,8 +297,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..weights.io import atomic_save
-    from .convert import load_detector
+    from .convert import _load, load_detector
+    from .dino.convert import convert_file, is_dino_checkpoint
 
+    if is_dino_checkpoint(_load(args.input)):
+        print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
+        return 0
+    if getattr(args, "to", "focalnet") == "original":
+        raise ValueError("--to original writes FocalNet-DINO files only; other detectors convert to focalnet")
     model, meta = load_detector(args.input, "cpu")
     if meta["source"] != "mmdetection":
         raise ValueError(f"{args.input} is already a focalnet detection checkpoint")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ..engine.config import packaged_config, packaged_configs
 
 # every detector of the package (``ModelConfig.detector``, ``--detector``)
-DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn")
+DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "dino")
 
 __all__ = ["DETECTORS", "ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
 
@@ -18,7 +18,7 @@ __all__ = ["DETECTORS", "ModelConfig", "DataConfig", "OptimConfig", "DetectionCo
 class ModelConfig:
     """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
 
-    detector: Literal["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn"] = "mask_rcnn"
+    detector: Literal["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "dino"] = "mask_rcnn"
     backbone: str = "focalnet_tiny_lrf"
     backbone_checkpoint: str = ""
     focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
@@ -38,6 +38,8 @@ class ModelConfig:
     # torchvision MaskRCNN arguments, or the detector's own defaults: ATSS_DEFAULTS, CASCADE_DEFAULTS,
     # SPARSE_RCNN_DEFAULTS keys (e.g. num_proposals, num_stages)
     detector_overrides: dict[str, Any] = field(default_factory=dict)
+    # detector "dino": DINOConfig fields (num_feature_levels, num_queries, enc_layers, dn_number, ...)
+    dino: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):
@@ -46,6 +48,14 @@ class ModelConfig:
             raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
         if not 0 <= self.score_thresh < 1 or not (self.nms_thresh is None or 0 < self.nms_thresh <= 1):
             raise ValueError("score_thresh must be in [0, 1) and nms_thresh in (0, 1]")
+        if self.dino:
+            from .dino.model import DINOConfig
+
+            valid = set(DINOConfig.__dataclass_fields__) - {"backbone", "backbone_overrides", "num_classes"}
+            valid -= {"min_size", "max_size"}  # model.min_size / model.max_size
+            unknown = sorted(set(self.dino) - valid)
+            if unknown:
+                raise ValueError(f"unknown model.dino key(s) {unknown}; valid: {sorted(valid)}")
 
 
 @dataclass
@@ -97,10 +107,13 @@ class OptimConfig:
     lr_steps: list[float] = field(default_factory=lambda: [9, 11])
     decay_rate: float = 0.1
     decay_all: bool = False  # weight decay on every parameter (mmdet without paramwise_cfg: Sparse R-CNN)
+    backbone_lr_mult: float = 1.0  # lr of the FocalNet backbone = lr x this (DINO: 0.1)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if sorted(self.lr_steps) != list(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")
 

@@ -147,16 +147,12 @@ def coco_class_names() -> tuple[list[str], list[int]]:
 
 
 def _load(path: str | os.PathLike) -> Any:
+    from ..weights.io import safe_torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            " (loaded with weights_only=True; a corrupt or truncated file also fails here)"
-        ) from e
+    return safe_torch_load(path)
 
 
 def load_detector(
@@ -169,19 +165,26 @@ def load_detector(
     """Build and load a detector from a checkpoint; returns ``(model in eval mode, meta)``.
 
     Accepts this package's ``model.pt`` and training checkpoints (``checkpoints/checkpoint-*.pt``), and
-    original mmdetection 2.x FocalNet Mask R-CNN / Faster R-CNN / Cascade Mask R-CNN / ATSS files
+    original FocalNet-DINO files (``{"model": ...}`` / ``{"ema_model": ...}``, see
+    :func:`focalnet.detection.dino.convert.load_dino`), and original mmdetection 2.x FocalNet Mask R-CNN /
+    Faster R-CNN / Cascade Mask R-CNN / ATSS files
     (ATSS: ``bbox_head.atss_*`` keys, backbone stages 1-3, loaded strictly; R-CNN: ``state_dict`` with ``backbone.``,
     ``neck.``, ``rpn_head.``, ``roi_head.`` keys; converted on the fly, 80 COCO classes assumed when the
     head has 81 outputs). ``meta`` holds ``class_names``, ``category_ids`` and the config.
     ``overrides`` are :class:`~focalnet.detection.config.ModelConfig` fields (``score_thresh``,
     ``min_size``, ...). ``mmdet_compat`` (default: on for mmdet files) selects the original RoIAlign.
     """
+    from ..weights.infer import check_buildable, check_finite
     from .config import DetectionConfig
     from .model import build_detector, detector_kwargs_from_config
 
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    from .dino.convert import is_dino_checkpoint, load_dino
+
+    if "detection_config" not in obj and is_dino_checkpoint(obj):  # original FocalNet-DINO file or ours
+        return load_dino(obj, device, **overrides)
     from .sparse_rcnn import is_mmdet_sparse_rcnn, load_mmdet_sparse_rcnn
 
     if "detection_config" not in obj and is_mmdet_sparse_rcnn(obj.get("state_dict", obj)):
@@ -197,9 +200,21 @@ def load_detector(
             model_cfg["mmdet_compat"] = mmdet_compat
         data["model"] = model_cfg
         cfg = build_config(DetectionConfig, data)
-        num_classes = int(obj["num_classes"])
-        model = build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
-        model.load_state_dict(obj["model"])
+        num_classes = obj.get("num_classes")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"{path}: stored num_classes {num_classes!r} is not an integer >= 2")
+        sd = obj["model"]
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"{path}: 'model' is not a state dict")
+        for key in ("class_names", "category_ids"):
+            if not isinstance(obj.get(key), list) or len(obj[key]) != num_classes - 1:
+                raise ValueError(f"{path}: stored {key} must be a list of {num_classes - 1} entries")
+        kwargs = detector_kwargs_from_config(cfg.model, num_classes)
+        # settings checked against the tensors on the meta device before anything is allocated
+        check_buildable(lambda: build_detector(**kwargs), sd, str(path))
+        check_finite(sd, str(path))
+        model = build_detector(**kwargs)
+        model.load_state_dict(sd)
         meta = {
             "class_names": list(obj["class_names"]),
             "category_ids": [int(c) for c in obj["category_ids"]],
@@ -219,6 +234,7 @@ def load_detector(
                 "mmdetection Faster/Mask/Cascade Mask R-CNN or ATSS file (state_dict with rpn_head./roi_head. or "
                 "bbox_head.atss_cls. keys)"
             )
+        check_finite(sd, str(path))
         from .cascade import convert_mmdet_cascade_state_dict, is_mmdet_cascade, mmdet_cascade_num_classes
 
         if is_mmdet_cascade(sd):

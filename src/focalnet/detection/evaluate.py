@@ -60,6 +60,8 @@ def outputs_to_coco(
         rles = masks_to_rle(m)
     res = []
     for i, (b, s, lab) in enumerate(zip(xywh, scores, labels)):
+        if lab < 1:  # label 0 is the background slot (a DINO logit that no ground truth trains)
+            continue
         r = {
             "image_id": int(image_id),
             "category_id": int(category_ids[lab - 1]),

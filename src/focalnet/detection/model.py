@@ -199,6 +199,9 @@ def build_detector(
     e.g. ``embed_dim=32, depths=(1, 1, 1, 1)`` for tiny tests). Other ``overrides`` are torchvision
     ``MaskRCNN`` arguments (``min_size``, ``box_score_thresh``, ``rpn_post_nms_top_n_test``, ...).
     ``detector="atss"`` builds :func:`focalnet.detection.atss.build_atss` (R-CNN-only options ignored).
+    ``detector="dino"`` builds FocalNet-DINO (:func:`focalnet.detection.dino.dino`): ``num_classes`` is
+    then the number of class logits (labels ``0..num_classes-1``; with this package's datasets, whose
+    labels are ``1..K``, ``K + 1``), ``overrides`` are :class:`~focalnet.detection.dino.DINOConfig` fields.
     """
     common: dict[str, Any] = dict(
         backbone_checkpoint=backbone_checkpoint,
@@ -223,6 +226,18 @@ def build_detector(
         from .sparse_rcnn import build_sparse_rcnn
 
         return build_sparse_rcnn(backbone, num_classes, **common, **overrides)
+    if detector == "dino":
+        from .dino import dino
+
+        return dino(
+            backbone,
+            num_classes=num_classes,
+            backbone_checkpoint=backbone_checkpoint,
+            frozen_stages=frozen_stages,
+            grad_checkpointing=grad_checkpointing,
+            backbone_overrides=backbone_overrides,
+            **overrides,
+        )
     if detector not in ("mask_rcnn", "faster_rcnn"):
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}; got {detector!r}")
     if num_classes < 2:
@@ -297,6 +312,19 @@ def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, A
     overrides = dict(model_cfg.backbone_overrides)
     overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
     overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)
+    if model_cfg.detector == "dino":
+        return dict(
+            detector="dino",
+            backbone=model_cfg.backbone,
+            num_classes=num_classes,
+            backbone_checkpoint=model_cfg.backbone_checkpoint or None,
+            frozen_stages=model_cfg.frozen_stages,
+            grad_checkpointing=model_cfg.grad_checkpointing,
+            backbone_overrides=overrides,
+            min_size=model_cfg.min_size,
+            max_size=model_cfg.max_size,
+            **dict(model_cfg.dino),
+        )
     return dict(
         detector=model_cfg.detector,
         backbone=model_cfg.backbone,

@@ -85,9 +85,9 @@ def predict_images(
     for an unreadable file."""
     device = torch.device(device)
     model.eval().to(device)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    from ..engine.runs import avoid_inputs, make_output_dir
+
+    out = make_output_dir(out_dir, "output folder") if out_dir is not None else None
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
@@ -101,7 +101,7 @@ def predict_images(
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue
         det = model([F.to_dtype(img, torch.float32, scale=True).to(device)])[0]
-        keep = det["scores"] >= score_thr
+        keep = (det["scores"] >= score_thr) & (det["labels"] >= 1)  # label 0: background slot (DINO)
         det = {k: v[keep].cpu() for k, v in det.items()}
         dets = []
         rles = masks_to_rle((det["masks"][:, 0] > 0.5).numpy()) if "masks" in det and with_masks_json else None
@@ -118,10 +118,10 @@ def predict_images(
         rec = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]), "detections": dets}
         if out is not None:
             drawn = draw_detections(img, det, class_names)
-            png = out / f"{path.stem}.png"
+            png = avoid_inputs(out / f"{path.stem}.png", images)  # never replace the input photo
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
             rec["drawn"] = str(png)
         records.append(rec)
     if out is not None:
-        write_json(out / "detections.json", records)
+        write_json(avoid_inputs(out / "detections.json", images), records)
     return records

@@ -290,6 +290,10 @@ def set_prediction_losses(
     """
     logits, boxes, whwh = logits.float(), boxes.float(), whwh.float()
     k = logits.shape[-1]
+    for t in targets:
+        lab = t["labels"]
+        if lab.numel() and (int(lab.min()) < 1 or int(lab.max()) > k):
+            raise ValueError(f"target labels must be in 1..{k} (0 is the background), got {lab.tolist()}")
     norm_targets = [{"labels": t["labels"] - 1, "boxes": t["boxes"].float() / whwh[i]} for i, t in enumerate(targets)]
     matches = matcher(logits.detach(), boxes.detach() / whwh[:, None], norm_targets)
     onehot = torch.zeros_like(logits)
@@ -345,6 +349,8 @@ class SparseRoIHeads(nn.Module):
         detections_per_img: int = 300,
     ) -> None:
         super().__init__()
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         self.box_roi_pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], pooler_size, sampling_ratio, aligned=True)
         self.stages = nn.ModuleList(
             DIIStage(
@@ -374,11 +380,11 @@ class SparseRoIHeads(nn.Module):
     def decode(self, deltas: Tensor, boxes: Tensor) -> Tensor:
         """mmdet ``DeltaXYWHBBoxCoder.decode`` without clipping: the log-scale deltas are clamped on both
         sides to ``log(1000 / 16)`` (torchvision's coder clamps only from above)."""
+        deltas, boxes = deltas.float(), boxes.float()  # absolute pixel boxes: never in half precision
         clip = self.box_coder.bbox_xform_clip
         w = torch.as_tensor(self.box_coder.weights[2:], dtype=deltas.dtype, device=deltas.device)
         codes = torch.cat([deltas[..., :2], torch.maximum(deltas[..., 2:], -clip * w)], dim=-1)
-        shape = boxes.shape
-        return self.box_coder.decode_single(codes.reshape(-1, 4), boxes.reshape(-1, 4).to(codes.dtype)).view(shape)
+        return self.box_coder.decode_single(codes.reshape(-1, 4), boxes.reshape(-1, 4)).view(boxes.shape)
 
     def forward(
         self,
@@ -440,6 +446,8 @@ class SparseRCNN(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        if num_proposals < 1:
+            raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
         self.transform = DetectionTransform(
             min_size,
             max_size,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ from ..engine import (
     build_adamw,
     config_to_dict,
     init_distributed,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -41,6 +44,7 @@ __all__ = [
     "detection_step",
     "to_device",
     "build_scheduler",
+    "build_optimizer",
 ]
 
 log = logging.getLogger("focalnet")
@@ -82,6 +86,33 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     elif need_train:
         log.warning("no validation annotations at %s: training without evaluation", ann)
     return train_set, val_set
+
+
+def build_optimizer(cfg: DetectionConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over the engine's parameter groups (no decay on norms, biases, layer scales), or with the
+    same decay on every parameter (``optim.decay_all``); with ``optim.backbone_lr_mult != 1`` the
+    FocalNet backbone's parameters get ``lr x backbone_lr_mult`` (DINO's recipe: 1e-4 and 1e-5)."""
+    o = cfg.optim
+    if o.decay_all:  # mmdet's default constructor / DETR's: the same weight decay on every parameter
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": o.weight_decay}]
+    elif o.backbone_lr_mult == 1.0:
+        return build_adamw(model, o.lr, o.weight_decay, betas=tuple(o.betas))
+    else:
+        from ..engine.optim import param_groups
+
+        groups = param_groups(model, o.weight_decay)
+    if o.backbone_lr_mult != 1.0:
+        from ..models.focalnet import FocalNetBackbone
+
+        in_backbone = {id(p) for m in model.modules() if isinstance(m, FocalNetBackbone) for p in m.parameters()}
+        split = []
+        for g in groups:
+            for backbone, mult in ((False, 1.0), (True, o.backbone_lr_mult)):
+                params = [p for p in g["params"] if (id(p) in in_backbone) == backbone]
+                if params:  # an absolute lr per group (no lr_scale: timm's schedulers would apply it again)
+                    split.append({**g, "params": params, "lr": o.lr * mult})
+        groups = split
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
@@ -138,19 +169,26 @@ def build_scheduler(
     )
 
 
-def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
-    """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics."""
+def train(
+    cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics.
+
+    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
     out = Path(output_dir)
     dist_info = init_distributed(cfg.device)
+    run_id = prepare_run_folder(out, resume=resume, overwrite=overwrite, task="detection", is_main=dist_info.is_main)
     setup_logging(out, dist_info.is_main)
     torch.manual_seed(cfg.seed + dist_info.rank)
+    random.seed(cfg.seed + dist_info.rank)
+    np.random.seed((cfg.seed + dist_info.rank) % 2**32)
     train_set, val_set = build_datasets(cfg)
     assert train_set is not None
     model = build_model(cfg, train_set.num_classes)
     if dist_info.distributed and dist_info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN heads (Cascade Mask R-CNN): SyncBN as the original
     if dist_info.is_main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml", run_id=run_id)
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "%s with %s: %.1fM parameters, %d classes, %d training images%s",
@@ -161,13 +199,7 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
             len(train_set),
             f", {len(val_set)} validation images" if val_set is not None else "",
         )
-    if cfg.optim.decay_all:  # mmdet's default constructor: the same weight decay on every parameter
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-        )
-    else:
-        optimizer = build_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    optimizer = build_optimizer(cfg, model)
     tcfg = TrainerConfig(
         output_dir=str(out),
         epochs=cfg.epochs,
@@ -184,6 +216,7 @@ def train(cfg: DetectionConfig, output_dir: str | os.PathLike, resume: str | Non
         keep_checkpoints=cfg.keep_checkpoints,
         seed=cfg.seed,
         resume=resume,
+        run_id=run_id,
         drop_last=True,
         progress=cfg.progress,
         device=cfg.device,

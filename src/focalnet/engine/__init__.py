@@ -14,6 +14,7 @@ from .config import (
 from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
 from .optim import build_adamw, layer_id, param_groups
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
+from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
 from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
 
 __all__ = [
@@ -21,12 +22,14 @@ __all__ = [
     "ConfigError",
     "DistInfo",
     "ResumableSampler",
+    "RunFolderError",
     "Trainer",
     "TrainerConfig",
     "add_threads_arg",
     "all_reduce",
     "available_cores",
     "apply_overrides",
+    "avoid_inputs",
     "barrier",
     "build_adamw",
     "build_config",
@@ -38,9 +41,11 @@ __all__ = [
     "init_distributed",
     "layer_id",
     "load_config",
+    "make_output_dir",
     "packaged_config",
     "packaged_configs",
     "param_groups",
+    "prepare_run_folder",
     "plot_curves",
     "rng_state",
     "save_config",

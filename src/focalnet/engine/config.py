@@ -7,6 +7,7 @@ define ``validate(self) -> None`` raising ``ValueError`` for value checks (it is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -87,12 +88,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            converted = None
             if isinstance(value, str):
                 try:
-                    return float(value)  # YAML reads 1e-4 as a string
+                    converted = float(value)  # YAML reads 1e-4 as a string
                 except ValueError:
                     pass
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+            if converted is None:
+                raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+            value = converted
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -203,10 +209,17 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML next to a run."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Any, path: str | os.PathLike, run_id: str | None = None) -> None:
+    """Write the resolved config as YAML next to a run (atomically; ``run_id`` as a leading comment,
+    so that the file still loads as a config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    if run_id:
+        text = f"# run_id: {run_id}\n{text}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _packaged_dir(task: str) -> Path:

@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .distributed import DistInfo, ResumableSampler, all_reduce, init_distributed
+from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .resources import fit_workers
+from .runs import make_output_dir, prepare_run_folder
 
 __all__ = [
     "TrainerConfig",
@@ -70,6 +71,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     resume: str | None = None  # None, "auto" or a checkpoint path
+    overwrite: bool = False  # a new run may replace another run's checkpoints in output_dir
+    run_id: str = ""  # set by prepare_run_folder (the task calls it first; else fit() does)
     drop_last: bool = True
     find_unused_parameters: bool = False
     progress: bool = True
@@ -87,12 +90,26 @@ def collate_skip_none(batch: list[Any]) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
+    """Write strict JSON atomically (temp file, then rename): NaN and infinities become ``null``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent, "output folder")
+    text = json.dumps(finite_json(data), indent=2, default=_json_default, allow_nan=False)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that it is valid JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    if isinstance(data, torch.Tensor) or (hasattr(data, "tolist") and not isinstance(data, (str, bytes))):
+        return finite_json(data.tolist())
+    return data
 
 
 def _json_default(o: Any) -> Any:
@@ -183,7 +200,7 @@ def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) ->
         h.setFormatter(fmt)
         log.addHandler(h)
     if output_dir is not None and is_main:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        make_output_dir(output_dir)
         path = str(Path(output_dir) / "train.log")
         if not any(
             isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in log.handlers
@@ -234,7 +251,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.is_main = self.dist.is_main
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_output_dir(self.out)
         setup_logging(self.out, self.is_main)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -250,8 +267,10 @@ class Trainer:
         # worker seeds come from this generator (seeded per epoch/rank/start in _train_epoch), not from
         # the global RNG, so that a resumed run draws the same global random numbers as an uninterrupted one
         self._loader_gen = torch.Generator()
+        # per-sample seeding of Python random / NumPy / torch: augmentations are reproducible and resumable
+        self._seeded = SeededSamples(train_set, cfg.seed)
         self.loader = DataLoader(
-            train_set,
+            self._seeded,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             generator=self._loader_gen,
@@ -304,6 +323,7 @@ class Trainer:
             "rng": rng_state(),
             "history": json.loads(json.dumps(self.history, default=_json_default)),
             "world_size": self.dist.world_size,
+            "run_id": self.cfg.run_id,
             **self.run_state,
         }
         if self.scheduler is not None and hasattr(self.scheduler, "state_dict"):
@@ -339,7 +359,7 @@ class Trainer:
         if not r:
             return
         if r == "auto":
-            found = self.ckpt.latest()
+            found = self.ckpt.latest(run_id=self.cfg.run_id or None)
             if found is None:
                 log.info("no checkpoint in %s: starting from scratch", self.ckpt.directory)
                 return
@@ -347,7 +367,19 @@ class Trainer:
         else:
             path, state = Path(r), CheckpointManager.load(r)
         self.load_state_dict(state)
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+        # the loaded checkpoint is at this step: a finished run resumed adds no second record or checkpoint
+        self._last_ckpt_step = self.step
+        if self.history and self.history[-1].get("step") == self.step:
+            self._last_eval_step = self.step
+        log.info(
+            "resumed from %s (run %s) at epoch %d, batch %d, step %d%s",
+            path,
+            state.get("run_id") or "of no id",
+            self.epoch,
+            self.batch_in_epoch,
+            self.step,
+            " (already finished)" if self.step >= self.total_steps else "",
+        )
 
     def save_checkpoint(self) -> None:
         self._last_ckpt_step = self.step
@@ -458,6 +490,10 @@ class Trainer:
         Returns the final metrics (also written to ``metrics.json``); ``{"interrupted": True, ...}``
         if a signal stopped the run after saving a checkpoint.
         """
+        if not self.cfg.run_id:
+            self.cfg.run_id = prepare_run_folder(
+                self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
+            )
         self._resume()
         restore = self._install_signals()
         try:
@@ -525,6 +561,7 @@ class Trainer:
             bar = tqdm(total=remaining, desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True, leave=False)
         micro = 0
         self._loader_gen.manual_seed(hash((cfg.seed, self.epoch, self.dist.rank, start_batch)) % 2**63)
+        self._seeded.epoch = self.epoch
         it = iter(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(remaining):
@@ -581,7 +618,9 @@ class Trainer:
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 and self.step < self.total_steps:
                     self._record(self._epoch_stats(loss_sum, n_loss, seen, t0), True)
                     model.train()
-                if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+            # every N updates in both modes (epoch-based runs also save at each epoch's end)
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and self.step < self.total_steps:
+                if self.batch_in_epoch < self.batches_per_epoch or cfg.max_steps > 0:
                     self.save_checkpoint()
             if self._stop_requested():
                 if bar is not None:

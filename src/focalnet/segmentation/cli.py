@@ -107,9 +107,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder holding another run's checkpoints, deleting them",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8",
@@ -231,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {cfg.model.checkpoint}")
-    metrics = train(cfg, args.output)
+    metrics = train(cfg, args.output, overwrite=args.overwrite)
     if metrics.get("interrupted"):
         print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
         return 1

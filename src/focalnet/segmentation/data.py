@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..engine.images import open_image
 from .model import IGNORE_INDEX
 
 __all__ = [
@@ -205,13 +206,20 @@ def load_class_names(cfg: DataConfig) -> list[str] | None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """RGB uint8 ``(H, W, 3)`` (16-bit and float images rescaled to 8 bits; decompression bombs refused)."""
+    return np.asarray(open_image(path))
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Raw class ids of a single-channel (L / P / I;16) label PNG."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _read_label(path)
+
+
+def _read_label(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError(f"label {path} is a {im.mode} colour image; expected one channel of class ids")

@@ -349,10 +349,9 @@ def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _read(p: str, map_location: str | torch.device) -> Any:
     if not os.path.exists(p):
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{p} is not a readable segmentation checkpoint: {type(e).__name__}: {e}") from e
+    from ..weights.io import safe_torch_load
+
+    return safe_torch_load(p, "segmentation checkpoint")
 
 
 def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -381,22 +380,24 @@ def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
             "OUTPUT/model.pt or OUTPUT/checkpoints/checkpoint-*.pt, or an original mmsegmentation UPerNet "
             "file with backbone./decode_head. keys)"
         )
+    if not isinstance(meta, Mapping) or not isinstance(sd, Mapping) or not isinstance(extra, dict):
+        raise ValueError(f"{p}: malformed segmentation file (meta, weights and extra must be dicts)")
     return dict(meta), upgrade_state_dict(sd), extra
 
 
 def build_segmentor(
     meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint", **backbone_overrides: Any
 ) -> UPerNet:
-    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly (raises
+    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly. The stored
+    settings are checked against the tensors on the meta device before anything is allocated (raises
     :class:`~focalnet.weights.infer.CheckpointMismatchError` naming missing, unexpected and mis-shaped
-    keys). ``backbone_overrides`` change backbone settings the weights do not fix (``drop_path_rate``)."""
-    from ..weights.infer import CheckpointMismatchError, check_state_dict
+    keys), and non-finite weights are refused. ``backbone_overrides`` change backbone settings the weights
+    do not fix (``drop_path_rate``)."""
+    from ..weights.infer import check_buildable, check_finite
 
+    check_buildable(lambda: _build_from_meta(meta, **backbone_overrides), sd, source)
+    check_finite(sd, source)
     model = _build_from_meta(meta, **backbone_overrides)
-    try:
-        check_state_dict(model.state_dict(), sd)
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{source}: {e}") from None
     model.load_state_dict(sd)
     return model
 

@@ -79,9 +79,9 @@ def predict_images(
     ``out_dir``; returns one record per image (files, class pixel shares). Unreadable images raise
     ``ValueError`` naming the file."""
     from ..drawing import legend_strip
+    from ..engine.runs import avoid_inputs, make_output_dir
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "output folder")
     nc = int(model.num_classes)
     names = list(class_names or getattr(model, "class_names", None) or [str(i) for i in range(nc)])
     records = []
@@ -95,11 +95,8 @@ def predict_images(
         label = predict_image(model, img, cfg, device, mean, std)
         color = colorize(label, nc)
         stem = Path(p).stem
-        files = {
-            "label": out / f"{stem}_label.png",
-            "color": out / f"{stem}_color.png",
-            "overlay": out / f"{stem}_overlay.png",
-        }
+        # never replace an input image (e.g. predicting x_label.png in its own folder)
+        files = {k: avoid_inputs(out / f"{stem}_{k}.png", paths) for k in ("label", "color", "overlay")}
         Image.fromarray(label).save(files["label"])
         Image.fromarray(color).save(files["color"])
         counts = np.bincount(label.reshape(-1), minlength=nc)

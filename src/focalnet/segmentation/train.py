@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +31,7 @@ from ..engine import (
     load_config,
     packaged_config,
     param_groups,
+    prepare_run_folder,
     save_config,
     setup_logging,
     write_json,
@@ -275,7 +278,7 @@ def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
     }
 
 
-def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, Any]:
+def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, with ``cfg.train.resume``) and evaluate; returns the final metrics.
 
     Writes ``OUTPUT/config.yaml``, ``checkpoints/``, ``metrics.json`` (with the data problems found,
@@ -284,6 +287,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     out = Path(output_dir)
     r = cfg.train
     dist = init_distributed(r.device)
+    run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
@@ -292,6 +296,14 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
             f"{r.accum_steps} accumulation steps"
         )
     per_proc = r.batch_size // (world * r.accum_steps)
+    random.seed(r.seed + dist.rank)
+    np.random.seed((r.seed + dist.rank) % 2**32)
+    if per_proc < 2:
+        raise ConfigError(
+            f"train.batch_size {r.batch_size} gives {per_proc} image per process and micro-batch; UPerNet's "
+            "BatchNorm layers (the 1x1 pyramid-pooling branch) need at least 2: raise the batch size "
+            "(or lower accum_steps)"
+        )
     torch.manual_seed(r.seed)
 
     aug = cfg.aug
@@ -394,6 +406,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
         keep_checkpoints=r.keep_checkpoints,
         seed=r.seed,
         resume=r.resume,
+        run_id=run_id,
         device=r.device,
         progress=r.progress,
     )
@@ -401,7 +414,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike) -> dict[str, A
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml", run_id=run_id)
     trainer = Trainer(
         tcfg,
         model,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -12,11 +13,58 @@ import torch
 from ..models.focalnet import FocalNetConfig
 from ..models.registry import match_variant
 
-__all__ = ["infer_config", "CheckpointMismatchError", "check_state_dict"]
+__all__ = [
+    "infer_config",
+    "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_state_dict",
+    "check_finite",
+    "check_buildable",
+]
+
+ALLOW_NONFINITE_ENV = "FOCALNET_ALLOW_NONFINITE"
 
 
 class CheckpointMismatchError(ValueError):
     """A state dict does not fit a model: lists missing/unexpected keys and shape differences."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights."""
+
+
+def check_finite(sd: Mapping[str, Any], source: str, allow: bool | None = None) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first floating tensor of ``sd`` holding NaN/inf.
+
+    ``allow`` (default: the environment variable ``FOCALNET_ALLOW_NONFINITE=1``) skips the check, for debugging.
+    """
+    if allow is None:
+        allow = os.environ.get(ALLOW_NONFINITE_ENV, "") not in ("", "0")
+    if allow:
+        return
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel():
+            bad = ~torch.isfinite(v)
+            if bool(bad.any()):
+                raise NonFiniteWeightsError(
+                    f"{source}: tensor {k!r} holds {int(bad.sum())} non-finite value(s) (NaN or inf) of "
+                    f"{v.numel()}; the weights are broken (set {ALLOW_NONFINITE_ENV}=1 to load them anyway)"
+                )
+
+
+def check_buildable(ctor: Callable[[], torch.nn.Module], sd: Mapping[str, Any], source: str) -> None:
+    """Build ``ctor()`` on the meta device (no memory) and check ``sd`` against it *before* the real
+    build: invalid stored settings or settings that disagree with the tensors (an ``embed_dim`` of
+    100,000 next to 96-wide weights) are a ``ValueError`` instead of a huge allocation."""
+    try:
+        with torch.device("meta"):
+            probe = ctor()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError) as e:
+        raise ValueError(f"{source}: the settings stored with the weights are invalid: {type(e).__name__}: {e}") from e
+    try:
+        check_state_dict(probe.state_dict(), sd)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{source}: the stored settings do not match the tensors: {e}") from e
 
 
 def _get(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:

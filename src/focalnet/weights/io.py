@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import torch
 
 from .convert import detect_layout, unwrap_state_dict
 
-__all__ = ["Checkpoint", "read_checkpoint", "save_safetensors", "atomic_save"]
+__all__ = ["Checkpoint", "read_checkpoint", "save_safetensors", "atomic_save", "load_error_reason", "safe_torch_load"]
 
 _FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 
@@ -33,6 +34,13 @@ class Checkpoint:
     backbone_prefix: bool = False  # detection/segmentation file: weights were under 'backbone.'
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -43,6 +51,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -64,6 +73,7 @@ def save_safetensors(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,15 +81,32 @@ def save_safetensors(
         raise
 
 
-def _load_torch(path: Path) -> Any:
+def load_error_reason(e: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with
+    ``weights_only=False`` (that would run arbitrary code from the file: never do it for untrusted files)."""
+    msg = str(e)
+    if "Weights only load failed" in msg:
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", msg, re.S)
+        detail = " ".join(m.group(1).split()) if m else ""
+        return f"the file holds objects other than tensors and plain containers ({detail or 'unsupported pickle'})"
+    if "PytorchStreamReader" in msg or "zip archive" in msg:
+        return "not a complete torch file (truncated or corrupt)"
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    return f"{type(e).__name__}: {first}"[:300]
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a one-line ``ValueError`` if it fails."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, unsafe globals
         raise ValueError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-            "(files are loaded with weights_only=True: only tensors and plain containers are accepted; "
-            "a truncated or corrupt file also fails here)"
+            f"{path} is not a readable {what}: {load_error_reason(e)} (files are loaded safely, with weights_only=True)"
         ) from e
+
+
+def _load_torch(path: Path) -> Any:
+    return safe_torch_load(path)
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -118,13 +145,15 @@ def _folder_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str |
     return None, None, extra
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None) -> Checkpoint:
     """Read a FocalNet checkpoint in any supported container and layout.
 
     ``path`` may be a ``.pth``/``.pt``/``.bin`` file (``{"model": sd}``, ``{"state_dict": sd}`` with
     ``backbone.`` prefixes, or bare, possibly with ``module.`` prefixes), a ``.safetensors`` file (ours
     carries the model config in its metadata), or a model folder with ``config.json`` and weights
-    (timm or transformers hub layout).
+    (timm or transformers hub layout). Weights holding NaN/inf are refused
+    (:class:`~focalnet.weights.infer.NonFiniteWeightsError`) unless ``allow_nonfinite`` (default: the
+    ``FOCALNET_ALLOW_NONFINITE`` environment variable).
     """
     path = Path(path)
     if not path.exists():
@@ -143,7 +172,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
             config, variant, extra = _folder_config(config_json)
-        inner = read_checkpoint(weights)
+        inner = read_checkpoint(weights, allow_nonfinite)
         return Checkpoint(
             inner.state_dict,
             inner.layout,
@@ -180,5 +209,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         backbone = True
+    from .infer import check_finite
+
+    check_finite(sd, str(path), allow_nonfinite)
     layout = detect_layout(sd)
     return Checkpoint(sd, layout, str(path), fmt, config, variant, extra, backbone)
