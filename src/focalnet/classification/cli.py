@@ -171,6 +171,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.output or "") / "config.yaml"
         if args.resume and args.output and saved.exists():
             config = str(saved)  # resuming a run: its resolved config
+        elif args.resume == "auto" and args.output:
+            print(
+                f"error: no checkpoint in {args.output} (no {saved.name} of an earlier run there) to resume; "
+                "to start a run give --model NAME or --config FILE",
+                file=sys.stderr,
+            )
+            return 2
         else:
             print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
             return 2

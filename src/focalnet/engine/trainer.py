@@ -302,6 +302,9 @@ class Trainer:
         self._last_plot = -math.inf
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
+            for m in self.model.modules():  # parameters laid out like their gradients (see FocalModulation)
+                if hasattr(m, "match_gradient_layout"):
+                    m.match_gradient_layout()
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,

@@ -142,7 +142,13 @@ def split_dirs(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 def find_pairs(img_dir: Path, ann_dir: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
     """``(image, label)`` pairs matched by file stem; images without a label PNG are returned as problems."""
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {img_dir}")
+        hint = ""
+        root = img_dir.parent.parent if img_dir.parent.name == "images" else img_dir.parent
+        if img_dir.parent.name == "images" and any(
+            (root / s).is_dir() and (root / f"{s}annot").is_dir() for s in ("train", "val")
+        ):
+            hint = f" ({root} looks like the folder layout, ROOT/train + ROOT/trainannot: add --layout folder)"
+        raise FileNotFoundError(f"image folder not found: {img_dir}{hint}")
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"label folder not found: {ann_dir}")
     labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
