@@ -211,3 +211,27 @@ def test_segmentation_configs_lists_and_resolves(capsys):
     assert cli.main(["segmentation", "configs", "upernet_focalnet_tiny_srf_camvid_cpu", "--set", "train.iters=10"]) == 0
     out = capsys.readouterr().out
     assert "iters: 10" in out and "recipe_iters: 2000" in out
+
+
+def test_core_commands_have_descriptions_and_argument_help():
+    leaves = _leaves()
+    for name in ("models", "info", "convert", "classify"):
+        p = leaves[name]
+        assert p.description, name
+        for action in p._actions:
+            if action.dest not in ("help", "threads"):
+                assert action.help, f"{name} {action.dest}"
+
+
+def test_resume_auto_on_an_empty_folder_says_so(tmp_path, capsys):
+    assert cli.main(["classification", "train", "--output", str(tmp_path), "--resume", "auto"]) == 2
+    assert f"no checkpoint in {tmp_path}" in capsys.readouterr().err
+
+
+def test_folder_layout_data_without_layout_flag_gets_a_hint(tmp_path):
+    from focalnet.segmentation.data import find_pairs
+
+    for d in ("train", "trainannot", "val", "valannot"):
+        (tmp_path / d).mkdir()
+    with pytest.raises(FileNotFoundError, match="add --layout folder"):
+        find_pairs(tmp_path / "images" / "training", tmp_path / "annotations" / "training")

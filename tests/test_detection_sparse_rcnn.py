@@ -335,19 +335,27 @@ def test_cli_train_evaluate_predict_with_every_train_option(tmp_path):
         "1",
         "--batch-size",
         "2",
+        "--lr",
+        "1e-4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--amp",
+        "none",
         "--no-progress",
         "--set",
         "model.backbone_overrides.embed_dim=16",
         "model.detector_overrides.num_proposals=8",
         "model.detector_overrides.num_stages=1",
         "model.detector_overrides.feedforward_channels=32",
-        "data.num_workers=0",
         "data.crop_branch=false",
     )
     assert rc == 0, stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["detector"] == "sparse_rcnn" and saved["model"]["min_size"] == 96
     assert saved["data"]["scales"] == [77, 86, 96] and saved["model"]["max_size"] == 128
+    assert saved["optim"]["lr"] == 1e-4 and saved["optim"]["decay_all"] and saved["grad_clip"] == 1.0
     m = json.loads((out / "metrics.json").read_text())
     assert "bbox_mAP" in m and "segm_mAP" not in m and m["history"][-1]["step"] == 1
     ckpt = torch.load(out / "model.pt", weights_only=True)

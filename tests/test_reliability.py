@@ -267,3 +267,187 @@ def test_load_errors_never_suggest_weights_only_false(tmp_path, capsys):
         assert main([*cmd, str(tmp_path / "evil.pt")]) == 2
         err = capsys.readouterr().err
         assert "weights_only=False" not in err.replace(" ", "") and "set to `False`" not in err, err
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def test_16bit_and_float_images_are_rescaled_not_saturated(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from focalnet.engine.images import open_image
+
+    ramp16 = (np.arange(64 * 32, dtype=np.uint32).reshape(32, 64) * 31).astype(np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "a16.png")
+    got = np.asarray(open_image(tmp_path / "a16.png"))
+    assert got.shape == (32, 64, 3) and got.dtype == np.uint8
+    np.testing.assert_allclose(got[..., 0].astype(float), ramp16 / 257.0, atol=1)
+    ramp = np.linspace(0, 1, 32 * 64, dtype=np.float32).reshape(32, 64)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "f.tif")
+    got = np.asarray(open_image(tmp_path / "f.tif"))
+    np.testing.assert_allclose(got[..., 1].astype(float), ramp * 255, atol=1)
+    assert got.min() == 0 and got.max() == 255
+
+
+def test_decompression_bombs_are_a_clear_error_everywhere(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from focalnet.cli import main
+    from focalnet.engine.images import ImageDecodeError, open_image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        open_image(tmp_path / "bomb.png")
+    viz = ["visualize", "--model", "focalnet_tiny_srf", "--out", str(tmp_path / "viz")]
+    for cmd in (["classify", "--model", "focalnet_tiny_srf"], viz):
+        capsys.readouterr()
+        assert main([*cmd, str(tmp_path / "bomb.png")]) == 2
+        err = [e for e in capsys.readouterr().err.strip().splitlines() if e.startswith("error")]
+        assert len(err) == 1 and "decompression bomb" in err[0], err
+
+
+def test_posterize_is_safe_at_every_level_and_augmentation_errors_are_not_bad_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+
+    from focalnet.classification.data import ImageFolder
+    from focalnet.engine.images import patch_posterize, safe_posterize
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    assert np.asarray(safe_posterize(img, 0)).max() == 0
+    assert np.array_equal(np.asarray(safe_posterize(img, 8)), np.asarray(img))
+    # magnitude 10 with the 'increasing' ops: PosterizeIncreasing asks for 0 bits, which Pillow 13 refuses
+    tf = create_transform(24, is_training=True, auto_augment="rand-m10-n4-inc1", re_prob=0.0)
+    assert patch_posterize(tf) == 1
+    for _ in range(60):
+        tf(img)
+    d = tmp_path / "train" / "a"
+    d.mkdir(parents=True)
+    img.save(d / "ok.png")
+
+    def broken(_):
+        raise RuntimeError("a bug in an augmentation")
+
+    with pytest.raises(RuntimeError, match="a bug in an augmentation"):  # never "skipping unreadable image"
+        ImageFolder(tmp_path / "train", broken)[0]
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    from PIL import Image
+
+    from focalnet.classification.data import ImageFolder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    with pytest.raises(ValueError, match=r"\['b'\] hold no images"):
+        ImageFolder(tmp_path)
+
+
+def test_coco_entries_missing_fields_are_skipped_not_fatal(tmp_path):
+    from PIL import Image
+
+    from focalnet.detection.data import CocoInstances
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "img" / "a.png")
+    ann = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}, {"id": 2, "width": 32, "height": 32}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "bbox": [2, 2, 5, 5], "area": 25, "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    ds = CocoInstances(tmp_path / "ann.json", tmp_path / "img", train=False, with_masks=False)
+    assert ds.ids == [1] and len(ds.load_target(1, 32, 32)["boxes"]) == 1
+    reasons = [p.reason for p in ds.problems]
+    assert any("file_name" in r for r in reasons) and any("category_id" in r for r in reasons)
+
+
+# ------------------------------------------------------------------------------------- clear errors
+
+
+def test_class_names_not_matching_the_head_is_a_clear_error(tmp_path, capsys):
+    from focalnet import create_model
+    from focalnet.cli import main
+    from focalnet.factory import save_model
+
+    m = create_model("focalnet_tiny_srf", embed_dim=8, depths=(1, 1, 1, 1), num_classes=3)
+    save_model(m, tmp_path / "m.safetensors", class_names=["a", "b"])
+    for cmd in (["classify", "--checkpoint"], ["classification", "predict", "x.png", "--checkpoint"]):
+        capsys.readouterr()
+        assert main([*cmd, str(tmp_path / "m.safetensors")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "2 class names for a 3-output head" in err[0], err
+
+
+def test_non_finite_config_values_are_refused(capsys):
+    from focalnet.cli import main
+
+    assert main(["classification", "configs", "focalnet_tiny_srf", "--set", "train.base_lr=inf"]) == 2
+    assert "train.base_lr: expected a finite number" in capsys.readouterr().err
+
+
+def test_predict_exits_non_zero_when_every_input_failed(tmp_path, capsys):
+    from focalnet import create_model
+    from focalnet.cli import main
+    from focalnet.factory import save_model
+
+    save_model(
+        create_model("focalnet_tiny_srf", embed_dim=8, depths=(1, 1, 1, 1), num_classes=2), tmp_path / "m.safetensors"
+    )
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    args = ["classification", "predict", str(tmp_path / "bad.png"), "--checkpoint"]
+    assert main([*args, str(tmp_path / "m.safetensors")]) == 1
+    assert "none of the 1 input image(s)" in capsys.readouterr().err
+
+
+def test_segmentation_batch_of_one_is_a_clear_error(tmp_path):
+    from focalnet.engine import ConfigError
+    from focalnet.segmentation import load_segmentation_config
+    from focalnet.segmentation.train import train
+
+    cfg = load_segmentation_config(overrides=["train.batch_size=1", f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="at least 2"):
+        train(cfg, tmp_path / "out")
+
+
+def test_ddp_collective_timeout_is_configurable(monkeypatch):
+    from focalnet.engine.distributed import collective_timeout
+
+    assert collective_timeout() == 1800
+    monkeypatch.setenv("FOCALNET_DDP_TIMEOUT", "42")
+    assert collective_timeout() == 42 and collective_timeout(7) == 7
+    monkeypatch.setenv("FOCALNET_DDP_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="FOCALNET_DDP_TIMEOUT"):
+        collective_timeout()
+
+
+def test_samples_are_seeded_per_sample_not_per_process():
+    import random
+
+    import numpy as np
+
+    from focalnet.engine.distributed import SeededSamples
+
+    class Draw:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+    a, b = SeededSamples(Draw(), 3), SeededSamples(Draw(), 3)
+    forward = [a[i] for i in range(5)]
+    random.seed(99)  # whatever the process state and order, a sample draws the same numbers
+    assert [b[i] for i in reversed(range(5))] == forward[::-1]
+    state = random.getstate()
+    a[0]
+    assert random.getstate() == state  # the caller's generators are untouched
+    a.epoch = 1
+    assert a[0] != forward[0]

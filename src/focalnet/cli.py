@@ -221,9 +221,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     mode = image_mode(model)
     images: list[tuple[str, Image.Image]] = []
     if args.images:
+        from .engine.images import open_image
+
         for p in args.images:
             try:
-                images.append((p, Image.open(p).convert(mode)))
+                images.append((p, open_image(p, mode)))
             except (OSError, ValueError) as e:
                 print(f"error: cannot read image {p}: {e}", file=sys.stderr)
                 return 2
@@ -324,28 +326,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalnet", description="Focal Modulation Networks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="table of the registered variants")
-    p.add_argument("--filter", default="", help="substring of the names to show")
+    p = sub.add_parser(
+        "models",
+        help="table of the registered variants",
+        description="The 15 released FocalNet variants: parameters, FLOPs, resolution, classes, ImageNet top-1 "
+        "and the tags of their released weights (for --pretrained TAG).",
+    )
+    p.add_argument("--filter", default="", help="only the names containing this substring, e.g. tiny")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("info", help="inspect a checkpoint: layout, inferred architecture, key fit")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "info",
+        help="inspect a checkpoint: layout, inferred architecture, key fit",
+        description="Read a checkpoint (original .pth, timm/transformers files or folders, our .safetensors, "
+        "detection/segmentation files) without building anything: its container and key layout, the "
+        "architecture read off its weights, the registered variant it matches and whether all keys fit.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint file or model folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="convert a checkpoint between layouts")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--to", required=True, choices=["original", "timm", "transformers", "safetensors"])
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint between layouts",
+        description="Convert a FocalNet checkpoint. --to transformers|timm with an OUTPUT folder writes "
+        "config.json + model.safetensors that transformers' from_pretrained(OUTPUT) and "
+        "timm.create_model('local-dir:OUTPUT', pretrained=True) load (an OUTPUT ending in .pth/.bin/.safetensors "
+        "gets a bare state dict); --to original writes the original layout with the model config; "
+        "--to safetensors writes our safetensors file (weights + config).",
+    )
+    p.add_argument("input", help="any checkpoint `focalnet info` reads")
+    p.add_argument("output", help="output folder (timm, transformers) or file")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["original", "timm", "transformers", "safetensors"],
+        help="target layout",
+    )
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("classify", help="classify images (default: a scikit-image sample photo)")
-    p.add_argument("images", nargs="*")
-    p.add_argument("--model", default="focalnet_tiny_srf")
-    p.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
+    p = sub.add_parser(
+        "classify",
+        help="classify images (default: a scikit-image sample photo)",
+        description="Top-k classes of images with a FocalNet: released weights (--pretrained; fails with exit "
+        "code 2 when they cannot be had), any checkpoint (--checkpoint, e.g. the demo's), or random weights "
+        "(said so). Without images: a sample photo of a cat shipped with scikit-image.",
+    )
+    p.add_argument("images", nargs="*", help="image files (default: a scikit-image sample photo)")
+    p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (see `focalnet models`)")
+    p.add_argument(
+        "--pretrained", nargs="?", const=True, default=None, metavar="TAG", help="use released weights (optional tag)"
+    )
     p.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(func=cmd_classify)
 
@@ -378,9 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _apply_threads(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # bad input: files, settings, data (one line, exit code 2)
+        msg = str(e).strip() or type(e).__name__
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.strerror or type(e).__name__}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged (non-finite loss)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

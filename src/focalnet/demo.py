@@ -469,7 +469,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         progress=not args.quiet,
     )
-    print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
+    if args.quiet:  # otherwise run_demo has reported the held-out accuracy already
+        print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
     print(f"wrote {result['out']}  (open {Path(result['out']) / 'index.html'})")
     return 0
 

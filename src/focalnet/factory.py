@@ -127,8 +127,7 @@ def create_model(
     else:
         ckpt = read_checkpoint(path)
         model = _classifier_from_sd(cfg, _original_sd(ckpt), num_classes, str(path))
-        if "class_names" in ckpt.extra:
-            model.class_names = list(ckpt.extra["class_names"])
+        _attach_class_names(model, ckpt, str(path), replaced_head=num_classes is not None)
     model.pretrained_cfg = _pretrained_cfg(model.cfg, name)
     return model
 
@@ -294,10 +293,25 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet
                 if k in stored_pc:
                     v = stored_pc[k]
                     setattr(model.pretrained_cfg, k, tuple(v) if isinstance(v, list) else v)
-    if "class_names" in ckpt.extra:
-        model.class_names = list(ckpt.extra["class_names"])
+    _attach_class_names(model, ckpt, str(path))
     model.variant_name = variant.name if variant else None
     return model
+
+
+def _attach_class_names(model: nn.Module, ckpt: Checkpoint, source: str, replaced_head: bool = False) -> None:
+    """Give ``model`` the class names stored with ``ckpt``; a list that does not match the head's
+    outputs is an error (a new fine-tuning head simply gets none)."""
+    names = ckpt.extra.get("class_names")
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{source}: the stored class_names must be a list of strings")
+    n_out = getattr(model, "num_classes", 0) if isinstance(model, FocalNet) else 0
+    if n_out and len(names) != n_out:
+        if replaced_head:
+            return
+        raise ValueError(f"{source}: stores {len(names)} class names for a {n_out}-output head (inconsistent file)")
+    model.class_names = list(names)
 
 
 def save_model(

@@ -324,10 +324,15 @@ def image_to_tensor(img: Any, mean: Sequence[float], std: Sequence[float]) -> to
     return (t - m) / s
 
 
-def upsample(m: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D map to ``size = (H, W)``."""
+def upsample(m: np.ndarray | torch.Tensor, size: tuple[int, int], mode: str = "auto") -> np.ndarray:
+    """Resize a 2-D map to ``size = (H, W)``: bilinear, or nearest (blocks, one per token) for maps coarser
+    than 8x8, where interpolation would invent detail between a handful of values (``mode="auto"``)."""
     t = torch.as_tensor(np.asarray(m), dtype=torch.float32)[None, None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    if mode == "auto":
+        mode = "nearest" if min(t.shape[-2:]) < 8 else "bilinear"
+    if mode == "nearest":
+        return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy()
+    return F.interpolate(t, size=size, mode=mode, align_corners=False)[0, 0].numpy()
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:

@@ -29,6 +29,9 @@ def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[st
     notes: list[str] = []
     if args.checkpoint:
         return model_from_checkpoint(args.checkpoint), f"checkpoint {args.checkpoint}", notes
+    from .models import get_variant
+
+    get_variant(args.model)  # an unknown name fails here, before any note about the weights
     if args.pretrained:
         try:
             return create_model(args.model, pretrained=args.pretrained), f"released {args.model} weights", notes
@@ -52,14 +55,17 @@ def visualize_images(
     topk: int = 5,
     weights: str = "",
     notes: list[str] | None = None,
+    untrained: bool = False,
 ) -> dict[str, Any]:
     """Preprocess ``image_paths`` as the model's ``pretrained_cfg`` says (``size`` overrides the crop
     size), run the model with hooks on ``(stage, block)`` and write the figures, ``maps.npz`` and
-    ``index.html`` to ``out``. Returns ``{"predictions", "files"}``."""
+    ``index.html`` to ``out``. Returns ``{"predictions", "files"}``. ``untrained``: the weights are random,
+    and every figure says so in a banner across its top."""
     from PIL import Image
 
     from . import visualize as viz
     from .cli import _imagenet_names
+    from .engine.images import open_image
     from .models.focalnet import FocalNet, PretrainedCfg
 
     model.eval()
@@ -71,8 +77,7 @@ def visualize_images(
     crops, stems = [], []
     for p in image_paths:
         try:
-            img = Image.open(p)
-            img = img.convert("L" if in_chans == 1 else "RGB")
+            img = open_image(p, "L" if in_chans == 1 else "RGB")
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {p}: {e}") from e
         crops.append(viz.center_crop(img, crop, pc.crop_pct, pc.interpolation))
@@ -121,6 +126,13 @@ def visualize_images(
     extra = {f"image{i}": a for i, a in enumerate(images)}
     if predictions:
         extra["probs"] = output.softmax(-1).numpy()
+    if untrained:
+        from .drawing import watermark
+
+        for name in ["grid.png", "kernels.png", *(f for f, _ in figures)]:
+            png = out / name
+            if png.exists():
+                Image.fromarray(watermark(np.asarray(Image.open(png).convert("RGB")))).save(png)
     viz.save_maps(out / "maps.npz", [maps], extra=extra)
     viz.write_index(
         out,
@@ -150,6 +162,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         topk=args.topk,
         weights=weights,
         notes=notes,
+        untrained=weights.startswith("randomly"),
     )
     for p in result["predictions"]:
         t = p["top"][0]

@@ -171,6 +171,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.output or "") / "config.yaml"
         if args.resume and args.output and saved.exists():
             config = str(saved)  # resuming a run: its resolved config
+        elif args.resume == "auto" and args.output:
+            print(
+                f"error: no checkpoint in {args.output} (no {saved.name} of an earlier run there) to resume; "
+                "to start a run give --model NAME or --config FILE",
+                file=sys.stderr,
+            )
+            return 2
         else:
             print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
             return 2
@@ -284,6 +291,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
+    failed = sum("error" in r for r in results)
+    if failed and failed == len(results):
+        print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..engine.images import ImageDecodeError, open_image, patch_posterize
+
 __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolder",
@@ -92,14 +94,22 @@ class ImageFolder(Dataset):
         self.transform = transform
         self.img_size = img_size
         self.samples: list[tuple[str, int]] = []
+        empty = []
         for c in found:
             files = sorted(f for f in (self.root / c).iterdir() if _is_image(f))
+            if not files:
+                empty.append(c)
             if max_per_class > 0:
                 files = files[:max_per_class]
             idx = self.class_names.index(c)
             self.samples += [(str(f), idx) for f in files]
         if not self.samples:
             raise ValueError(f"{self.root} holds no images with extensions {', '.join(IMG_EXTENSIONS)}")
+        if empty and class_names is None:
+            raise ValueError(
+                f"{self.root}: class folder(s) {empty[:10]} hold no images; a class without images cannot be "
+                "learned (remove the folder or add images)"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -109,19 +119,19 @@ class ImageFolder(Dataset):
         return [t for _, t in self.samples]
 
     def load(self, index: int) -> Image.Image:
-        path = self.samples[index][0]
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        """The decoded RGB image (:class:`~focalnet.engine.images.ImageDecodeError` if it cannot be)."""
+        return open_image(self.samples[index][0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, bool]:
         path, target = self.samples[index]
         try:
             img = self.load(index)
-            x = self.transform(img) if self.transform is not None else _to_tensor(img)
-            return x, target, index, True
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (ImageDecodeError, OSError) as e:  # only decoding problems are file problems
             log.warning("skipping unreadable image %s: %s", path, e)
             return torch.zeros(3, self.img_size, self.img_size), target, index, False
+        # an augmentation error is a bug: it propagates instead of being counted as a bad file
+        x = self.transform(img) if self.transform is not None else _to_tensor(img)
+        return x, target, index, True
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -142,7 +152,7 @@ def build_transform(cfg: Any, is_training: bool, img_size: int | None = None) ->
     d, a = cfg.data, cfg.aug
     size = img_size or d.img_size
     if is_training and a.enabled:
-        return create_transform(
+        tf = create_transform(
             input_size=size,
             is_training=True,
             scale=tuple(a.scale),
@@ -157,6 +167,8 @@ def build_transform(cfg: Any, is_training: bool, img_size: int | None = None) ->
             re_mode=a.remode,
             re_count=a.recount,
         )
+        patch_posterize(tf)  # timm asks Pillow 13 for 0-bit posterize at high magnitudes: fixed at the source
+        return tf
     return create_transform(
         input_size=size,
         is_training=False,

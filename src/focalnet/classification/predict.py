@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..engine.images import ImageDecodeError, open_image
 from .data import IMG_EXTENSIONS, describe_wnid
 from .evaluate import LoadedClassifier, head_logits
 
@@ -67,7 +68,6 @@ def predict(
 
     An unreadable file gets ``{"image", "error"}`` instead of predictions (never a crash).
     """
-    from PIL import Image
 
     device = torch.device(device)
     model = loaded.model.to(device).eval()
@@ -90,12 +90,12 @@ def predict(
     for path in paths:
         results.append({"image": str(path)})
         try:
-            with Image.open(path) as im:
-                t = tf(im.convert(loaded.image_mode))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            img = open_image(path, loaded.image_mode)
+        except (ImageDecodeError, OSError) as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             results[-1]["error"] = f"unreadable image: {e}"
             continue
+        t = tf(img)
         batch.append((len(results) - 1, t))
         if len(batch) >= batch_size:
             flush()

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+
+from ..engine.images import open_image
 
 __all__ = ["CocoInstances", "DataProblem", "detection_collate", "coco_paths", "decode_segmentation"]
 
@@ -105,10 +106,14 @@ class CocoInstances(Dataset):
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {image_dir}")
+        self.problems: list[DataProblem] = []
+        dataset = self._read_annotations(ann_file)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                self.coco = COCO(str(ann_file))
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as e:
+                self.coco = COCO()
+                self.coco.dataset = dataset
+                self.coco.createIndex()
+        except (KeyError, TypeError, AssertionError) as e:
             raise ValueError(f"{ann_file} is not a COCO instance annotation file: {type(e).__name__}: {e}") from e
         if not self.coco.dataset.get("categories"):
             raise ValueError(f"{ann_file} has no 'categories'")
@@ -118,8 +123,7 @@ class CocoInstances(Dataset):
         self.train = train
         self.category_ids: list[int] = sorted(self.coco.getCatIds())
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
-        self.class_names: list[str] = [self.coco.cats[c].get("name", str(c)) for c in self.category_ids]
-        self.problems: list[DataProblem] = []
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
         self._anns: dict[int, list[dict[str, Any]]] = {}
         ids = sorted(self.coco.imgs)
         for img_id in ids:
@@ -132,6 +136,66 @@ class CocoInstances(Dataset):
         self._report(max_problems_logged)
 
     # ------------------------------------------------------------------ validation
+    def _read_annotations(self, ann_file: Path) -> dict[str, Any]:
+        """The json with malformed entries dropped (each recorded in ``problems``): images without an
+        integer ``id`` or a ``file_name``, categories without an integer ``id``, annotations without an
+        ``id``, a known ``image_id`` or a ``category_id`` (that annotation only, not the whole file)."""
+        try:
+            data = json.loads(ann_file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{ann_file} is not valid JSON: {e}") from e
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise ValueError(f"{ann_file} is not a COCO instance annotation file (no 'images' list)")
+        for key in ("annotations", "categories"):
+            if not isinstance(data.get(key, []), list):
+                raise ValueError(f"{ann_file}: '{key}' must be a list")
+
+        def _id(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        images, seen = [], set()
+        for im in data["images"]:
+            ok = isinstance(im, dict) and _id(im.get("id")) and im["id"] not in seen
+            if not ok or not isinstance(im.get("file_name"), str) or not im["file_name"]:
+                iid = im.get("id") if isinstance(im, dict) and _id(im.get("id")) else None
+                self.problems.append(
+                    DataProblem(
+                        "image",
+                        f"malformed image entry (needs a unique integer id and a file_name): {str(im)[:120]}",
+                        iid,
+                    )
+                )
+                continue
+            for dim in ("width", "height"):
+                if dim in im and not (_id(im[dim]) and im[dim] > 0):
+                    im = {k: v for k, v in im.items() if k not in ("width", "height")}
+            seen.add(im["id"])
+            images.append(im)
+        cats, cat_ids = [], set()
+        for c in data.get("categories", []):
+            if isinstance(c, dict) and _id(c.get("id")) and c["id"] not in cat_ids:
+                cat_ids.add(c["id"])
+                cats.append(c)
+            else:
+                self.problems.append(DataProblem("annotation", f"malformed category entry: {str(c)[:120]}"))
+        anns, ann_ids = [], set()
+        for a in data.get("annotations", []):
+            a = a if isinstance(a, dict) else {}
+            aid = a.get("id") if _id(a.get("id")) else None
+            iid = a.get("image_id") if _id(a.get("image_id")) else None
+            if aid is None or aid in ann_ids:
+                what = "a unique integer id"
+            elif iid is None or iid not in seen:
+                what = "the integer id of a listed image as image_id"
+            elif not _id(a.get("category_id")):
+                what = "an integer category_id"
+            else:
+                ann_ids.add(aid)
+                anns.append(a)
+                continue
+            self.problems.append(DataProblem("annotation", f"malformed annotation (needs {what})", iid, aid))
+        return {**data, "images": images, "categories": cats, "annotations": anns}
+
     def _problem(self, reason: str, img_id: int | None, ann: dict[str, Any] | None = None) -> None:
         self.problems.append(DataProblem("annotation", reason, img_id, ann.get("id") if ann else None))
 
@@ -236,9 +300,8 @@ class CocoInstances(Dataset):
         img_id = self.ids[index]
         path = self.image_path(index)
         try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            img = open_image(path)
+        except (OSError, ValueError) as e:
             self.problems.append(DataProblem("image", f"cannot read image: {e}", img_id, file=str(path)))
             log.warning("skipping unreadable image %s: %s", path, e)
             return None

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..engine import write_json
+from ..engine.images import open_image
 from .evaluate import masks_to_rle
 
 __all__ = ["predict_images", "draw_detections"]
@@ -35,7 +36,10 @@ def draw_detections(
     class_names: Sequence[str],
     mask_thresh: float = 0.5,
 ) -> torch.Tensor:
-    """uint8 CHW image with the masks (alpha 0.5), boxes and ``"name score"`` labels drawn on it."""
+    """uint8 CHW image with the masks (alpha 0.5), boxes and ``"name score"`` labels drawn on it: one
+    colour per class, labels on a filled tag of the box's colour, text and lines sized to the image."""
+    from ..drawing import font_path, font_size_for, text_color_on
+
     colors = _palette(max(len(class_names), 1) + 1)
     labels = detections["labels"].tolist()
     cols = [colors[lab % len(colors)] for lab in labels]
@@ -48,7 +52,19 @@ def draw_detections(
             f"{class_names[lab - 1] if 0 < lab <= len(class_names) else lab} {s:.2f}"
             for lab, s in zip(labels, detections["scores"].tolist())
         ]
-        out = draw_bounding_boxes(out, detections["boxes"], labels=text, colors=cols, width=2)
+        h, w = image.shape[-2:]
+        font = font_path()
+        out = draw_bounding_boxes(
+            out,
+            detections["boxes"],
+            labels=text,
+            colors=cols,
+            width=max(2, round(min(h, w) / 250)),
+            font=font,
+            font_size=font_size_for(w, h) if font else None,
+            label_colors=[text_color_on(c) for c in cols],
+            fill_labels=True,
+        )
     return out
 
 
@@ -79,9 +95,8 @@ def predict_images(
     for path in tqdm(list(images), desc="predicting", unit="image", disable=len(images) < 2):
         path = Path(path)
         try:
-            with Image.open(path) as im:
-                img = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-        except (OSError, ValueError) as e:
+            img = torch.from_numpy(np.asarray(open_image(path)).copy()).permute(2, 0, 1)
+        except (OSError, ValueError) as e:  # decoding problems (incl. decompression bombs), 16-bit rescaled
             log.warning("skipping unreadable image %s: %s", path, e)
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue

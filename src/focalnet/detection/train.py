@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,7 +54,7 @@ class DetectionTrainer(Trainer):
     """The shared :class:`~focalnet.engine.Trainer`, plotting only the main curves in ``curves.png`` (the
     24 COCO stats stay in ``metrics.json`` and TensorBoard; a plot of every one is slow and unreadable)."""
 
-    plot_keys = ("train_loss", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
+    plot_keys = ("train_loss", "lr", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")
 
     def _plot_curves(self) -> None:
         full = self.history
@@ -178,6 +180,8 @@ def train(
     run_id = prepare_run_folder(out, resume=resume, overwrite=overwrite, task="detection", is_main=dist_info.is_main)
     setup_logging(out, dist_info.is_main)
     torch.manual_seed(cfg.seed + dist_info.rank)
+    random.seed(cfg.seed + dist_info.rank)
+    np.random.seed((cfg.seed + dist_info.rank) % 2**32)
     train_set, val_set = build_datasets(cfg)
     assert train_set is not None
     model = build_model(cfg, train_set.num_classes)

@@ -11,11 +11,19 @@ from .config import (
     packaged_configs,
     save_config,
 )
-from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    ResumableSampler,
+    SeededSamples,
+    all_reduce,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
 from .optim import build_adamw, layer_id, param_groups
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
-from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
+from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
 
 __all__ = [
     "CheckpointManager",
@@ -23,6 +31,7 @@ __all__ = [
     "DistInfo",
     "ResumableSampler",
     "RunFolderError",
+    "SeededSamples",
     "Trainer",
     "TrainerConfig",
     "add_threads_arg",
@@ -46,6 +55,7 @@ __all__ = [
     "packaged_configs",
     "param_groups",
     "prepare_run_folder",
+    "plot_curves",
     "rng_state",
     "save_config",
     "set_rng_state",

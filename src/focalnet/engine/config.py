@@ -7,6 +7,7 @@ define ``validate(self) -> None`` raising ``ValueError`` for value checks (it is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -87,12 +88,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            converted = None
             if isinstance(value, str):
                 try:
-                    return float(value)  # YAML reads 1e-4 as a string
+                    converted = float(value)  # YAML reads 1e-4 as a string
                 except ValueError:
                     pass
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+            if converted is None:
+                raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+            value = converted
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce", "ResumableSampler", "barrier"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup_distributed",
+    "all_reduce",
+    "ResumableSampler",
+    "SeededSamples",
+    "barrier",
+    "collective_timeout",
+    "sample_seed",
+]
 
 
 @dataclass
@@ -30,10 +44,29 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+TIMEOUT_ENV = "FOCALNET_DDP_TIMEOUT"
+
+
+def collective_timeout(timeout_s: float | None = None) -> float:
+    """Seconds a collective may wait for a hanging rank: ``timeout_s``, else ``$FOCALNET_DDP_TIMEOUT``,
+    else 1800 (30 minutes)."""
+    if timeout_s is None:
+        raw = os.environ.get(TIMEOUT_ENV, "")
+        try:
+            timeout_s = float(raw) if raw else 1800.0
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"the collective timeout must be a positive number of seconds, got {timeout_s}")
+    return float(timeout_s)
+
+
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group.
 
     ``device``: "auto" (CUDA if available, else CPU), "cpu", "cuda". Single process: no group.
+    ``timeout_s`` (default ``$FOCALNET_DDP_TIMEOUT`` or 30 minutes) bounds how long a collective waits
+    for a rank that hangs: the others then fail with an error instead of blocking forever.
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -47,7 +80,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        import datetime
+
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(seconds=collective_timeout(timeout_s)),
+        )
     return DistInfo(rank, world, local, dev)
 
 
@@ -113,3 +151,38 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.per_rank - self.start, 0)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` of ``epoch`` in a run of ``seed`` (stable across processes)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn with Python ``random``, NumPy and torch seeded from ``(seed, epoch, i)``.
+
+    Every random augmentation of a sample is then a function of the run's seed, the epoch and the
+    sample alone: the same in a resumed run as in an uninterrupted one, with or without worker
+    processes, whatever the batch or rank it lands in. The global generators of the calling process
+    are restored afterwards (the model's own randomness is not disturbed by data loading).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        s = sample_seed(self.seed, self.epoch, int(index))
+        py, np_state, t_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+            torch.set_rng_state(t_state)

@@ -28,11 +28,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .distributed import DistInfo, ResumableSampler, all_reduce, init_distributed
+from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .resources import fit_workers
 from .runs import make_output_dir, prepare_run_folder
 
-__all__ = ["TrainerConfig", "Trainer", "StepFn", "EvalFn", "collate_skip_none", "setup_logging", "write_json"]
+__all__ = [
+    "TrainerConfig",
+    "Trainer",
+    "StepFn",
+    "EvalFn",
+    "collate_skip_none",
+    "plot_curves",
+    "setup_logging",
+    "write_json",
+]
 
 log = logging.getLogger("focalnet")
 
@@ -113,6 +122,75 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+# history keys that are bookkeeping, not curves worth a panel
+_NOT_CURVES = ("epoch", "step", "time", "lr", "train_loss", "loss", "ema_loss")
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike) -> Path | None:
+    """A 2x2 grid (fewer panels when there is less to show) of the run's curves against the optimizer
+    step: training loss, validation loss, validation metrics (top-1, mIoU, mAP, ...) and learning rate,
+    with labelled axes. Throughput and counts of skipped images are not plotted. Returns the path, or
+    None when matplotlib is missing or there is nothing to plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and "step" in h]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    metrics = sorted(
+        {
+            k
+            for h in history
+            for k, v in h.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and k not in _NOT_CURVES
+            and not any(s in k for s in ("images_per_second", "skipped", "num_", "time"))
+        }
+    )
+    panels: list[tuple[str, str, list[str]]] = []
+    if series("train_loss")[0]:
+        panels.append(("training loss", "loss", ["train_loss"]))
+    val_losses = [k for k in ("loss", "ema_loss") if series(k)[0]]
+    if val_losses:
+        panels.append(("validation loss", "loss", val_losses))
+    if metrics:
+        unit = "%" if any(k in ("top1", "top5", "mIoU", "mAcc", "aAcc") for k in metrics) else "value"
+        panels.append(("validation metrics", unit, metrics))
+    if series("lr")[0]:
+        panels.append(("learning rate", "lr", ["lr"]))
+    if not panels:
+        return None
+    cols = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.6 * rows), squeeze=False)
+    for ax, (title, ylabel, keys) in zip(axes.flat, panels):
+        for k in keys:
+            x, y = series(k)
+            ax.plot(x, y, marker="o", ms=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+        if ylabel == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) -> None:
     """Console logging on the main rank, plus ``train.log`` in ``output_dir``."""
     log.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -189,8 +267,10 @@ class Trainer:
         # worker seeds come from this generator (seeded per epoch/rank/start in _train_epoch), not from
         # the global RNG, so that a resumed run draws the same global random numbers as an uninterrupted one
         self._loader_gen = torch.Generator()
+        # per-sample seeding of Python random / NumPy / torch: augmentations are reproducible and resumable
+        self._seeded = SeededSamples(train_set, cfg.seed)
         self.loader = DataLoader(
-            train_set,
+            self._seeded,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             generator=self._loader_gen,
@@ -222,6 +302,9 @@ class Trainer:
         self._last_plot = -math.inf
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
+            for m in self.model.modules():  # parameters laid out like their gradients (see FocalModulation)
+                if hasattr(m, "match_gradient_layout"):
+                    m.match_gradient_layout()
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -337,33 +420,7 @@ class Trainer:
             self._last_plot = time.monotonic()
 
     def _plot_curves(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except Exception:
-            return
-        keys = sorted(
-            {
-                k
-                for h in self.history
-                for k, v in h.items()
-                if isinstance(v, (int, float)) and k not in ("epoch", "step", "lr", "time")
-            }
-        )
-        if not keys or not self.history:
-            return
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-        for ax, k in zip(axes[0], keys):
-            pts = [(h["step"], h[k]) for h in self.history if isinstance(h.get(k), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
-            ax.set_title(k)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(self.out / "curves.png", dpi=80)
-        plt.close(fig)
+        plot_curves(self.history, self.out / "curves.png")
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self) -> Callable[[], None]:
@@ -504,6 +561,7 @@ class Trainer:
             bar = tqdm(total=remaining, desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True, leave=False)
         micro = 0
         self._loader_gen.manual_seed(hash((cfg.seed, self.epoch, self.dist.rank, start_batch)) % 2**63)
+        self._seeded.epoch = self.epoch
         it = iter(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(remaining):

@@ -215,6 +215,21 @@ class FocalModulation(nn.Module):
         self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
         self.folded_normalize = False  # set when ``normalize_modulator`` is folded into ``h``
 
+    def channels_last_parameters(self) -> list[nn.Parameter]:
+        """The weights whose gradients come out channels-last (the convolutions run on channels-last views):
+        DDP wants a parameter's memory layout to match its gradient's, see :meth:`match_gradient_layout`."""
+        return [self.h.weight, *(layer[0].weight for layer in self.focal_layers)]
+
+    def match_gradient_layout(self) -> None:
+        """Store :meth:`channels_last_parameters` channels-last (same values), so that DDP's gradient buckets
+        match the gradients (no "Grad strides do not match bucket view strides" and no extra copies)."""
+        for p in self.channels_last_parameters():
+            n, c, h, w = p.shape
+            # explicit strides: .contiguous(channels_last) keeps these shapes as they are (size-1 dims)
+            p.data = torch.empty_strided(p.shape, (h * w * c, 1, w * c, c), dtype=p.dtype, device=p.device).copy_(
+                p.data
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = self.dim
         L = self.focal_level

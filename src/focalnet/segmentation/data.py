@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..engine.images import open_image
 from .model import IGNORE_INDEX
 
 __all__ = [
@@ -141,7 +142,13 @@ def split_dirs(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 def find_pairs(img_dir: Path, ann_dir: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
     """``(image, label)`` pairs matched by file stem; images without a label PNG are returned as problems."""
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {img_dir}")
+        hint = ""
+        root = img_dir.parent.parent if img_dir.parent.name == "images" else img_dir.parent
+        if img_dir.parent.name == "images" and any(
+            (root / s).is_dir() and (root / f"{s}annot").is_dir() for s in ("train", "val")
+        ):
+            hint = f" ({root} looks like the folder layout, ROOT/train + ROOT/trainannot: add --layout folder)"
+        raise FileNotFoundError(f"image folder not found: {img_dir}{hint}")
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"label folder not found: {ann_dir}")
     labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
@@ -199,13 +206,20 @@ def load_class_names(cfg: DataConfig) -> list[str] | None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """RGB uint8 ``(H, W, 3)`` (16-bit and float images rescaled to 8 bits; decompression bombs refused)."""
+    return np.asarray(open_image(path))
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Raw class ids of a single-channel (L / P / I;16) label PNG."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _read_label(path)
+
+
+def _read_label(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError(f"label {path} is a {im.mode} colour image; expected one channel of class ids")

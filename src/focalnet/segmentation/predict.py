@@ -75,8 +75,10 @@ def predict_images(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """For each image write ``<stem>_label.png`` (class ids), ``<stem>_color.png`` and
-    ``<stem>_overlay.png`` into ``out_dir``; returns one record per image (files, class pixel shares).
-    Unreadable images raise ``ValueError`` naming the file."""
+    ``<stem>_overlay.png`` (with a legend of the classes present, by pixel share, on its right) into
+    ``out_dir``; returns one record per image (files, class pixel shares). Unreadable images raise
+    ``ValueError`` naming the file."""
+    from ..drawing import legend_strip
     from ..engine.runs import avoid_inputs, make_output_dir
 
     out = make_output_dir(out_dir, "output folder")
@@ -97,9 +99,14 @@ def predict_images(
         files = {k: avoid_inputs(out / f"{stem}_{k}.png", paths) for k in ("label", "color", "overlay")}
         Image.fromarray(label).save(files["label"])
         Image.fromarray(color).save(files["color"])
-        Image.fromarray(overlay(img, color)).save(files["overlay"])
         counts = np.bincount(label.reshape(-1), minlength=nc)
         shares = {names[i]: round(float(c) / label.size * 100, 3) for i, c in enumerate(counts) if c > 0}
+        pal = palette(nc)
+        present = sorted((i for i in range(nc) if counts[i] > 0), key=lambda i: -counts[i])
+        legend = legend_strip(
+            img.shape[0], [(f"{names[i]} {100 * counts[i] / label.size:.1f}%", pal[i]) for i in present]
+        )
+        Image.fromarray(np.concatenate([overlay(img, color), legend], axis=1)).save(files["overlay"])
         records.append(
             {
                 "image": str(p),

@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -294,6 +296,14 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
             f"{r.accum_steps} accumulation steps"
         )
     per_proc = r.batch_size // (world * r.accum_steps)
+    random.seed(r.seed + dist.rank)
+    np.random.seed((r.seed + dist.rank) % 2**32)
+    if per_proc < 2:
+        raise ConfigError(
+            f"train.batch_size {r.batch_size} gives {per_proc} image per process and micro-batch; UPerNet's "
+            "BatchNorm layers (the 1x1 pyramid-pooling branch) need at least 2: raise the batch size "
+            "(or lower accum_steps)"
+        )
     torch.manual_seed(r.seed)
 
     aug = cfg.aug

@@ -222,14 +222,15 @@ def _read(path: str | os.PathLike) -> Any:
 
 
 def coco91_class_names() -> tuple[list[str], list[int]]:
-    """Names of the 91 label slots of the COCO DINO models (label = COCO category id; unused ids 'N/A')."""
+    """Names and category ids of labels 1..90 of the COCO DINO models (label = COCO category id, slot 0
+    unused; ids without a category are named 'N/A'), in this package's ``class_names[label - 1]`` layout."""
     from ..convert import coco_class_names
 
     names, ids = coco_class_names()
     table = ["N/A"] * 91
     for n, i in zip(names, ids):
         table[i] = n
-    return table, list(range(91))
+    return table[1:], list(range(1, 91))
 
 
 def load_dino(
@@ -238,8 +239,9 @@ def load_dino(
     """``(model in eval mode, meta)`` from an original FocalNet-DINO checkpoint or one of ours.
 
     ``overrides`` change :class:`DINOConfig` fields that do not affect the weights (``num_select``,
-    ``min_size``, ``max_size``...). ``meta``: ``class_names`` (index = label), ``category_ids``
-    (category of each label), ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
+    ``min_size``, ``max_size``...). ``meta``: ``class_names`` and ``category_ids`` of labels ``1..C-1`` at
+    index ``label - 1`` (label 0 is the unused slot, as in COCO's 91; for the COCO models label = category
+    id), ``dino_config``, ``source`` (``"original"`` or ``"focalnet"``).
     """
     obj = _read(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else obj_or_path
     what = str(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else "checkpoint"
@@ -261,7 +263,7 @@ def load_dino(
         if cfg.num_classes == 91:
             names, ids = coco91_class_names()
         else:
-            names, ids = [f"class_{i}" for i in range(cfg.num_classes)], list(range(cfg.num_classes))
+            names, ids = [f"class_{i}" for i in range(1, cfg.num_classes)], list(range(1, cfg.num_classes))
         meta = {"class_names": names, "category_ids": ids, "source": "original"}
     meta["dino_config"] = model.cfg.to_dict()
     model.class_names = meta["class_names"]
@@ -279,8 +281,8 @@ def save_dino(
     """Write our format (``state_dict`` defaults to the model's; shared heads are stored once on disk)."""
     from ...weights.io import atomic_save
 
-    names = class_names or model.class_names or [f"class_{i}" for i in range(model.num_classes)]
-    ids = category_ids or model.category_ids or list(range(model.num_classes))
+    names = class_names or model.class_names or [f"class_{i}" for i in range(1, model.num_classes)]
+    ids = category_ids or model.category_ids or list(range(1, model.num_classes))
     atomic_save(
         {
             "format": FORMAT,

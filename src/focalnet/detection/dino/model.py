@@ -22,7 +22,7 @@ from ...factory import create_backbone
 from ...models.focalnet import FocalNetBackbone
 from .transformer import MLP, DeformableTransformer, inverse_sigmoid
 
-__all__ = ["DINO", "DINOConfig", "PositionEmbeddingSine", "build_dino", "dino"]
+__all__ = ["DINO", "DINOConfig", "PositionEmbeddingSine", "build_dino", "dino", "resized_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,6 +90,20 @@ class DINOConfig:
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """DETR's test size: short side ``min_size`` unless the long side would pass ``max_size`` (then the
+    short side shrinks to fit, rounded); the long side follows the aspect ratio, truncated."""
+    short, long = min(h, w), max(h, w)
+    size = min_size
+    if long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if short == size:
+        return h, w
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -294,10 +308,9 @@ class DINO(nn.Module):
                 raise ValueError(f"expected [3, H, W] images, got shape {tuple(img.shape)}")
             img = (img.float() - mean) / std
             if not self.training:
-                h, w = img.shape[-2:]
-                scale = min(self.cfg.min_size / min(h, w), self.cfg.max_size / max(h, w))
-                size = (max(1, round(h * scale)), max(1, round(w * scale)))
-                img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+                size = resized_size(int(img.shape[-2]), int(img.shape[-1]), self.cfg.min_size, self.cfg.max_size)
+                if size != tuple(img.shape[-2:]):
+                    img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
             out.append(img)
         sizes = [(int(i.shape[-2]), int(i.shape[-1])) for i in out]
         H = max(s[0] for s in sizes)

@@ -1,0 +1,82 @@
+"""Readable pictures: a font sized to the image, per-class colours, legends and a "random weights" mark.
+
+Shared by detection and segmentation predictions and the figures of untrained models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["font_path", "font_size_for", "text_color_on", "legend_strip", "watermark", "UNTRAINED_MARK"]
+
+UNTRAINED_MARK = "random weights (untrained): not meaningful"
+
+
+@lru_cache(maxsize=1)
+def font_path() -> str | None:
+    """A TrueType font file (matplotlib's DejaVu Sans, always installed with matplotlib), or None."""
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:
+        return None
+
+
+def font_size_for(width: int, height: int) -> int:
+    """Label text height for an image: ~1/40 of its short side, at least 11 px."""
+    return max(11, round(min(width, height) / 40))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    path = font_path()
+    if path:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            pass
+    return ImageFont.load_default()
+
+
+def text_color_on(rgb: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on the colour ``rgb``."""
+    r, g, b = (float(c) for c in rgb[:3])
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def legend_strip(height: int, entries: Sequence[tuple[str, Sequence[int]]], font_size: int | None = None) -> np.ndarray:
+    """An ``height x W x 3`` uint8 panel listing ``(text, colour)`` entries as colour swatches + text."""
+    size = font_size or font_size_for(height * 2, height)
+    font = _font(size)
+    line = round(size * 1.5)
+    rows = max(1, (height - size) // line)
+    shown = list(entries[:rows])
+    if len(entries) > rows and rows > 0:
+        shown[-1] = (f"... {len(entries) - rows + 1} more", (128, 128, 128))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((probe.textlength(t, font=font) for t, _ in shown), default=0)
+    width = int(size * 2.2 + text_w + size)
+    panel = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for i, (text, color) in enumerate(shown):
+        y = size // 2 + i * line
+        draw.rectangle(
+            [size // 2, y, size // 2 + size, y + size], fill=tuple(int(c) for c in color[:3]), outline=(0, 0, 0)
+        )
+        draw.text((round(size * 1.9), y - size // 10), text, fill=(0, 0, 0), font=font)
+    return np.asarray(panel)
+
+
+def watermark(image: np.ndarray, text: str = UNTRAINED_MARK) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) with ``text`` on a banner across its top."""
+    img = Image.fromarray(image).convert("RGB")
+    size = font_size_for(*img.size)
+    font = _font(size)
+    draw = ImageDraw.Draw(img, "RGBA")
+    draw.rectangle([0, 0, img.width, round(size * 1.6)], fill=(200, 0, 0, 190))
+    draw.text((size // 2, round(size * 0.25)), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
