@@ -146,9 +146,10 @@ def test_tiny_mmdet_file_converts_round_trip_and_misfits_are_named(tmp_path):
     with pytest.raises(ValueError) as e:
         load_mmdet_sparse_rcnn(bad, "bad.pth")
     msg = str(e.value)
-    assert "missing ['roi_head.bbox_head.1.ffn_norm.weight']" in msg
-    assert "unexpected ['roi_head.bbox_head.0.extra.weight']" in msg
-    assert "roi_head.bbox_head.1.fc_reg.bias: file (5,) vs model (4,)" in msg
+    assert msg.startswith("bad.pth: mmdetection Sparse R-CNN weights")
+    assert "missing keys (1): roi_head.bbox_head.1.ffn_norm.weight" in msg
+    assert "unexpected keys (1): roi_head.bbox_head.0.extra.weight" in msg
+    assert "roi_head.bbox_head.1.fc_reg.bias: checkpoint (5,) vs model (4,)" in msg
 
 
 # ---------------------------------------------------------------------------------------------- losses
