@@ -39,17 +39,21 @@ def _reference() -> Any:
     return run
 
 
-def _once(fn, inputs: list[torch.Tensor]) -> tuple[float, float, torch.Tensor, list[torch.Tensor]]:
+def _once(fn, inputs: list[torch.Tensor]) -> tuple[float, float, torch.Tensor, list[torch.Tensor], float]:
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        fn(*inputs)
+        t_inf = time.perf_counter() - t0
     xs = [t.detach().clone().requires_grad_() for t in inputs]
     t0 = time.perf_counter()
     out = fn(*xs)
     t1 = time.perf_counter()
     out.backward(torch.ones_like(out) / out.numel() ** 0.5)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, out.detach(), [x.grad for x in xs]
+    return t1 - t0, t2 - t1, out.detach(), [x.grad for x in xs], t_inf
 
 
-def _time_pair(fns: list, inputs: list[torch.Tensor], reps: int) -> list[tuple[float, float, Any, Any]]:
+def _time_pair(fns: list, inputs: list[torch.Tensor], reps: int) -> list[tuple[float, float, Any, Any, float]]:
     """Alternate the implementations (so load changes on a shared machine hit both alike); per
     implementation the fastest forward and backward of ``reps`` runs after one warm-up each."""
     results: list[list[tuple]] = [[] for _ in fns]
@@ -60,7 +64,7 @@ def _time_pair(fns: list, inputs: list[torch.Tensor], reps: int) -> list[tuple[f
                 results[j].append(r)
     out = []
     for rs in results:
-        out.append((min(r[0] for r in rs), min(r[1] for r in rs), rs[-1][2], rs[-1][3]))
+        out.append((min(r[0] for r in rs), min(r[1] for r in rs), rs[-1][2], rs[-1][3], min(r[4] for r in rs)))
     return out
 
 
@@ -92,6 +96,9 @@ def bench_attention(image: tuple[int, int], reps: int, device: str) -> list[dict
                 "ours_bwd_ms": ours[1] * 1e3,
                 "transformers_fwd_ms": theirs[0] * 1e3,
                 "transformers_bwd_ms": theirs[1] * 1e3,
+                "ours_inference_ms": ours[4] * 1e3,
+                "transformers_inference_ms": theirs[4] * 1e3,
+                "speedup_inference": theirs[4] / ours[4],
                 "speedup_fwd": theirs[0] / ours[0],
                 "speedup_fwd_bwd": (theirs[0] + theirs[1]) / (ours[0] + ours[1]),
                 "max_abs_diff_out": out_diff,
@@ -141,12 +148,14 @@ def main() -> None:
     }
     print(f"multi-scale deformable attention, image {args.image}, {result['threads']} threads, {args.device}")
     print(
-        f"{'shape':8} {'queries':>8} {'ours fwd/bwd ms':>18} {'transformers fwd/bwd ms':>24} {'speed-up':>9} {'max|diff|':>10}"
+        f"{'shape':8} {'queries':>8} {'ours fwd / bwd ms':>18} {'transformers fwd / bwd ms':>24} {'speed-up':>9} "
+        f"{'no-grad ms ours / theirs':>25} {'speed-up':>9} {'max|diff|':>10}"
     )
     for r in result["attention"]:
         print(
             f"{r['shape']:8} {r['queries']:8d} {r['ours_fwd_ms']:8.1f} / {r['ours_bwd_ms']:7.1f} "
             f"{r['transformers_fwd_ms']:12.1f} / {r['transformers_bwd_ms']:9.1f} {r['speedup_fwd_bwd']:8.2f}x "
+            f"{r['ours_inference_ms']:12.1f} / {r['transformers_inference_ms']:8.1f} {r['speedup_inference']:8.2f}x "
             f"{max(r['max_abs_diff_out'], r['max_abs_diff_grad']):10.1e}"
         )
     if args.dino_l:

@@ -424,3 +424,37 @@ def test_dino_learns_generated_shapes(tmp_path):
     assert final["bbox_mAP"] >= 0.8 and final["bbox_mAP_50"] >= 0.95, final
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["category_id"] for r in results} == {3, 7}
+
+
+def test_original_layout_file_predicts_and_evaluates_with_coco_ids(tmp_path):
+    """A file in the original layout (91 label slots = COCO category ids): predictions and COCO results
+    carry the right names and ids (label l -> meta entry l - 1)."""
+    from focalnet.detection.dino import dino
+
+    model = dino(
+        "focalnet_tiny_srf",
+        num_classes=91,
+        backbone_overrides=TINY_BACKBONE,
+        **{**TINY_DINO, "num_select": 20, "min_size": 128, "max_size": 160},
+    )
+    with torch.no_grad():  # every query says label 3 (COCO: car), far above the others
+        model.class_embed[0].bias.fill_(-8.0)
+        model.class_embed[0].bias[3] = 5.0
+    path = tmp_path / "original.pth"
+    torch.save({"model": model.state_dict()}, path)
+    make_shapes(tmp_path, 2, 128, split="val")  # categories 3 and 7: a subset of the 90 COCO ids
+    rc, stdout, stderr = _run_cli(
+        *("detection", "predict", str(tmp_path / "val2017" / "0000.png"), "--checkpoint", str(path)),
+        *("--out", str(tmp_path / "pred"), "--score-thr", "0.5", "--device", "cpu"),
+    )
+    assert rc == 0, stderr
+    dets = json.loads((tmp_path / "pred" / "detections.json").read_text())[0]["detections"]
+    assert dets and {(d["label"], d["category_id"]) for d in dets} == {("car", 3)}
+    rc, _, stderr = _run_cli(
+        *("detection", "evaluate", "--checkpoint", str(path), "--data", str(tmp_path)),
+        *("--output", str(tmp_path / "eval"), "--workers", "0", "--device", "cpu"),
+    )
+    assert rc == 0, stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    top = max(results, key=lambda r: r["score"])
+    assert top["category_id"] == 3 and all(1 <= r["category_id"] <= 90 for r in results)

@@ -258,6 +258,7 @@ class CascadeRoIHeads(nn.Module):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        proposals = [p.float() for p in proposals]  # boxes stay fp32 under autocast
         if self.training:
             if targets is None:
                 raise ValueError("targets are needed in training mode")
@@ -343,7 +344,7 @@ class CascadeRoIHeads(nn.Module):
             x = self.mask_roi_pool(features, det_boxes, image_shapes)
             idx = torch.arange(len(labels), device=labels.device)
             prob = torch.stack(
-                [p(h(x))[idx, labels - 1].sigmoid() for h, p in zip(self.mask_heads, self.mask_predictors)]
+                [p(h(x))[idx, labels - 1].float().sigmoid() for h, p in zip(self.mask_heads, self.mask_predictors)]
             ).mean(0)
             for r, m in zip(results, prob[:, None].split([len(b) for b in det_boxes])):
                 r["masks"] = m

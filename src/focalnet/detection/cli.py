@@ -241,6 +241,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         max_images=args.max_images,
+        category_ids=meta["category_ids"],
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
@@ -259,7 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
-    if list(ds.category_ids) != list(meta["category_ids"]):
+    # labels map through the checkpoint's categories, which may hold more (COCO DINO: 90 ids for 80 classes)
+    if not set(ds.category_ids) <= set(meta["category_ids"]):
         raise ValueError(
             f"the checkpoint's categories ({len(meta['category_ids'])}: ids {meta['category_ids'][:5]}...) differ from "
             f"the dataset's ({len(ds.category_ids)}: ids {ds.category_ids[:5]}...)"

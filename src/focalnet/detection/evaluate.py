@@ -138,9 +138,12 @@ def run_inference(
     world_size: int = 1,
     progress: bool = True,
     num_images: int = 0,
+    category_ids: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO results of this process's share (every ``world_size``-th image) of ``dataset`` (of its first
-    ``num_images`` images when > 0)."""
+    ``num_images`` images when > 0); label ``l`` is category ``category_ids[l - 1]`` (default: the
+    dataset's categories)."""
+    cat_ids = list(dataset.category_ids if category_ids is None else category_ids)
     model.eval()
     n = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
     shard = Subset(dataset, list(range(rank, n, world_size)))
@@ -159,7 +162,7 @@ def run_inference(
         images, targets = batch
         outputs = model([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
-            results.extend(outputs_to_coco(out, tgt["image_id"], dataset.category_ids))
+            results.extend(outputs_to_coco(out, tgt["image_id"], cat_ids))
     return results
 
 
@@ -181,6 +184,7 @@ def evaluate_detector(
     num_workers: int = 2,
     progress: bool = True,
     max_images: int = 0,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Inference (split over the torchrun processes, if any) and COCO bbox (+ segm for Mask R-CNN)
     metrics. Every process gets the metrics; rank 0 writes ``results.json`` (COCO format, original
@@ -200,6 +204,7 @@ def evaluate_detector(
         world_size=world,
         progress=progress,
         num_images=max_images,
+        category_ids=category_ids,
     )
     results = _gather(results)
     metrics: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..engine import write_json
+from ..engine.images import open_image
 from .evaluate import masks_to_rle
 
 __all__ = ["predict_images", "draw_detections"]
@@ -94,9 +95,8 @@ def predict_images(
     for path in tqdm(list(images), desc="predicting", unit="image", disable=len(images) < 2):
         path = Path(path)
         try:
-            with Image.open(path) as im:
-                img = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-        except (OSError, ValueError) as e:
+            img = torch.from_numpy(np.asarray(open_image(path)).copy()).permute(2, 0, 1)
+        except (OSError, ValueError) as e:  # decoding problems (incl. decompression bombs), 16-bit rescaled
             log.warning("skipping unreadable image %s: %s", path, e)
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue

@@ -11,7 +11,15 @@ from .config import (
     packaged_configs,
     save_config,
 )
-from .distributed import DistInfo, ResumableSampler, all_reduce, barrier, cleanup_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    ResumableSampler,
+    SeededSamples,
+    all_reduce,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
 from .optim import build_adamw, layer_id, param_groups
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
@@ -23,6 +31,7 @@ __all__ = [
     "DistInfo",
     "ResumableSampler",
     "RunFolderError",
+    "SeededSamples",
     "Trainer",
     "TrainerConfig",
     "add_threads_arg",
