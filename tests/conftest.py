@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -38,3 +40,13 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
                 base = 1.0 if ("norm" in k or ".ln." in k or "layernorm" in k) and k.endswith("weight") else 0.0
                 p.copy_(torch.randn(p.shape, generator=g) * scale + base)
     return model
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``focalnet`` in-process: (exit code, stdout, stderr)."""
+    from focalnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, out.getvalue(), err.getvalue()

@@ -71,3 +71,25 @@ def make_shapes(
     ann_file = ann_dir / f"instances_{split}2017.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
     return ann_file, img_dir
+
+
+def train_on_shapes(
+    root: Path, config: dict[str, Any], steps: int, batch_size: int = 4, n_images: int = 4
+) -> tuple[Path, int, str, str]:
+    """Generate ``n_images`` shapes as both train and val split (fitting the training set is the point),
+    then ``focalnet detection train`` on them with ``config`` for ``steps`` steps (seed 0).
+    Returns ``(run folder, exit code, stdout, stderr)``."""
+    import yaml
+
+    from conftest import run_cli
+
+    make_shapes(root, n_images, 128, split="train")
+    make_shapes(root, n_images, 128, split="val")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = root / "run"
+    rc, stdout, stderr = run_cli(
+        "detection", "train", "--config", str(cfg), "--data", str(root), "--output", str(out),
+        "--max-steps", str(steps), "--batch-size", str(batch_size), "--set", "seed=0",
+    )  # fmt: skip
+    return out, rc, stdout, stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -13,15 +11,14 @@ import pytest
 import torch
 import yaml
 
-from detection_synth import make_shapes
-from focalnet.cli import main
+from detection_synth import make_shapes, train_on_shapes
 from focalnet.detection import ATSS, atss, build_detector, load_detector
 from focalnet.detection.atss import atss_assign, atss_loss_terms, convert_mmdet_atss_state_dict, grid_anchors
 from focalnet.detection.config import ModelConfig
 from focalnet.detection.model import detector_kwargs_from_config
 from focalnet.weights.infer import CheckpointMismatchError
 
-from conftest import REFERENCE, need
+from conftest import REFERENCE, need, run_cli
 
 TINY = dict(
     backbone_overrides={"embed_dim": 16, "depths": (1, 1, 1, 1)},
@@ -40,13 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- original weights
@@ -280,27 +270,7 @@ def trained(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, 4, 128, split="train")
-    make_shapes(root, 4, 128, split="val")  # the same images: overfitting is the point
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_CONFIG))
-    out = root / "run"
-    rc, stdout, stderr = run_cli(
-        "detection",
-        "train",
-        "--config",
-        str(cfg),
-        "--data",
-        str(root),
-        "--output",
-        str(out),
-        "--max-steps",
-        str(STEPS),
-        "--batch-size",
-        "4",
-        "--set",
-        "seed=0",
-    )
+    out, rc, stdout, stderr = train_on_shapes(root, TINY_CONFIG, STEPS)
     assert rc == 0, stderr
     yield root, out, stdout
     torch.set_num_threads(n)

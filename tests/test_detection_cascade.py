@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -13,23 +11,15 @@ import yaml
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from detection_synth import make_shapes
-from focalnet.cli import main
 from focalnet.detection import DetectionConfig, cascade_mask_rcnn, list_configs, load_detector
 from focalnet.detection.cascade import CascadeRoIHeads, ConvFCBoxHead
 from focalnet.detection.config import config_path
 from focalnet.detection.convert import load_strict
 from focalnet.engine import load_config
 
-from conftest import REFERENCE, need
+from conftest import REFERENCE, need, run_cli
 
 CASCADE_REF = REFERENCE / "detection" / "cascade_mask_rcnn_focalnet_tiny_lrf_3x.json"
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- original files

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from detection_synth import make_shapes
+from detection_synth import make_shapes, train_on_shapes
 from focalnet.cli import main
 from focalnet.detection import DetectionConfig, SparseRCNN, build_detector, config_path, load_detector, sparse_rcnn
 from focalnet.detection.matcher import HungarianMatcher
@@ -26,7 +26,7 @@ from focalnet.detection.sparse_rcnn import (
 )
 from focalnet.engine import load_config
 
-from conftest import REFERENCE, need
+from conftest import REFERENCE, need, run_cli
 
 REF_JSON = "detection/sparse_rcnn_focalnet_tiny_lrf_3x.json"
 TINY_BACKBONE = dict(embed_dim=16, depths=(1, 1, 1, 1), focal_windows=(3, 3, 3, 3), drop_path_rate=0.0)
@@ -39,13 +39,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def tiny_model(num_classes: int = 3, **kw) -> SparseRCNN:
@@ -146,9 +139,10 @@ def test_tiny_mmdet_file_converts_round_trip_and_misfits_are_named(tmp_path):
     with pytest.raises(ValueError) as e:
         load_mmdet_sparse_rcnn(bad, "bad.pth")
     msg = str(e.value)
-    assert "missing ['roi_head.bbox_head.1.ffn_norm.weight']" in msg
-    assert "unexpected ['roi_head.bbox_head.0.extra.weight']" in msg
-    assert "roi_head.bbox_head.1.fc_reg.bias: file (5,) vs model (4,)" in msg
+    assert msg.startswith("bad.pth: mmdetection Sparse R-CNN weights")
+    assert "missing keys (1): roi_head.bbox_head.1.ffn_norm.weight" in msg
+    assert "unexpected keys (1): roi_head.bbox_head.0.extra.weight" in msg
+    assert "roi_head.bbox_head.1.fc_reg.bias: checkpoint (5,) vs model (4,)" in msg
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -384,27 +378,7 @@ def test_cli_train_evaluate_predict_with_every_train_option(tmp_path):
 @pytest.mark.slow
 def test_sparse_rcnn_learns_generated_shapes(tmp_path):
     root = tmp_path / "shapes"
-    make_shapes(root, 4, 128, split="train")
-    make_shapes(root, 4, 128, split="val")  # the same images: fitting the training set is the point
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_CONFIG))
-    out = tmp_path / "run"
-    rc, stdout, stderr = run_cli(
-        "detection",
-        "train",
-        "--config",
-        str(cfg),
-        "--data",
-        str(root),
-        "--output",
-        str(out),
-        "--max-steps",
-        "250",
-        "--batch-size",
-        "4",
-        "--set",
-        "seed=0",
-    )
+    out, rc, stdout, stderr = train_on_shapes(root, TINY_CONFIG, 250)
     assert rc == 0, stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["bbox_mAP_50"] >= 0.9 and m["bbox_mAP"] >= 0.5, m

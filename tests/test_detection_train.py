@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from detection_synth import make_shapes
-from focalnet.cli import main
+from detection_synth import train_on_shapes
+
+from conftest import run_cli
 
 TINY_CONFIG = {
     "model": {
@@ -42,39 +40,12 @@ TINY_CONFIG = {
 STEPS = 50
 
 
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, 4, 128, split="train")
-    make_shapes(root, 4, 128, split="val")  # the same images: overfitting is the point
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_CONFIG))
-    out = root / "run"
-    rc, stdout, stderr = run_cli(
-        "detection",
-        "train",
-        "--config",
-        str(cfg),
-        "--data",
-        str(root),
-        "--output",
-        str(out),
-        "--max-steps",
-        str(STEPS),
-        "--batch-size",
-        "4",
-        "--set",
-        "seed=0",
-    )
+    out, rc, stdout, stderr = train_on_shapes(root, TINY_CONFIG, STEPS)
     assert rc == 0, stderr
     yield root, out, stdout
     torch.set_num_threads(n)

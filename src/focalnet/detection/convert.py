@@ -188,9 +188,10 @@ def load_detector(
     from .sparse_rcnn import is_mmdet_sparse_rcnn, load_mmdet_sparse_rcnn
 
     if "detection_config" not in obj and is_mmdet_sparse_rcnn(obj.get("state_dict", obj)):
-        model, meta = load_mmdet_sparse_rcnn(obj.get("state_dict", obj), path, **overrides)
-        model.class_names, model.category_ids = meta["class_names"], meta["category_ids"]
-        return model.to(device).eval(), meta
+        sd = obj.get("state_dict", obj)
+        check_finite(sd, str(path))
+        model, fields = load_mmdet_sparse_rcnn(sd, path, **overrides)
+        return _finish_mmdet(model, fields, model.num_classes, device)
     if "detection_config" in obj and "model" in obj:
         data = dict(obj["detection_config"])
         model_cfg = dict(data.get("model", {}))
@@ -226,6 +227,7 @@ def load_detector(
         if isinstance(sd, Mapping) and is_mmdet_atss(sd):
             from .atss import load_mmdet_atss
 
+            check_finite(sd, str(path))
             model, fields = load_mmdet_atss(sd, **overrides)
             return _finish_mmdet(model, fields, model.num_classes, device)
         if not isinstance(sd, Mapping) or not is_mmdet_detector(sd):
@@ -261,16 +263,7 @@ def load_detector(
         )
         model = build_detector(**detector_kwargs_from_config(mc, num_classes))
         load_strict(model, converted, f"{path}: converted mmdetection weights")
-        if num_classes == 81:
-            names, ids = coco_class_names()
-        else:
-            names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
-        meta = {
-            "class_names": names,
-            "category_ids": ids,
-            "source": "mmdetection",
-            "detection_config": {"model": {k: v for k, v in vars(mc).items()}},
-        }
+        return _finish_mmdet(model, dict(vars(mc)), num_classes, device)
     model.class_names = meta["class_names"]
     model.category_ids = meta["category_ids"]
     return model.to(device).eval(), meta

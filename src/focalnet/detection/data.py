@@ -75,7 +75,13 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
             rle["counts"] = rle["counts"].encode("ascii")
     else:
         raise ValueError(f"unsupported segmentation type {type(seg).__name__}")
-    return mask_utils.decode(rle)
+    import warnings
+
+    with warnings.catch_warnings():
+        # pycocotools' compiled mask class predates numpy 2's __array__(copy=...) and numpy warns on every
+        # decode (hundreds per test run); the decoded mask is the same
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        return mask_utils.decode(rle)
 
 
 class CocoInstances(Dataset):

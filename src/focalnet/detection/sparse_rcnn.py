@@ -628,10 +628,12 @@ def load_mmdet_sparse_rcnn(
     """Build the Sparse R-CNN an mmdetection state dict describes (backbone read off its keys) and load
     it strictly: a file that does not fit raises ``ValueError`` naming the missing, unexpected and
     mis-shaped keys (original names). ``overrides`` are ``ModelConfig`` fields (``min_size``, ...).
-    Returns ``(model, meta)`` as :func:`focalnet.detection.load_detector` does (model in train mode)."""
+    Returns ``(model in train mode, ModelConfig fields)``; :func:`focalnet.detection.load_detector` adds
+    the class names."""
     from ..engine.config import build_config
+    from ..weights.infer import CheckpointMismatchError, check_state_dict
     from .config import ModelConfig
-    from .convert import coco_class_names, mmdet_backbone_config
+    from .convert import mmdet_backbone_config
 
     cls_key = "roi_head.bbox_head.0.fc_cls.weight"
     if cls_key not in sd:
@@ -662,29 +664,9 @@ def load_mmdet_sparse_rcnn(
         **{k: v for k, v in sparse_rcnn_kwargs_from_config(mc, num_classes).items() if k != "detector"}
     )
     own = {_rename(k, _TO_MMDET) or k: v for k, v in model.state_dict().items()}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    misshaped = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sd
-        if k in own and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            f"{source}: the mmdetection Sparse R-CNN weights do not fit the model they describe: "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)}), "
-            f"mis-shaped {misshaped[:8]} ({len(misshaped)})"
-        )
+    try:
+        check_state_dict(own, sd)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{source}: mmdetection Sparse R-CNN weights: {e}") from None
     model.load_state_dict(convert_mmdet_sparse_rcnn(sd), strict=True)
-    if num_classes == 81:
-        names, ids = coco_class_names()
-    else:
-        names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
-    meta = {
-        "class_names": names,
-        "category_ids": ids,
-        "source": "mmdetection",
-        "detection_config": {"model": dict(vars(mc))},
-    }
-    return model, meta
+    return model, dict(vars(mc))
