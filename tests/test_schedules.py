@@ -62,3 +62,21 @@ def test_segmentation_trial_scales_warmup_and_evaluation():
     assert scaled_schedule(cfg, 2000)[0] == 3
     cfg = load_segmentation_config(None, ["train.iters=300", "optim.warmup_iters=100"])
     assert scaled_schedule(cfg, 2000)[:2] == (100, 0)
+
+
+def test_layer_decay_scales_the_scheduled_lr_once():
+    """timm's schedulers multiply by each group's ``lr_scale``: the optimizer must not scale the base too."""
+    from timm.scheduler import CosineLRScheduler
+
+    from focalnet import create_model
+    from focalnet.engine import build_adamw
+
+    model = create_model("focalnet_tiny_srf", embed_dim=16, depths=(1, 1, 1, 1), num_classes=3)
+    opt = build_adamw(model, 1e-3, 0.05, layer_decay=0.5)
+    scales = [g["lr_scale"] for g in opt.param_groups]
+    assert min(scales) == 0.5**5 and max(scales) == 1.0
+    assert [g["lr"] for g in opt.param_groups] == [1e-3 * s for s in scales]  # right before any schedule
+    sched = CosineLRScheduler(opt, t_initial=100, lr_min=0.0, warmup_t=0, t_in_epochs=False)
+    sched.step_update(50)  # half-way down the cosine: the base lr halves
+    for g, s in zip(opt.param_groups, scales):
+        assert g["lr"] == pytest.approx(0.5e-3 * s, rel=1e-6)

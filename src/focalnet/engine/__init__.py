@@ -20,7 +20,7 @@ from .distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from .optim import build_adamw, layer_id, param_groups
+from .optim import build_adamw, layer_id, param_groups, set_group_lrs
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
 from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
@@ -58,6 +58,7 @@ __all__ = [
     "plot_curves",
     "rng_state",
     "save_config",
+    "set_group_lrs",
     "set_rng_state",
     "set_threads",
     "setup_logging",

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "layer_id", "build_adamw"]
+__all__ = ["param_groups", "layer_id", "build_adamw", "set_group_lrs"]
 
 
 def _no_decay(name: str, p: torch.Tensor, extra: Iterable[str]) -> bool:
@@ -78,7 +78,16 @@ def build_adamw(
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (fused kernels on CUDA)."""
-    groups = param_groups(model, weight_decay, layer_decay)
+    groups = set_group_lrs(param_groups(model, weight_decay, layer_decay), lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def set_group_lrs(groups: list[dict], lr: float) -> list[dict]:
+    """Give each group its learning rate ``lr * lr_scale`` and record ``lr`` itself as ``initial_lr``:
+    timm's schedulers take ``initial_lr`` as the base of their schedule and multiply their value by the
+    group's ``lr_scale``, so the scale is applied once (with ``initial_lr`` left to timm, it would be the
+    already scaled lr and the layer decay would be applied twice)."""
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        g["initial_lr"] = lr
+    return groups

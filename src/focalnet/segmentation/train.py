@@ -33,6 +33,7 @@ from ..engine import (
     param_groups,
     prepare_run_folder,
     save_config,
+    set_group_lrs,
     setup_logging,
     write_json,
 )
@@ -344,8 +345,7 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
     groups = param_groups(
         model, o.weight_decay, o.layer_decay, depths=tuple(model.backbone.cfg.depths) if o.layer_decay else None
     )
-    for g in groups:
-        g["lr"] = o.lr * g.get("lr_scale", 1.0)
+    set_group_lrs(groups, o.lr)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     from timm.scheduler import PolyLRScheduler
 
