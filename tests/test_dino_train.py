@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -13,7 +11,6 @@ import yaml
 from torch import nn
 
 from detection_synth import make_shapes
-from focalnet.cli import main
 from focalnet.detection.config import DetectionConfig, ModelConfig, OptimConfig, config_path
 from focalnet.detection.dino.criterion import DINOCriterion, dn_match_indices
 from focalnet.detection.dino.denoising import (
@@ -26,7 +23,7 @@ from focalnet.detection.dino.denoising import (
 from focalnet.detection.train import build_model, build_optimizer, build_scheduler, train
 from focalnet.engine.config import build_config
 
-from conftest import REFERENCE, need
+from conftest import REFERENCE, need, run_cli
 
 
 def _targets(counts: list[int], seed: int = 0, num_classes: int = 5) -> list[dict[str, torch.Tensor]]:
@@ -329,18 +326,13 @@ def test_dino_config_keys_checked():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_cli_train_evaluate_predict_tiny_config(tmp_path):
     make_shapes(tmp_path, 2, 128, split="train")
     make_shapes(tmp_path, 2, 128, split="val")
     out = tmp_path / "run"
-    rc, stdout, stderr = _run_cli(
+    rc, stdout, stderr = run_cli(
         *("detection", "train", "--detector", "dino", "--config", "dino_focalnet_cpu_tiny", "--data", str(tmp_path)),
         *("--output", str(out), "--max-steps", "1", "--batch-size", "2", "--min-size", "128", "--max-size", "160"),
         *("--workers", "0", "--no-progress", "--set", "log_every=1", "model.dino.num_queries=50"),
@@ -354,14 +346,14 @@ def test_cli_train_evaluate_predict_tiny_config(tmp_path):
     # the top num_select (query, class) pairs per image, less those of the background slot 0
     assert 0 < len(results) <= 2 * 100 and {r["category_id"] for r in results} <= {3, 7}
     # our model.pt loads back as the same DINO: evaluation reproduces the training-time metrics
-    rc, _, stderr = _run_cli(
+    rc, _, stderr = run_cli(
         *("detection", "evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(tmp_path)),
         *("--output", str(tmp_path / "eval"), "--workers", "0", "--device", "cpu"),
     )
     assert rc == 0, stderr
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev["bbox_mAP"] == pytest.approx(m["bbox_mAP"], abs=1e-9) and ev["num_detections"] == m["num_detections"]
-    rc, _, stderr = _run_cli(
+    rc, _, stderr = run_cli(
         *("detection", "predict", str(tmp_path / "val2017" / "0000.png"), "--checkpoint", str(out / "model.pt")),
         *("--out", str(tmp_path / "pred"), "--score-thr", "0", "--device", "cpu"),
     )
@@ -371,7 +363,7 @@ def test_cli_train_evaluate_predict_tiny_config(tmp_path):
     assert (tmp_path / "pred" / "0000.png").exists() and 0 < len(dets) <= 100
     assert {d["label"] for d in dets} <= {"square", "disc"}
     # the run resumes from its checkpoint (DINO's parameter groups and shared heads restored)
-    rc, _, stderr = _run_cli(
+    rc, _, stderr = run_cli(
         *("detection", "train", "--config", str(out / "config.yaml"), "--output", str(out), "--resume", "auto"),
         *("--max-steps", "2", "--no-progress"),
     )
@@ -443,14 +435,14 @@ def test_original_layout_file_predicts_and_evaluates_with_coco_ids(tmp_path):
     path = tmp_path / "original.pth"
     torch.save({"model": model.state_dict()}, path)
     make_shapes(tmp_path, 2, 128, split="val")  # categories 3 and 7: a subset of the 90 COCO ids
-    rc, stdout, stderr = _run_cli(
+    rc, stdout, stderr = run_cli(
         *("detection", "predict", str(tmp_path / "val2017" / "0000.png"), "--checkpoint", str(path)),
         *("--out", str(tmp_path / "pred"), "--score-thr", "0.5", "--device", "cpu"),
     )
     assert rc == 0, stderr
     dets = json.loads((tmp_path / "pred" / "detections.json").read_text())[0]["detections"]
     assert dets and {(d["label"], d["category_id"]) for d in dets} == {("car", 3)}
-    rc, _, stderr = _run_cli(
+    rc, _, stderr = run_cli(
         *("detection", "evaluate", "--checkpoint", str(path), "--data", str(tmp_path)),
         *("--output", str(tmp_path / "eval"), "--workers", "0", "--device", "cpu"),
     )
