@@ -20,11 +20,11 @@ from focalnet.detection.matcher import HungarianMatcher
 from focalnet.detection.model import detector_kwargs_from_config
 from focalnet.detection.sparse_rcnn import (
     _TO_MMDET,
-    _rename,
     load_mmdet_sparse_rcnn,
     set_prediction_losses,
 )
 from focalnet.engine import load_config
+from focalnet.weights.convert import rename_key
 
 from conftest import REFERENCE, need, run_cli
 
@@ -95,7 +95,7 @@ def test_reference_sparse_rcnn_file_loads_strictly_and_runs(tmp_path):
     # the file's tensors are where the names say (same layout inside a stage)
     file_sd = torch.load(path, weights_only=True)["state_dict"]
     for k, v in model.state_dict().items():
-        assert torch.equal(v, file_sd[_rename(k, _TO_MMDET)]), k
+        assert torch.equal(v, file_sd[rename_key(k, _TO_MMDET)]), k
     # neck shapes of the original code on a 1x3x256x320 input
     with torch.no_grad():
         feats = model.backbone(torch.rand(1, 3, 256, 320))
@@ -112,7 +112,7 @@ def test_tiny_mmdet_file_converts_round_trip_and_misfits_are_named(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    sd = {_rename(k, _TO_MMDET): v for k, v in model.state_dict().items()}
+    sd = {rename_key(k, _TO_MMDET): v for k, v in model.state_dict().items()}
     assert any(k.startswith("roi_head.bbox_head.1.instance_interactive_conv.") for k in sd)
     path = tmp_path / "sparse.pth"
     torch.save({"meta": {}, "state_dict": sd}, path)

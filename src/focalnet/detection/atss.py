@@ -50,6 +50,7 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from ..models.focalnet import FocalNetBackbone
+from ..weights.convert import rename_key, rename_keys
 
 __all__ = [
     "ATSS",
@@ -640,32 +641,20 @@ def convert_mmdet_atss_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]
     if not is_mmdet_atss(sd):
         raise ValueError("not an mmdetection ATSS state dict (no bbox_head.atss_cls. keys)")
     rules = _rules(_num_fpn_inputs(sd, "neck.lateral_convs."))
-    out, unknown = {}, []
-    for k, v in sd.items():
-        for pat, rep in rules:
-            if re.match(pat, k):
-                out[re.sub(pat, rep, k)] = v
-                break
-        else:
-            unknown.append(k)
-    if unknown:
-        raise ValueError(f"unknown mmdetection keys (not an ATSS with FPN?): {unknown[:10]}")
-    return out
+    return rename_keys(sd, rules, "an mmdetection ATSS with FPN")
 
 
 def _to_mmdet_key(key: str, num_inputs: int) -> str:
     """Our key -> the mmdetection key it comes from (for error messages in the file's own names)."""
-    for pat, rep in (
+    rules = (
         (r"^backbone\.body\.(.+)$", r"backbone.\1"),
         (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.lateral_convs.\1.conv.\2"),
         (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.fpn_convs.\1.conv.\2"),
         (r"^backbone\.fpn\.extra_blocks\.p6\.(weight|bias)$", rf"neck.fpn_convs.{num_inputs}.conv.\1"),
         (r"^backbone\.fpn\.extra_blocks\.p7\.(weight|bias)$", rf"neck.fpn_convs.{num_inputs + 1}.conv.\1"),
         (r"^head\.(.+)$", r"bbox_head.\1"),
-    ):
-        if re.match(pat, key):
-            return re.sub(pat, rep, key)
-    return key
+    )
+    return rename_key(key, rules) or key
 
 
 def load_mmdet_atss(sd: Mapping[str, Tensor], **model_fields: Any) -> tuple[ATSS, dict[str, Any]]:

@@ -45,6 +45,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
+from ..weights.convert import rename_key
 from .model import (
     ANCHOR_SIZES,
     ASPECT_RATIOS,
@@ -505,13 +506,11 @@ def convert_mmdet_cascade_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tens
         if m:
             out[f"roi_heads.box_heads.{m[1]}.cls_score.{m[2]}"] = torch.cat([v[-1:], v[:-1]])
             continue
-        rules = _CASCADE_RULES if k.startswith("roi_head.") else _RULES
-        for pat, rep in rules:
-            if re.match(pat, k):
-                out[re.sub(pat, rep, k)] = v
-                break
-        else:
+        new = rename_key(k, _CASCADE_RULES if k.startswith("roi_head.") else _RULES)
+        if new is None:
             unknown.append(k)
+        else:
+            out[new] = v
     if unknown:
         raise ValueError(f"unknown mmdetection keys (not a Cascade Mask R-CNN with FPN?): {unknown[:10]}")
     return out

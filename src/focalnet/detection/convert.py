@@ -25,7 +25,6 @@ channels out as ``anchor * 4 + coordinate``, so the RPN weights need no permutat
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from ..engine.config import build_config
+from ..weights.convert import rename_key
 from ..weights.infer import infer_config
 from .atss import is_mmdet_atss
 
@@ -93,12 +93,11 @@ def convert_mmdet_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
                 [torch.zeros_like(v[:1]), v]
             )
             continue
-        for pat, rep in _RULES:
-            if re.match(pat, k):
-                out[re.sub(pat, rep, k)] = v
-                break
-        else:
+        new = rename_key(k, _RULES)
+        if new is None:
             unknown.append(k)
+        else:
+            out[new] = v
     if unknown:
         raise ValueError(f"unknown mmdetection keys (not a Faster/Mask R-CNN with FPN?): {unknown[:10]}")
     return out

@@ -57,6 +57,7 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..models.focalnet import FocalNetBackbone
+from ..weights.convert import rename_key
 from .matcher import HungarianMatcher
 from .model import AlignedMultiScaleRoIAlign, DetectionTransform, FocalNetFPN, _build_body
 
@@ -575,13 +576,6 @@ _TO_MMDET = [
 ]
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
-    for pat, rep in rules:
-        if re.match(pat, key):
-            return re.sub(pat, rep, key)
-    return None
-
-
 def is_mmdet_sparse_rcnn(sd: Any) -> bool:
     """Whether a state dict is an mmdetection Sparse R-CNN (``rpn_head.init_proposal_*`` keys)."""
     return isinstance(sd, Mapping) and any(str(k).startswith("rpn_head.init_proposal_") for k in sd)
@@ -593,7 +587,7 @@ def convert_mmdet_sparse_rcnn(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     them as unexpected."""
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
-        out[_rename(k, _TO_OURS) or k] = v
+        out[rename_key(k, _TO_OURS) or k] = v
     return out
 
 
@@ -663,7 +657,7 @@ def load_mmdet_sparse_rcnn(
     model = build_sparse_rcnn(
         **{k: v for k, v in sparse_rcnn_kwargs_from_config(mc, num_classes).items() if k != "detector"}
     )
-    own = {_rename(k, _TO_MMDET) or k: v for k, v in model.state_dict().items()}
+    own = {rename_key(k, _TO_MMDET) or k: v for k, v in model.state_dict().items()}
     try:
         check_state_dict(own, sd)
     except CheckpointMismatchError as e:

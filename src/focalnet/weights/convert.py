@@ -7,11 +7,11 @@ conversion goes through it. ``detect_layout`` tells the layouts apart by their k
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "unwrap_state_dict"]
+__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "unwrap_state_dict", "rename_key", "rename_keys"]
 
 LAYOUTS = ("original", "timm", "transformers")
 StateDict = dict[str, torch.Tensor]
@@ -40,6 +40,29 @@ def unwrap_state_dict(obj: object) -> StateDict:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
+
+
+def rename_key(key: str, rules: Sequence[tuple[str, str]]) -> str | None:
+    """``key`` renamed by the first ``(pattern, replacement)`` rule whose regex matches it, else ``None``."""
+    for pat, rep in rules:
+        if re.match(pat, key):
+            return re.sub(pat, rep, key)
+    return None
+
+
+def rename_keys(sd: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]], what: str) -> dict[str, torch.Tensor]:
+    """Every key of ``sd`` renamed by :func:`rename_key`; keys no rule knows are a ``ValueError`` naming
+    them (``what``: the kind of file expected, for the message)."""
+    out, unknown = {}, []
+    for k, v in sd.items():
+        new = rename_key(k, rules)
+        if new is None:
+            unknown.append(k)
+        else:
+            out[new] = v
+    if unknown:
+        raise ValueError(f"unknown keys for {what}: {unknown[:10]}")
+    return out
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
