@@ -93,3 +93,27 @@ def train_on_shapes(
         "--max-steps", str(steps), "--batch-size", str(batch_size), "--set", "seed=0",
     )  # fmt: skip
     return out, rc, stdout, stderr
+
+
+def tiny_run_config(model: dict[str, Any], optim: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    """A detection run config for the tests' tiny models: a 4-block FocalNet (embed_dim 16, windows 3),
+    FPN with 32 channels, 128-160 px images without the crop branch, lr 2e-3 after 10 warm-up steps;
+    ``model``, ``optim`` and ``top`` (run-level keys) add or override fields."""
+    return {
+        "model": {
+            "backbone": "focalnet_tiny_srf",
+            "backbone_overrides": {"embed_dim": 16, "depths": [1, 1, 1, 1]},
+            "focal_windows": [3, 3, 3, 3],
+            "drop_path_rate": 0.0,
+            "fpn_channels": 32,
+            "min_size": 128,
+            "max_size": 160,
+            **model,
+        },
+        "data": {"scales": [128], "max_size": 160, "crop_branch": False, "num_workers": 0},
+        "optim": {"lr": 2e-3, "warmup_steps": 10, "lr_steps": [0.8, 0.95], **(optim or {})},
+        "epochs": 1,
+        "log_every": 1000,
+        "progress": False,
+        **top,
+    }

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from detection_synth import make_shapes, train_on_shapes
+from detection_synth import make_shapes, tiny_run_config, train_on_shapes
 from focalnet.detection import ATSS, atss, build_detector, load_detector
 from focalnet.detection.atss import atss_assign, atss_loss_terms, convert_mmdet_atss_state_dict, grid_anchors
 from focalnet.detection.config import ModelConfig
@@ -244,24 +244,7 @@ def test_builders_and_config_dispatch():
         model(imgs[:1], [{"boxes": torch.tensor([[10.0, 10, 5, 30]]), "labels": torch.tensor([1])}])
 
 
-TINY_CONFIG = {
-    "model": {
-        "detector": "atss",
-        "backbone": "focalnet_tiny_srf",
-        "backbone_overrides": {"embed_dim": 16, "depths": [1, 1, 1, 1]},
-        "focal_windows": [3, 3, 3, 3],
-        "drop_path_rate": 0.0,
-        "fpn_channels": 32,
-        "min_size": 128,
-        "max_size": 160,
-        "detector_overrides": {"stacked_convs": 2, "gn_groups": 8},
-    },
-    "data": {"scales": [128], "max_size": 160, "crop_branch": False, "num_workers": 0},
-    "optim": {"lr": 2e-3, "warmup_steps": 10, "lr_steps": [0.8, 0.95]},
-    "epochs": 1,
-    "log_every": 1000,
-    "progress": False,
-}
+TINY_CONFIG = tiny_run_config({"detector": "atss", "detector_overrides": {"stacked_convs": 2, "gn_groups": 8}})
 STEPS = 50
 
 

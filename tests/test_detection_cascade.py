@@ -10,7 +10,7 @@ import torch
 import yaml
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
-from detection_synth import make_shapes
+from detection_synth import make_shapes, tiny_run_config
 from focalnet.detection import DetectionConfig, cascade_mask_rcnn, list_configs, load_detector
 from focalnet.detection.cascade import CascadeRoIHeads, ConvFCBoxHead
 from focalnet.detection.config import config_path
@@ -206,19 +206,12 @@ def test_refinement_between_stages_drops_added_ground_truths():
 
 
 # ---------------------------------------------------------------------------------------------- training, CLI
-TINY = {
-    "model": {
+TINY = tiny_run_config(
+    {
         "detector": "cascade_mask_rcnn",
-        "backbone": "focalnet_tiny_srf",
-        "backbone_overrides": {"embed_dim": 16, "depths": [1, 1, 1, 1]},
-        "focal_windows": [3, 3, 3, 3],
-        "drop_path_rate": 0.0,
-        "fpn_channels": 32,
         "representation_size": 128,
         "mask_head_channels": 16,
         "detections_per_img": 20,
-        "min_size": 128,
-        "max_size": 160,
         "detector_overrides": {
             "rpn_pre_nms_top_n_train": 300,
             "rpn_post_nms_top_n_train": 100,
@@ -227,13 +220,8 @@ TINY = {
             "box_batch_size_per_image": 64,
             "box_num_convs": 1,
         },
-    },
-    "data": {"scales": [128], "max_size": 160, "crop_branch": False, "num_workers": 0},
-    "optim": {"lr": 2e-3, "warmup_steps": 10, "lr_steps": [0.8, 0.95]},
-    "epochs": 1,
-    "log_every": 1000,
-    "progress": False,
-}
+    }
+)
 
 
 def _shapes(root, n: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from detection_synth import make_shapes, train_on_shapes
+from detection_synth import make_shapes, tiny_run_config, train_on_shapes
 from focalnet.cli import main
 from focalnet.detection import DetectionConfig, SparseRCNN, build_detector, config_path, load_detector, sparse_rcnn
 from focalnet.detection.matcher import HungarianMatcher
@@ -275,26 +275,11 @@ def test_packaged_sparse_rcnn_configs_follow_the_released_recipe():
 
 
 # ---------------------------------------------------------------------------------------------- CLI / training
-TINY_CONFIG = {
-    "model": {
-        "detector": "sparse_rcnn",
-        "backbone": "focalnet_tiny_srf",
-        "backbone_overrides": {"embed_dim": 16, "depths": [1, 1, 1, 1]},
-        "focal_windows": [3, 3, 3, 3],
-        "drop_path_rate": 0.0,
-        "fpn_channels": 32,
-        "min_size": 128,
-        "max_size": 160,
-        "score_thresh": 0.0,
-        "detector_overrides": TINY_HEAD,
-    },
-    "data": {"scales": [128], "max_size": 160, "crop_branch": False, "num_workers": 0},
-    "optim": {"lr": 2e-3, "weight_decay": 1e-4, "decay_all": True, "warmup_steps": 10, "lr_steps": [0.8, 0.95]},
-    "grad_clip": 1.0,
-    "epochs": 1,
-    "log_every": 1000,
-    "progress": False,
-}
+TINY_CONFIG = tiny_run_config(
+    {"detector": "sparse_rcnn", "score_thresh": 0.0, "detector_overrides": TINY_HEAD},
+    {"weight_decay": 1e-4, "decay_all": True},
+    grad_clip=1.0,
+)
 
 
 def test_cli_train_evaluate_predict_with_every_train_option(tmp_path):

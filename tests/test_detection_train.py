@@ -8,21 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from detection_synth import train_on_shapes
+from detection_synth import tiny_run_config, train_on_shapes
 
 from conftest import run_cli
 
-TINY_CONFIG = {
-    "model": {
-        "backbone": "focalnet_tiny_srf",
-        "backbone_overrides": {"embed_dim": 16, "depths": [1, 1, 1, 1]},
-        "focal_windows": [3, 3, 3, 3],
-        "drop_path_rate": 0.0,
-        "fpn_channels": 32,
+TINY_CONFIG = tiny_run_config(
+    {
         "representation_size": 128,
         "mask_head_channels": 32,
-        "min_size": 128,
-        "max_size": 160,
         "detector_overrides": {
             "rpn_pre_nms_top_n_train": 300,
             "rpn_post_nms_top_n_train": 100,
@@ -30,13 +23,8 @@ TINY_CONFIG = {
             "rpn_post_nms_top_n_test": 100,
             "box_batch_size_per_image": 64,
         },
-    },
-    "data": {"scales": [128], "max_size": 160, "crop_branch": False, "num_workers": 0},
-    "optim": {"lr": 2e-3, "warmup_steps": 10, "lr_steps": [0.8, 0.95]},
-    "epochs": 1,
-    "log_every": 1000,
-    "progress": False,
-}
+    }
+)
 STEPS = 50
 
 
