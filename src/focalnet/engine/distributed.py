@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,13 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group. After a run that ended normally the ranks first meet at a barrier: a gloo
+    process whose peer tears the group down first can abort at exit ("terminate called without an active
+    exception", SIGABRT). While an exception is propagating (a failed rank) there is no barrier, since the
+    other ranks may be inside another collective."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
