@@ -304,41 +304,39 @@ def faster_rcnn(
 
 
 def detector_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, Any]:
-    """Arguments of :func:`build_detector` from a :class:`~focalnet.detection.config.ModelConfig`."""
-    if model_cfg.detector == "sparse_rcnn":
-        from .sparse_rcnn import sparse_rcnn_kwargs_from_config
-
-        return sparse_rcnn_kwargs_from_config(model_cfg, num_classes)
+    """Arguments of :func:`build_detector` from a :class:`~focalnet.detection.config.ModelConfig`: the
+    backbone and test-size fields every detector takes, plus the detector's own (DINO: ``model.dino``;
+    Sparse R-CNN: no R-CNN head or NMS fields; the others: FPN, R-CNN heads, NMS)."""
     overrides = dict(model_cfg.backbone_overrides)
     overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
     overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)
-    if model_cfg.detector == "dino":
-        return dict(
-            detector="dino",
-            backbone=model_cfg.backbone,
-            num_classes=num_classes,
-            backbone_checkpoint=model_cfg.backbone_checkpoint or None,
-            frozen_stages=model_cfg.frozen_stages,
-            grad_checkpointing=model_cfg.grad_checkpointing,
-            backbone_overrides=overrides,
-            min_size=model_cfg.min_size,
-            max_size=model_cfg.max_size,
-            **dict(model_cfg.dino),
-        )
-    return dict(
+    common: dict[str, Any] = dict(
         detector=model_cfg.detector,
         backbone=model_cfg.backbone,
         num_classes=num_classes,
         backbone_checkpoint=model_cfg.backbone_checkpoint or None,
         frozen_stages=model_cfg.frozen_stages,
-        fpn_channels=model_cfg.fpn_channels,
-        representation_size=model_cfg.representation_size,
-        mask_head_channels=model_cfg.mask_head_channels,
-        mmdet_compat=model_cfg.mmdet_compat,
         grad_checkpointing=model_cfg.grad_checkpointing,
         backbone_overrides=overrides,
         min_size=model_cfg.min_size,
         max_size=model_cfg.max_size,
+    )
+    if model_cfg.detector == "dino":
+        return {**common, **dict(model_cfg.dino)}
+    if model_cfg.detector == "sparse_rcnn":  # no R-CNN heads, no NMS (SPARSE_RCNN_DEFAULTS in detector_overrides)
+        return dict(
+            **common,
+            fpn_channels=model_cfg.fpn_channels,
+            score_thresh=model_cfg.score_thresh,
+            detections_per_img=model_cfg.detections_per_img,
+            **dict(model_cfg.detector_overrides),
+        )
+    return dict(
+        **common,
+        fpn_channels=model_cfg.fpn_channels,
+        representation_size=model_cfg.representation_size,
+        mask_head_channels=model_cfg.mask_head_channels,
+        mmdet_compat=model_cfg.mmdet_compat,
         box_score_thresh=model_cfg.score_thresh,
         box_detections_per_img=model_cfg.detections_per_img,
         # None: the detector's own NMS IoU (0.5 for the R-CNNs, 0.6 for ATSS)

@@ -72,7 +72,6 @@ __all__ = [
     "set_prediction_losses",
     "sparse_rcnn",
     "build_sparse_rcnn",
-    "sparse_rcnn_kwargs_from_config",
     "is_mmdet_sparse_rcnn",
     "convert_mmdet_sparse_rcnn",
     "load_mmdet_sparse_rcnn",
@@ -534,31 +533,6 @@ def sparse_rcnn(
     return build_sparse_rcnn(backbone, num_classes, backbone_checkpoint=backbone_checkpoint, **overrides)
 
 
-def sparse_rcnn_kwargs_from_config(model_cfg: Any, num_classes: int) -> dict[str, Any]:
-    """Arguments of :func:`focalnet.detection.build_detector` from a ``ModelConfig`` with
-    ``detector: sparse_rcnn`` (``detector_overrides`` hold :data:`SPARSE_RCNN_DEFAULTS` keys; the
-    Mask R-CNN-only fields ``representation_size``, ``mask_head_channels``, ``nms_thresh`` and
-    ``mmdet_compat`` do not apply)."""
-    overrides = dict(model_cfg.backbone_overrides)
-    overrides.setdefault("focal_windows", tuple(model_cfg.focal_windows))
-    overrides.setdefault("drop_path_rate", model_cfg.drop_path_rate)
-    return dict(
-        detector="sparse_rcnn",
-        backbone=model_cfg.backbone,
-        num_classes=num_classes,
-        backbone_checkpoint=model_cfg.backbone_checkpoint or None,
-        frozen_stages=model_cfg.frozen_stages,
-        fpn_channels=model_cfg.fpn_channels,
-        grad_checkpointing=model_cfg.grad_checkpointing,
-        backbone_overrides=overrides,
-        min_size=model_cfg.min_size,
-        max_size=model_cfg.max_size,
-        score_thresh=model_cfg.score_thresh,
-        detections_per_img=model_cfg.detections_per_img,
-        **dict(model_cfg.detector_overrides),
-    )
-
-
 # ---------------------------------------------------------------------------------------------- mmdetection files
 _TO_OURS = [
     (r"^backbone\.(.+)$", r"backbone.body.\1"),
@@ -628,6 +602,7 @@ def load_mmdet_sparse_rcnn(
     from ..weights.infer import CheckpointMismatchError, check_state_dict
     from .config import ModelConfig
     from .convert import mmdet_backbone_config
+    from .model import detector_kwargs_from_config
 
     cls_key = "roi_head.bbox_head.0.fc_cls.weight"
     if cls_key not in sd:
@@ -655,7 +630,7 @@ def load_mmdet_sparse_rcnn(
         },
     )
     model = build_sparse_rcnn(
-        **{k: v for k, v in sparse_rcnn_kwargs_from_config(mc, num_classes).items() if k != "detector"}
+        **{k: v for k, v in detector_kwargs_from_config(mc, num_classes).items() if k != "detector"}
     )
     own = {rename_key(k, _TO_MMDET) or k: v for k, v in model.state_dict().items()}
     try:
