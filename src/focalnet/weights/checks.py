@@ -1,0 +1,192 @@
+"""The checks every checkpoint passes before a model is built from it, whatever the task or layout.
+
+One loading path per task, each the same five steps::
+
+    read (weights_only / safetensors) -> recognise the layout -> (configuration, canonical state dict)
+    -> check_tensors: entries are tensors, none is expanded, the total fits the memory budget
+    -> check_finite: no NaN / inf
+    -> build on the meta device, compare keys and shapes, then build for real and load strictly
+
+:func:`build_checked` runs the last three steps; :func:`check_config_size` bounds a model described
+by a configuration alone (``--set model.fpn_channels=1000000``) before anything is allocated. Every
+failure is one of the error types below (all ``ValueError``), with a one-line message naming the file
+(or configuration) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from .infer import CheckpointMismatchError, NonFiniteWeightsError, check_finite, check_state_dict
+
+__all__ = [
+    "CheckpointMismatchError",
+    "MalformedCheckpointError",
+    "ModelTooLargeError",
+    "NonFiniteWeightsError",
+    "MAX_BYTES_ENV",
+    "memory_budget",
+    "check_tensors",
+    "check_config_size",
+    "build_checked",
+    "expect_mapping",
+    "expect_names",
+]
+
+MAX_BYTES_ENV = "FOCALNET_MAX_MODEL_BYTES"
+M = TypeVar("M", bound=nn.Module)
+
+
+class MalformedCheckpointError(ValueError):
+    """A file whose content is not what its layout needs: entries that are not tensors, keys that are not
+    strings, an expanded tensor (far more elements than the file stores), metadata of the wrong type."""
+
+
+class ModelTooLargeError(ValueError):
+    """A model, described by a file or a configuration, needs more memory than this machine has."""
+
+
+def memory_budget() -> int:
+    """Bytes a model's weights may take: ``FOCALNET_MAX_MODEL_BYTES`` if set, else half of the memory
+    available now (``/proc/meminfo``), else 8 GiB."""
+    env = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(float(env)))
+        except ValueError as e:
+            raise ValueError(f"{MAX_BYTES_ENV}={env!r} is not a number of bytes") from e
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def _span_bytes(t: torch.Tensor) -> int:
+    """Bytes of storage a tensor's view needs to be distinct elements (0 for empty tensors)."""
+    return t.numel() * t.element_size()
+
+
+def check_tensors(sd: Any, source: str, budget: int | None = None) -> dict[str, torch.Tensor]:
+    """The state dict as a plain dict after checking that it is a mapping of string keys to tensors,
+    that no tensor claims more elements than the file stores (a one-element storage expanded to billions
+    of elements), and that the tensors together fit :func:`memory_budget`."""
+    if not isinstance(sd, Mapping):
+        raise MalformedCheckpointError(f"{source}: expected a state dict (a mapping), got {type(sd).__name__}")
+    budget = memory_budget() if budget is None else budget
+    total = 0
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if not isinstance(k, str):
+            raise MalformedCheckpointError(f"{source}: state dict key {k!r} is a {type(k).__name__}, not a string")
+        if not isinstance(v, torch.Tensor):
+            raise MalformedCheckpointError(f"{source}: {k!r} is a {type(v).__name__} where a tensor is expected")
+        if v.layout != torch.strided or v.is_quantized:
+            raise MalformedCheckpointError(f"{source}: {k!r} is a {v.layout} tensor; expected a dense one")
+        need = _span_bytes(v)
+        stored = v.untyped_storage().nbytes()
+        if need > stored:
+            raise MalformedCheckpointError(
+                f"{source}: {k!r} has shape {tuple(v.shape)} ({v.numel():,} elements) but the file stores "
+                f"{stored // max(1, v.element_size()):,} (an expanded tensor); refusing to materialise it"
+            )
+        total += need
+        if total > budget:
+            raise ModelTooLargeError(
+                f"{source}: the tensors need more than {_gb(budget)} (this machine's budget, "
+                f"{MAX_BYTES_ENV} to change it); {k!r} alone has shape {tuple(v.shape)}"
+            )
+        out[k] = v
+    return out
+
+
+def _largest(model: nn.Module) -> str:
+    name, t = max(model.state_dict().items(), key=lambda kv: kv[1].numel(), default=("", torch.empty(0)))
+    return f"{name} {tuple(t.shape)}" if name else "(no tensors)"
+
+
+def check_config_size(
+    ctor: Callable[[], nn.Module], source: str, *, training: bool = False, budget: int | None = None
+) -> None:
+    """Build ``ctor()`` on the meta device (no memory) and raise :class:`ModelTooLargeError` when its
+    weights (x4 when ``training``: gradients and two optimiser moments) exceed :func:`memory_budget`.
+    Settings that cannot build a model at all are a ``ValueError`` naming ``source``."""
+    probe = _meta_build(ctor, source)
+    _check_probe_size(probe, source, training, memory_budget() if budget is None else budget)
+
+
+def _meta_build(ctor: Callable[[], M], source: str) -> M:
+    try:
+        with torch.device("meta"):
+            return ctor()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError) as e:
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"{source}: the settings do not describe a buildable model: {type(e).__name__}: {msg}") from e
+
+
+def _check_probe_size(probe: nn.Module, source: str, training: bool, budget: int) -> None:
+    tensors = list(probe.state_dict().values())
+    need = sum(t.numel() * t.element_size() for t in tensors) * (4 if training else 1)
+    if need > budget:
+        what = "training it needs" if training else "its weights need"
+        raise ModelTooLargeError(
+            f"{source}: the model has {sum(t.numel() for t in tensors):,} weights; {what} {_gb(need)}, more than "
+            f"{_gb(budget)} ({MAX_BYTES_ENV} to change it); largest tensor {_largest(probe)}"
+        )
+
+
+def build_checked(
+    ctor: Callable[[], M],
+    sd: Mapping[str, Any],
+    source: str,
+    *,
+    budget: int | None = None,
+    allow_nonfinite: bool | None = None,
+) -> M:
+    """The last steps of every loading path: :func:`check_tensors`, the finite check, ``ctor()`` on the
+    meta device compared key by key and shape by shape with ``sd``, then ``ctor()`` for real with ``sd``
+    loaded strictly. Nothing of the model's size is allocated before every check passed."""
+    budget = memory_budget() if budget is None else budget
+    tensors = check_tensors(sd, source, budget)
+    check_finite(tensors, source, allow_nonfinite)
+    probe = _meta_build(ctor, source)
+    _check_probe_size(probe, source, False, budget)
+    try:
+        check_state_dict(probe.state_dict(), tensors)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    model = ctor()
+    model.load_state_dict(tensors, strict=True)
+    return model
+
+
+def expect_mapping(obj: Any, key: str, source: str) -> dict[str, Any]:
+    """``obj[key]`` as a dict, or :class:`MalformedCheckpointError` naming the key and what it holds."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if not isinstance(value, Mapping):
+        raise MalformedCheckpointError(f"{source}: stored {key!r} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def expect_names(names: Any, count: int, source: str, key: str = "class_names") -> list[str]:
+    """A list of ``count`` strings, or :class:`MalformedCheckpointError` naming ``key``."""
+    if not isinstance(names, Sequence) or isinstance(names, (str, bytes)) or len(names) != count:
+        got = (
+            f"{len(names)} entries" if isinstance(names, Sequence) and not isinstance(names, str) else repr(names)[:40]
+        )
+        raise MalformedCheckpointError(f"{source}: stored {key} must be a list of {count} names, got {got}")
+    if not all(isinstance(n, str) for n in names):
+        raise MalformedCheckpointError(f"{source}: stored {key} must hold strings only")
+    return list(names)
