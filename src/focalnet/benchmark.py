@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine.resources import add_threads_arg
+from .engine.options import add_threads_arg
 
 __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS"]
 

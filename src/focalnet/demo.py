@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.resources import add_threads_arg, set_threads
+from .engine.options import add_threads_arg
+from .engine.resources import set_threads
 from .factory import create_model, save_model
 from .models.focalnet import FocalNet, FocalNetConfig
 from .weights.hub import PretrainedUnavailableError
