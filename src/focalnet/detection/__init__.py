@@ -16,7 +16,15 @@ from ..lazy import lazy_exports
 if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
     from .atss import ATSS, atss
     from .cascade import CascadeMaskRCNN, CascadeRoIHeads, cascade_mask_rcnn, convert_mmdet_cascade_state_dict
-    from .config import DataConfig, DetectionConfig, ModelConfig, OptimConfig, config_path, list_configs
+    from .config import (
+        DataConfig,
+        DetectionConfig,
+        ModelConfig,
+        OptimConfig,
+        config_path,
+        list_configs,
+        load_detection_config,
+    )
     from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
     from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
     from .dino import dino
@@ -75,6 +83,7 @@ __all__ = [
     "faster_rcnn",
     "is_mmdet_detector",
     "list_configs",
+    "load_detection_config",
     "load_detector",
     "mask_rcnn",
     "outputs_to_coco",

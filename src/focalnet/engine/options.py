@@ -82,9 +82,7 @@ _OUTPUT_HELP: dict[str, str] = {
 
 
 def _add_output(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--output", "--out", dest="output", metavar="DIR", required=kind == "train", help=_OUTPUT_HELP[kind]
-    )
+    p.add_argument("--output", "--out", dest="output", metavar="DIR", required=kind == "train", help=_OUTPUT_HELP[kind])
 
 
 def _add_device(p: argparse.ArgumentParser, kind: Kind) -> None:
@@ -203,10 +201,12 @@ def config_from_args(
     args: argparse.Namespace,
     flags: FlagTable,
     load: Callable[[str | None, Sequence[str], Mapping[str, Any]], T],
+    config: str | None = None,
 ) -> T:
-    """The run config of a command: ``--config`` (``args.config``), then the flags through ``flags``, then
-    ``--set`` (``args.overrides``), built and validated by the task's ``load(config, overrides, values)``."""
-    config = getattr(args, "config", None)
+    """The run config of a command: the config file (``config``, default ``args.config``), then the flags
+    through ``flags``, then ``--set`` (``args.overrides``), built and validated by the task's
+    ``load(config, overrides, values)``."""
+    config = config if config is not None else getattr(args, "config", None)
     base = functools.cache(lambda: load(config, (), {}))  # for flags derived from the file's values
     values = flag_values(args, flags, base)
     return load(config, list(getattr(args, "overrides", None) or []), values)
