@@ -61,17 +61,10 @@ def _device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_threads_arg(parser: argparse.ArgumentParser) -> None:
-    """The ``--threads`` option every computing command shares (see :mod:`focalnet.engine.resources`)."""
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU compute threads (default: the cores this process may use, less one per data loader worker, "
-        "shared among torchrun's processes)",
-    )
-
+_THREADS_HELP = (
+    "CPU compute threads (default: the cores this process may use, less one per data loader worker, shared among "
+    "torchrun's processes)"
+)
 
 _OUTPUT_HELP: dict[str, str] = {
     "train": "run folder (required): config.yaml, checkpoints/, metrics.json, train.log and the trained model",
@@ -80,98 +73,93 @@ _OUTPUT_HELP: dict[str, str] = {
     "predict": "folder for the predictions (default: ./predictions; classification: none, it prints them)",
 }
 
-
-def _add_output(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument("--output", "--out", dest="output", metavar="DIR", required=kind == "train", help=_OUTPUT_HELP[kind])
-
-
-def _add_device(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--device",
-        type=_device_arg,
-        metavar="DEVICE",
-        help="auto (the default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
-    )
-
-
-def _add_no_progress(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and results only)")
-
-
-def _add_max_images(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--max-images",
-        type=int,
-        metavar="N",
-        help="evaluate on N images only, in training too (default: all, or the recipe's share in a trial run of "
-        "segmentation; classification takes them evenly over the classes, the others the first N)",
-    )
-
-
-def _add_resume(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument("--resume", metavar="auto|PATH", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint")
-
-
-def _add_overwrite(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in a folder holding another run's checkpoints, deleting them",
-    )
-
-
-def _add_set(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config value (dotted key, YAML value), after --config and the options, e.g. "
-        "--set data.num_workers=4 (repeatable: all apply, in order)",
-    )
-
-
-def _add_eval_every(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        metavar="N",
-        help="evaluate every N epochs (iteration-based runs: every N steps); 0: only at the end",
-    )
-
-
-def _add_no_eval(p: argparse.ArgumentParser, kind: Kind) -> None:
-    p.add_argument("--no-eval", action="store_true", help="do not evaluate, neither during nor after training")
-
-
-def _add_threads(p: argparse.ArgumentParser, kind: Kind) -> None:
-    add_threads_arg(p)
-
-
-# the shared options in the order they are added, and the kinds of command that take each
-_SHARED: tuple[tuple[Callable[[argparse.ArgumentParser, Kind], None], tuple[Kind, ...]], ...] = (
-    (_add_output, COMMAND_KINDS),
-    (_add_resume, ("train",)),
-    (_add_overwrite, ("train",)),
-    (_add_set, ("train",)),
-    (_add_device, COMMAND_KINDS),
-    (_add_threads, COMMAND_KINDS),
-    (_add_no_progress, COMMAND_KINDS),
-    (_add_max_images, ("train", "evaluate")),
-    (_add_eval_every, ("train",)),
-    (_add_no_eval, ("train",)),
+# the shared options, in the order they are added: flags, argparse settings, the kinds of command taking them
+_SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = (
+    (("--output", "--out"), {"dest": "output", "metavar": "DIR"}, COMMAND_KINDS),  # + required, help by kind
+    (
+        ("--resume",),
+        {"metavar": "auto|PATH", "help": "'auto' (latest valid checkpoint in OUTPUT) or a checkpoint"},
+        ("train",),
+    ),
+    (
+        ("--overwrite",),
+        {
+            "action": "store_true",
+            "help": "start a new run in a folder holding another run's checkpoints, deleting them",
+        },
+        ("train",),
+    ),
+    (
+        ("--set",),
+        {
+            "dest": "overrides",
+            "nargs": "+",
+            "action": "extend",
+            "default": [],
+            "metavar": "KEY=VALUE",
+            "help": "override any config value (dotted key, YAML value), after --config and the options, e.g. "
+            "--set data.num_workers=4 (repeatable: all apply, in order)",
+        },
+        ("train",),
+    ),
+    (
+        ("--device",),
+        {
+            "type": _device_arg,
+            "metavar": "DEVICE",
+            "help": "auto (the default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+        },
+        COMMAND_KINDS,
+    ),
+    (("--threads",), {"type": int, "default": None, "metavar": "N", "help": _THREADS_HELP}, COMMAND_KINDS),
+    (
+        ("--no-progress",),
+        {"action": "store_true", "help": "no progress bars (logs and results only)"},
+        COMMAND_KINDS,
+    ),
+    (
+        ("--max-images",),
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "evaluate on N images only, in training too (default: all, or the recipe's share in a trial "
+            "run of segmentation; classification takes them evenly over the classes, the others the first N)",
+        },
+        ("train", "evaluate"),
+    ),
+    (
+        ("--eval-every",),
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "evaluate every N epochs (iteration-based runs: every N steps); 0: only at the end",
+        },
+        ("train",),
+    ),
+    (
+        ("--no-eval",),
+        {"action": "store_true", "help": "do not evaluate, neither during nor after training"},
+        ("train",),
+    ),
 )
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """The ``--threads`` option every computing command shares (see :mod:`focalnet.engine.resources`)."""
+    flags, settings, _ = next(row for row in _SHARED if row[0] == ("--threads",))
+    parser.add_argument(*flags, **settings)
+
+
 def add_shared_options(parser: argparse.ArgumentParser, kind: Kind) -> None:
-    """Add the options every task's ``kind`` command takes (see the module's table)."""
+    """Add the options every task's ``kind`` command takes (see the module's list)."""
     if kind not in COMMAND_KINDS:
         raise ValueError(f"kind must be one of {COMMAND_KINDS}, got {kind!r}")
-    for add, kinds in _SHARED:
+    group = parser.add_argument_group(f"options every task's {kind} command shares")
+    for flags, settings, kinds in _SHARED:
         if kind in kinds:
-            add(parser, kind)
+            if flags[0] == "--output":
+                settings = {**settings, "required": kind == "train", "help": _OUTPUT_HELP[kind]}
+            group.add_argument(*flags, **settings)
 
 
 def off(key: str) -> Callable[[Any, Callable[[], Any]], Mapping[str, Any]]:
