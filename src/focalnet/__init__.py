@@ -8,25 +8,37 @@ True
 4412630784
 """
 
-from .factory import adapt_to_backbone, create_backbone, create_model, load_weights, model_from_checkpoint, save_model
-from .models import (
-    VARIANTS,
-    FocalNet,
-    FocalNetBackbone,
-    FocalNetConfig,
-    count_flops,
-    get_variant,
-    list_models,
-    num_params,
-)
-from .weights import (
-    CheckpointMismatchError,
-    PretrainedUnavailableError,
-    convert_state_dict,
-    detect_layout,
-    download_pretrained,
-    read_checkpoint,
-)
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
+    from .factory import (
+        adapt_to_backbone,
+        create_backbone,
+        create_model,
+        load_weights,
+        model_from_checkpoint,
+        save_model,
+    )
+    from .models import (
+        VARIANTS,
+        FocalNet,
+        FocalNetBackbone,
+        FocalNetConfig,
+        count_flops,
+        get_variant,
+        list_models,
+        num_params,
+    )
+    from .weights import (
+        CheckpointMismatchError,
+        PretrainedUnavailableError,
+        convert_state_dict,
+        detect_layout,
+        download_pretrained,
+        read_checkpoint,
+    )
 
 __version__ = "0.1.0"
 
@@ -52,3 +64,5 @@ __all__ = [
     "read_checkpoint",
     "save_model",
 ]
+
+lazy_exports(__name__)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine.resources import add_threads_arg
+from .engine.options import add_threads_arg
 
 __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS"]
 
@@ -446,7 +446,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``focalnet benchmark``."""
-    p = subparsers.add_parser("benchmark", help="images/s, memory and output differences vs timm, side by side")
+    p = subparsers.add_parser("benchmark")
     p.add_argument("--model", default="focalnet_tiny_srf")
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16, help="batch of the timed training step")

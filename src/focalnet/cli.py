@@ -1,283 +1,57 @@
 """The ``focalnet`` command: a thin layer over the Python API.
 
-Core subcommands live here (``models``, ``info``, ``convert``, ``classify``); task packages add theirs
-through a ``register(subparsers)`` function in the modules listed in ``_TASK_MODULES``.
+:data:`COMMANDS` lists every command with the module that adds it (``register(subparsers)``) and its
+one-line help. Only the command given on the command line is built, so ``focalnet --help`` imports no
+task package (nor torch), and a broken optional dependency fails only the commands that import it, with
+one line naming the package and the fix.
+
+Errors: everything that reaches the user is one ``error: ...`` line on stderr and exit code 2 (1 when a
+training run diverged; the commands that process several inputs return 1 when some failed); ``--debug``
+(anywhere on the command line) or ``FOCALNET_DEBUG=1`` also prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
-import warnings
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["main", "build_parser"]
-
-# modules that add subcommands; each defines ``register(subparsers) -> None``
-_TASK_MODULES = [
-    "focalnet.classification.cli",
-    "focalnet.detection.cli",
-    "focalnet.segmentation.cli",
-    "focalnet.visualize_cli",
-    "focalnet.demo",
-    "focalnet.benchmark",
-    "focalnet.export",
-]
+__all__ = ["COMMANDS", "Command", "build_parser", "error_line", "main"]
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+class Command(NamedTuple):
+    """A ``focalnet`` command: the module whose ``register(subparsers)`` adds it, and its one-line help."""
+
+    module: str
+    help: str
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from .models import VARIANTS, count_flops
-
-    rows, records = [], []
-    for name, v in VARIANTS.items():
-        if args.filter and args.filter not in name:
-            continue
-        params = _count_params(v.cfg)
-        flops = count_flops(v.cfg, v.input_size)
-        rec = {
-            "name": name,
-            "params_m": round(params / 1e6, 2),
-            "gflops": round(flops / 1e9, 2),
-            "resolution": v.input_size,
-            "num_classes": v.cfg.num_classes,
-            "top1": v.top1,
-            "pretrained": list(v.tags),
-        }
-        records.append(rec)
-        rows.append(
-            [
-                name,
-                f"{params / 1e6:.1f}",  # from the count, not from params_m (88.148 -> 88.15 -> 88.2)
-                f"{flops / 1e9:.1f}",
-                str(v.input_size),
-                str(v.cfg.num_classes),
-                "-" if v.top1 is None else f"{v.top1:.1f}",
-                ",".join(v.tags),
-            ]
-        )
-    if args.json:
-        print(json.dumps(records, indent=2))
-    else:
-        _print_table(rows, ["model", "params(M)", "GFLOPs", "res", "classes", "top1", "pretrained tags"])
-    return 0
-
-
-def _count_params(cfg) -> int:
-    import torch
-
-    from .models import FocalNet, num_params
-
-    with torch.device("meta"):
-        return num_params(FocalNet(cfg))
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from .factory import _original_sd, checkpoint_config
-    from .models import FocalNet, FocalNetBackbone, match_variant
-    from .weights import read_checkpoint
-    from .weights.infer import check_finite, check_state_dict
-
-    ckpt = read_checkpoint(args.checkpoint, allow_nonfinite=True)  # info reports broken weights
-    try:
-        check_finite(ckpt.state_dict, ckpt.path, allow=False)
-        finite = "all weights finite"
-    except ValueError as e:
-        finite = str(e)
-    sd = _original_sd(ckpt)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cfg, out_indices = checkpoint_config(ckpt, sd)
-    variant = match_variant(cfg)
-    with torch.device("meta"):
-        model = FocalNet(cfg) if out_indices is None else FocalNetBackbone(cfg, out_indices=out_indices)
-    try:
-        check_state_dict(model.state_dict(), sd)
-        fit = "all keys match"
-    except ValueError as e:
-        fit = str(e)
-    info = {
-        "path": ckpt.path,
-        "container": ckpt.file_format,
-        "layout": ckpt.layout,
-        "detection_or_segmentation_file": ckpt.backbone_prefix,
-        "num_tensors": len(ckpt.state_dict),
-        "num_params": int(sum(v.numel() for v in ckpt.state_dict.values())),
-        "variant": variant.name if variant else None,
-        "config": cfg.to_dict(),
-        "fit": fit,
-        "finite": finite,
-        "notes": [str(w.message) for w in caught],
-        "ignored_prefixes": ckpt.extra.get("ignored_prefixes", []),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for k, v in info.items():
-            if k == "config":
-                print("config:")
-                for ck, cv in v.items():
-                    print(f"    {ck}: {cv}")
-            else:
-                print(f"{k}: {v}")
-    return 0
-
-
-_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    """Convert a checkpoint; timm/transformers outputs are model folders those libraries load."""
-    from .factory import _original_sd, checkpoint_config, model_from_checkpoint, save_model
-    from .weights import convert_state_dict, read_checkpoint
-    from .weights.io import atomic_save, save_safetensors
-
-    out = Path(args.output)
-    if args.to == "safetensors":
-        model = model_from_checkpoint(args.input)
-        save_model(model, out)
-        print(f"wrote {out} (safetensors with the model config)")
-        return 0
-    ckpt = read_checkpoint(args.input)
-    sd = _original_sd(ckpt)
-    cfg, out_indices = checkpoint_config(ckpt, sd)
-    names = ckpt.extra.get("class_names")
-    if args.to == "original":
-        meta: dict = {"focalnet_config": cfg.to_dict()}  # read back by focalnet info / model_from_checkpoint
-        if names:
-            meta["class_names"] = list(names)
-        if out.suffix == ".safetensors":
-            save_safetensors(sd, out, {"format": "focalnet", **meta})
-        else:
-            atomic_save({"model": sd, **meta}, out)
-        print(f"wrote {out} (original layout, with the model config)")
-        return 0
-    if out_indices is not None:
-        raise ValueError(
-            f"{args.input} is a detection/segmentation backbone: {args.to} has no such model (use --to original)"
-        )
-    converted = convert_state_dict(sd, to=args.to, source="original", use_postln=cfg.use_postln)
-    if out.suffix in _FILE_SUFFIXES:  # a bare state dict, as before; a folder keeps the configuration
-        if out.suffix == ".safetensors":
-            save_safetensors(converted, out, {"format": "pt"})
-        else:
-            atomic_save(converted, out)
-        print(f"wrote {out} ({args.to} layout, bare state dict; give a folder name for a loadable model folder)")
-        return 0
-    from .weights.export import timm_config, transformers_config
-
-    config = transformers_config(cfg, names) if args.to == "transformers" else timm_config(cfg, names)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(converted, out / "model.safetensors", {"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    how = (
-        f"transformers.FocalNetForImageClassification.from_pretrained({str(out)!r})"
-        if args.to == "transformers"
-        else f"timm.create_model('local-dir:{out}', pretrained=True)"
-    )
-    print(f"wrote {out}/ (config.json + model.safetensors, {args.to} layout): load with {how}")
-    return 0
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    """Classify images with a FocalNet (default: a sample photo shipped with scikit-image)."""
-    import torch
-    from PIL import Image
-
-    from .classification.evaluate import fit_channels, image_mode
-    from .factory import create_model, model_from_checkpoint
-    from .weights import PretrainedUnavailableError
-
-    if args.checkpoint:
-        model = model_from_checkpoint(args.checkpoint)
-        weights = f"checkpoint {args.checkpoint}"
-    else:
-        from .models import get_variant
-
-        get_variant(args.model)  # an unknown name fails here, before anything else is said
-        try:
-            model = create_model(args.model, pretrained=args.pretrained or False)
-        except PretrainedUnavailableError as e:  # asked for the released weights: never fall back to random
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if args.pretrained:
-            weights = f"released {args.model} weights"
-        else:
-            weights = f"RANDOMLY INITIALISED {args.model} (no pretrained weights: predictions are meaningless)"
-    model.eval()
-    mode = image_mode(model)
-    images: list[tuple[str, Image.Image]] = []
-    if args.images:
-        from .engine.images import open_image
-
-        for p in args.images:
-            try:
-                images.append((p, open_image(p, mode)))
-            except (OSError, ValueError) as e:
-                print(f"error: cannot read image {p}: {e}", file=sys.stderr)
-                return 2
-    else:
-        from skimage import data
-
-        images.append(("skimage.data.chelsea (a cat)", Image.fromarray(data.chelsea()).convert(mode)))
-    from timm.data import create_transform
-
-    pc = model.pretrained_cfg
-    tf = create_transform(
-        input_size=pc.input_size,
-        interpolation=pc.interpolation,
-        crop_pct=pc.crop_pct,
-        mean=fit_channels(pc.mean, model),
-        std=fit_channels(pc.std, model),
-    )
-    names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
-    print(f"weights: {weights}")
-    results = []
-    with torch.no_grad():
-        for label, img in images:
-            probs = model(tf(img).unsqueeze(0)).softmax(-1)[0]
-            top = probs.topk(min(args.topk, probs.numel()))
-            preds = [
-                {"class": names[i] if names else str(i), "index": int(i), "prob": float(p)}
-                for p, i in zip(top.values.tolist(), top.indices.tolist())
-            ]
-            results.append({"image": label, "top": preds})
-            print(f"\n{label}")
-            for r in preds:
-                print(f"  {r['prob']:6.2%}  {r['class']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"weights": weights, "results": results}, indent=2))
-    return 0
-
-
-def _imagenet_names(num_classes: int) -> list[str] | None:
-    try:
-        from timm.data import ImageNetInfo
-
-        if num_classes == 1000:
-            return ImageNetInfo().label_descriptions()
-        if num_classes == 21842:
-            return ImageNetInfo("imagenet-22k-ms").label_descriptions()
-    except Exception:
-        return None
-    return None
-
+COMMANDS: dict[str, Command] = {
+    "models": Command("focalnet.core_cli", "table of the registered variants"),
+    "info": Command("focalnet.core_cli", "inspect a checkpoint: layout, inferred architecture, key fit"),
+    "convert": Command("focalnet.core_cli", "convert a checkpoint between layouts"),
+    "classify": Command("focalnet.core_cli", "classify images (default: a scikit-image sample photo)"),
+    "classification": Command(
+        "focalnet.classification.cli", "train, evaluate and run image classifiers (ImageFolder data)"
+    ),
+    "detection": Command("focalnet.detection.cli", "object detection and instance segmentation (COCO-format data)"),
+    "segmentation": Command("focalnet.segmentation.cli", "semantic segmentation with UPerNet (ADE20K / folders)"),
+    "visualize": Command("focalnet.visualize_cli", "gating maps, modulator and focal kernels of a FocalNet on images"),
+    "demo": Command(
+        "focalnet.demo", "train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it"
+    ),
+    "benchmark": Command("focalnet.benchmark", "images/s, memory and output differences vs timm, side by side"),
+    "export": Command("focalnet.export", "export to ONNX or TorchScript (dynamic batch and image size)"),
+}
 
 # leaf commands that compute nothing (they get no --threads)
 _NO_COMPUTE = {"models", "info", "configs"}
+_DEBUG_HELP = "print the traceback of an error too (also FOCALNET_DEBUG=1)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -310,89 +84,54 @@ def _leaf_parsers(parser: argparse.ArgumentParser, name: str = "") -> list[tuple
     return out
 
 
-def _add_threads_everywhere(parser: argparse.ArgumentParser) -> None:
-    """One ``--threads`` option on every command that computes (see ``focalnet.engine.resources``)."""
-    from .engine.resources import add_threads_arg
+def _finish_leaves(parser: argparse.ArgumentParser, built: Iterable[argparse.ArgumentParser]) -> None:
+    """``--debug`` on every built command, ``--threads`` on every one that computes."""
+    from .engine.options import add_threads_arg
 
     seen: set[int] = set()
-    for name, p in _leaf_parsers(parser):
-        if name in _NO_COMPUTE or id(p) in seen or "--threads" in p._option_string_actions:
-            continue
-        seen.add(id(p))
-        add_threads_arg(p)
+    for top in built:
+        for name, p in _leaf_parsers(top, top.prog.split()[-1]):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if "--debug" not in p._option_string_actions:
+                p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+            if name not in _NO_COMPUTE and "--threads" not in p._option_string_actions:
+                add_threads_arg(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands(argparse._SubParsersAction):
+    """The top-level commands: their one-line help comes from :data:`COMMANDS`."""
+
+    def add_parser(self, name: str, **kwargs):  # type: ignore[no-untyped-def, override]
+        if name in COMMANDS:
+            kwargs["help"] = COMMANDS[name].help
+        return super().add_parser(name, **kwargs)
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``focalnet`` parser with the given ``commands`` built (``None``: all of them); the others are
+    listed by name and help only (their modules are not imported)."""
     parser = _Parser(prog="focalnet", description="Focal Modulation Networks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "models",
-        help="table of the registered variants",
-        description="The 15 released FocalNet variants: parameters, FLOPs, resolution, classes, ImageNet top-1 "
-        "and the tags of their released weights (for --pretrained TAG).",
-    )
-    p.add_argument("--filter", default="", help="only the names containing this substring, e.g. tiny")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser(
-        "info",
-        help="inspect a checkpoint: layout, inferred architecture, key fit",
-        description="Read a checkpoint (original .pth, timm/transformers files or folders, our .safetensors, "
-        "detection/segmentation files) without building anything: its container and key layout, the "
-        "architecture read off its weights, the registered variant it matches and whether all keys fit.",
-    )
-    p.add_argument("checkpoint", help="a checkpoint file or model folder")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser(
-        "convert",
-        help="convert a checkpoint between layouts",
-        description="Convert a FocalNet checkpoint. --to transformers|timm with an OUTPUT folder writes "
-        "config.json + model.safetensors that transformers' from_pretrained(OUTPUT) and "
-        "timm.create_model('local-dir:OUTPUT', pretrained=True) load (an OUTPUT ending in .pth/.bin/.safetensors "
-        "gets a bare state dict); --to original writes the original layout with the model config; "
-        "--to safetensors writes our safetensors file (weights + config).",
-    )
-    p.add_argument("input", help="any checkpoint `focalnet info` reads")
-    p.add_argument("output", help="output folder (timm, transformers) or file")
-    p.add_argument(
-        "--to",
-        required=True,
-        choices=["original", "timm", "transformers", "safetensors"],
-        help="target layout",
-    )
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser(
-        "classify",
-        help="classify images (default: a scikit-image sample photo)",
-        description="Top-k classes of images with a FocalNet: released weights (--pretrained; fails with exit "
-        "code 2 when they cannot be had), any checkpoint (--checkpoint, e.g. the demo's), or random weights "
-        "(said so). Without images: a sample photo of a cat shipped with scikit-image.",
-    )
-    p.add_argument("images", nargs="*", help="image files (default: a scikit-image sample photo)")
-    p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (see `focalnet models`)")
-    p.add_argument(
-        "--pretrained", nargs="?", const=True, default=None, metavar="TAG", help="use released weights (optional tag)"
-    )
-    p.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image")
-    p.add_argument("--json", help="also write the predictions to this JSON file")
-    p.set_defaults(func=cmd_classify)
-
-    for mod in _TASK_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):
-                continue  # task not installed in this tree
-            raise
-        module.register(sub)
-    _add_threads_everywhere(parser)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands)
+    wanted = set(COMMANDS) if commands is None else set(commands) & set(COMMANDS)
+    modules = {COMMANDS[n].module for n in wanted}
+    built = []
+    for name, command in COMMANDS.items():
+        if command.module in modules:
+            if name not in sub.choices:  # a module may add several commands (focalnet.core_cli)
+                importlib.import_module(command.module).register(sub)
+            built.append(sub.choices[name])
+        else:
+            sub.add_parser(name, add_help=False)
+    _finish_leaves(parser, built)
     return parser
+
+
+def _selected_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
@@ -406,21 +145,91 @@ def _apply_threads(args: argparse.Namespace) -> None:
     set_threads(args.threads, workers=fit_workers(workers) if hasattr(args, "workers") else 0)
 
 
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if any(line.startswith(("Traceback", "Original Traceback")) for line in lines):
+        return lines[-1]  # an exception re-raised from a worker process: its last line is the error
+    return " ".join(lines)
+
+
+def _failed_package(e: ImportError) -> str:
+    """The top-level package whose import failed: the missing module, or the first file of the traceback
+    outside this package."""
+    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.startswith("focalnet"):
+        return e.name.split(".")[0]
+    here = Path(__file__).resolve().parent
+    roots = sorted((Path(p).resolve() for p in sys.path if p and Path(p).is_dir()), key=lambda p: -len(p.parts))
+    for frame in traceback.extract_tb(e.__traceback__):
+        path = Path(frame.filename)
+        if not path.is_absolute() or here in path.resolve().parents:
+            continue
+        for root in roots:
+            if root in path.resolve().parents:
+                return path.resolve().relative_to(root).parts[0].removesuffix(".py")
+    return (e.name or "a dependency").split(".")[0]
+
+
+def _import_fix(package: str, missing: bool) -> str:
+    """How to repair an installation where ``package`` is ``missing`` or fails to import."""
+    from importlib import metadata
+
+    dist = (metadata.packages_distributions().get(package) or [package])[0]
+    fix = f"install it: pip install {dist}" if missing else f"reinstall it: pip install --force-reinstall {dist}"
+    if package in ("torchvision", "torchaudio"):
+        try:
+            fix += f" (the release built for the installed torch {metadata.version('torch')})"
+        except metadata.PackageNotFoundError:
+            pass
+    return fix
+
+
+def error_line(e: BaseException, command: str | None = None) -> tuple[str, int]:
+    """The one line (``error: ...``) and exit code that ``focalnet`` reports for exception ``e``."""
+    hub = sys.modules.get("focalnet.weights.hub")
+    if isinstance(e, KeyboardInterrupt):
+        return "error: interrupted", 130
+    if isinstance(e, ImportError):
+        package = _failed_package(e)
+        what = f"focalnet {command}" if command else "focalnet"
+        reason = _one_line(f"{type(e).__name__}: {e}")
+        missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == package
+        return f"error: {what} needs {package}, which cannot be imported ({reason}); {_import_fix(package, missing)}", 2
+    if isinstance(e, FloatingPointError):  # training diverged (non-finite loss)
+        return f"error: {_one_line(str(e))}", 1
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return f"error: {e.strerror or type(e).__name__}: {e.filename}", 2
+    if isinstance(e, (OSError, ValueError)) or (hub is not None and isinstance(e, hub.PretrainedUnavailableError)):
+        return f"error: {_one_line(str(e)) or type(e).__name__}", 2  # bad input: files, settings, data
+    msg = _one_line(str(e))
+    return f"error: {type(e).__name__}{': ' + msg if msg else ''} (run with --debug for the traceback)", 2
+
+
+def _debug(argv: Sequence[str]) -> bool:
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--debug" in options or os.environ.get("FOCALNET_DEBUG", "").strip() not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``focalnet`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _selected_command(argv)
     try:
+        parser = build_parser([command] if command else [])
+        args = parser.parse_args(argv)
         _apply_threads(args)
         return int(args.func(args) or 0)
-    except (OSError, ValueError) as e:  # bad input: files, settings, data (one line, exit code 2)
-        msg = str(e).strip() or type(e).__name__
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
-            msg = f"{e.strerror or type(e).__name__}: {e.filename}"
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # training diverged (non-finite loss)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # one line for the user; the traceback with --debug
+        return _report(e, command, _debug(argv))
+    except KeyboardInterrupt as e:
+        return _report(e, command, _debug(argv))
+
+
+def _report(e: BaseException, command: str | None, debug: bool) -> int:
+    line, code = error_line(e, command)
+    if debug:
+        traceback.print_exception(e)
+    print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.resources import add_threads_arg, set_threads
+from .engine.options import add_threads_arg
+from .engine.resources import set_threads
 from .factory import create_model, save_model
 from .models.focalnet import FocalNet, FocalNetConfig
 from .weights.hub import PretrainedUnavailableError
@@ -196,9 +197,9 @@ def _default_out() -> Path:
 
 
 def _plot_training(history: list[dict[str, float]], confusion: np.ndarray, test_acc: float, path: Path) -> None:
-    from .visualize import _new_figure, _save
+    from .visualize import new_figure, save_figure
 
-    fig = _new_figure(9.0, 3.4)
+    fig = new_figure(9.0, 3.4)
     a1, a2 = fig.subplots(1, 2)
     ep = [h["epoch"] for h in history]
     a1.plot(ep, [h["loss"] for h in history], "o-", color="C0", label="train loss")
@@ -220,7 +221,7 @@ def _plot_training(history: list[dict[str, float]], confusion: np.ndarray, test_
                 color = "white" if confusion[i, j] > confusion.max() / 2 else "black"
                 a2.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(im, ax=a2, shrink=0.8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[list, list, list[str]]:
@@ -229,7 +230,7 @@ def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[
     from skimage import data as skdata
 
     from . import visualize as viz
-    from .cli import _imagenet_names
+    from .models import imagenet_class_names
 
     try:
         model = create_model("focalnet_tiny_srf", pretrained=True).eval()
@@ -239,7 +240,7 @@ def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[
         return [], [], [msg]
     pc = model.pretrained_cfg
     size = pc.input_size[-1]
-    names = _imagenet_names(model.num_classes) or [str(i) for i in range(model.num_classes)]
+    names = imagenet_class_names(model.num_classes) or [str(i) for i in range(model.num_classes)]
     crops, labels = [], []
     for name in SKIMAGE_PHOTOS:
         img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
@@ -261,7 +262,7 @@ def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[
         maps,
         labels,
         out / "imagenet_grid.png",
-        title=f"focalnet_tiny_srf (ImageNet) - {viz._where(maps)}",
+        title=f"focalnet_tiny_srf (ImageNet) - {viz.maps_location(maps)}",
     )
     viz.plot_kernels(model, path=out / "imagenet_kernels.png", title="focalnet_tiny_srf: focal kernels (channel mean)")
     figs += [
@@ -341,7 +342,7 @@ def run_demo(
     maps = cap[s_idx, b_idx]
     images = [xte[i, 0].numpy() for i in sel.tolist()]
     labels = [f"true {int(yte[i])}, pred {int(probs[k].argmax())}" for k, i in enumerate(sel.tolist())]
-    where = viz._where(maps)
+    where = viz.maps_location(maps)
     viz.plot_grid(images, maps, labels, out / "digits_grid.png", title=f"Held-out digits - {where}")
     viz.plot_gates(
         images[0], maps, 0, out / "digits_gates.png", title=f"Gating maps of a held-out '{int(yte[sel[0]])}' - {where}"
@@ -437,21 +438,21 @@ def _plot_stages(images: list[np.ndarray], stage_maps: list, path: Path) -> None
     from . import visualize as viz
 
     rows, cols = len(images), len(stage_maps) + 1
-    fig = viz._new_figure(1.9 * cols + 0.8, 1.9 * rows + 0.6)
+    fig = viz.new_figure(1.9 * cols + 0.8, 1.9 * rows + 0.6)
     axes = np.array(fig.subplots(rows, cols, squeeze=False))
     im = None
     for r, img in enumerate(images):
         disp = viz.to_display(img)
-        viz._show_image(axes[r, 0], disp, "input" if r == 0 else None)
+        viz.show_image(axes[r, 0], disp, "input" if r == 0 else None)
         for c, m in enumerate(stage_maps):
-            im = viz._draw_modulator(fig, axes[r, c + 1], disp, m, r, colorbar=False)
+            im = viz.draw_modulator(fig, axes[r, c + 1], disp, m, r, colorbar=False)
             if r == 0:
                 h, w = m.gates.shape[-2:]
                 axes[r, c + 1].set_title(f"stage {m.stage} ({h}x{w})", fontsize=9)
     if im is not None:
-        fig.colorbar(viz._heat_scale(), ax=list(axes[:, -1]), shrink=0.6, label="|modulator| (min-max)")
+        fig.colorbar(viz.heat_scale(), ax=list(axes[:, -1]), shrink=0.6, label="|modulator| (min-max)")
     fig.suptitle("Modulator norm of the last block of each stage", fontsize=10)
-    viz._save(fig, path)
+    viz.save_figure(fig, path)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -479,7 +480,6 @@ def register(subparsers: Any) -> None:
     """Add ``focalnet demo`` to the CLI."""
     p = subparsers.add_parser(
         "demo",
-        help="train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it",
         description="Train a small FocalNet on handwritten digits and show what it learned, offline.",
     )
     p.add_argument(

@@ -159,7 +159,7 @@ def check_export(
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``focalnet export``."""
-    p = subparsers.add_parser("export", help="export to ONNX or TorchScript (dynamic batch and image size)")
+    p = subparsers.add_parser("export")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="focalnet_tiny_srf", help="registered variant name")
     src.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")

@@ -51,6 +51,12 @@ __all__ = [
     "plot_modulator",
     "plot_kernels",
     "plot_grid",
+    "new_figure",
+    "save_figure",
+    "show_image",
+    "maps_location",
+    "draw_modulator",
+    "heat_scale",
     "write_index",
     "save_maps",
     "write_json",
@@ -340,7 +346,8 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _new_figure(w: float, h: float):
+def new_figure(w: float, h: float):
+    """A matplotlib figure of ``w`` x ``h`` inches on the Agg canvas (no pyplot state, thread-safe)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -349,7 +356,7 @@ def _new_figure(w: float, h: float):
     return fig
 
 
-def _save(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
+def save_figure(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
     if path is None:
         return None
     path = Path(path)
@@ -358,7 +365,8 @@ def _save(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
     return path
 
 
-def _show_image(ax, img: np.ndarray, title: str | None = None) -> None:
+def show_image(ax, img: np.ndarray, title: str | None = None) -> None:
+    """Draw an image in [0, 1] (grey or RGB) on ``ax`` without axes."""
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
     if title:
         ax.set_title(title, fontsize=9)
@@ -369,7 +377,8 @@ def _level_titles(maps: ModulationMaps) -> list[str]:
     return [f"level {i + 1} ({k}x{k})" for i, k in enumerate(maps.kernel_sizes)] + ["global"]
 
 
-def _where(maps: ModulationMaps) -> str:
+def maps_location(maps: ModulationMaps) -> str:
+    """Where ``maps`` were taken: stage, block and feature-map size, for titles."""
     h, w = maps.gates.shape[-2:]
     return f"stage {maps.stage}, block {maps.block} (0-based), {h}x{w} feature map"
 
@@ -388,7 +397,8 @@ def _draw_gates(fig, axes, img: np.ndarray, maps: ModulationMaps, index: int, co
     return im
 
 
-def _draw_modulator(fig, ax, img: np.ndarray, maps: ModulationMaps, index: int, colorbar: bool = True):
+def draw_modulator(fig, ax, img: np.ndarray, maps: ModulationMaps, index: int, colorbar: bool = True):
+    """Overlay the modulator norm of image ``index`` (min-max scaled) on ``img`` in ``ax``."""
     H, W = img.shape[:2]
     heat = _minmax(upsample(maps.modulator_norm[index], (H, W)))
     base = img if img.ndim == 2 else img.mean(-1)
@@ -396,11 +406,11 @@ def _draw_modulator(fig, ax, img: np.ndarray, maps: ModulationMaps, index: int, 
     im = ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
     ax.set_axis_off()
     if colorbar:
-        fig.colorbar(_heat_scale(), ax=ax, shrink=0.8, label="|modulator| (min-max)")
+        fig.colorbar(heat_scale(), ax=ax, shrink=0.8, label="|modulator| (min-max)")
     return im
 
 
-def _heat_scale():
+def heat_scale():
     """An opaque colour scale for the (semi-transparent) modulator overlays."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -418,12 +428,12 @@ def plot_gates(
     """Image | one raw gating map per focal level | the global gate (shared symmetric colour scale)."""
     img = to_display(image)
     n = maps.num_levels + 2
-    fig = _new_figure(2.3 * n + 0.8, 2.8)
+    fig = new_figure(2.3 * n + 0.8, 2.8)
     axes = fig.subplots(1, n)
-    _show_image(axes[0], img, "input")
+    show_image(axes[0], img, "input")
     _draw_gates(fig, axes[1:], img, maps, index)
-    fig.suptitle(title or f"Gating maps - {_where(maps)}", fontsize=10)
-    return _save(fig, path)
+    fig.suptitle(title or f"Gating maps - {maps_location(maps)}", fontsize=10)
+    return save_figure(fig, path)
 
 
 def plot_modulator(
@@ -436,13 +446,13 @@ def plot_modulator(
     """Image | L2 norm of the modulator over channels, bilinearly upsampled to the image and
     min-max normalised per image, overlaid on it (with a colour bar)."""
     img = to_display(image)
-    fig = _new_figure(6.2, 3.0)
+    fig = new_figure(6.2, 3.0)
     axes = fig.subplots(1, 2)
-    _show_image(axes[0], img, "input")
-    _draw_modulator(fig, axes[1], img, maps, index)
+    show_image(axes[0], img, "input")
+    draw_modulator(fig, axes[1], img, maps, index)
     axes[1].set_title("modulator norm", fontsize=9)
-    fig.suptitle(title or f"Modulator - {_where(maps)}", fontsize=10)
-    return _save(fig, path)
+    fig.suptitle(title or f"Modulator - {maps_location(maps)}", fontsize=10)
+    return save_figure(fig, path)
 
 
 def plot_kernels(
@@ -452,7 +462,7 @@ def plot_kernels(
     grid = kernel_grid(model, block)
     stages = find_stages(model)
     rows, cols = len(grid), max(len(r) for r in grid)
-    fig = _new_figure(1.9 * cols + 1.2, 1.8 * rows + 0.6)
+    fig = new_figure(1.9 * cols + 1.2, 1.8 * rows + 0.6)
     axes = np.atleast_2d(np.array(fig.subplots(rows, cols, squeeze=False)))
     for s, row in enumerate(grid):
         for lvl in range(cols):
@@ -472,7 +482,7 @@ def plot_kernels(
             fig.colorbar(im, ax=ax, shrink=0.7)
     which = "the last block" if block == -1 else f"block {block}"
     fig.suptitle(title or f"Focal kernels (mean over channels) of {which} of each stage", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grid(
@@ -494,12 +504,12 @@ def plot_grid(
         raise ValueError(f"{n} images but {len(per)} maps")
     first = per[0][0]
     cols = first.num_levels + 3
-    fig = _new_figure(1.9 * cols + 1.0, 1.9 * n + 0.7)
+    fig = new_figure(1.9 * cols + 1.0, 1.9 * n + 0.7)
     axes = np.array(fig.subplots(n, cols, squeeze=False))
     for r, (img_like, (m, i)) in enumerate(zip(images, per)):
         img = to_display(img_like)
-        _show_image(axes[r, 0], img, labels[r] if labels else ("input" if r == 0 else None))
-        _draw_modulator(fig, axes[r, 1], img, m, i, colorbar=False)
+        show_image(axes[r, 0], img, labels[r] if labels else ("input" if r == 0 else None))
+        draw_modulator(fig, axes[r, 1], img, m, i, colorbar=False)
         im = _draw_gates(fig, axes[r, 2:], img, m, i, colorbar=False)
         if im is not None:
             fig.colorbar(im, ax=list(axes[r, 2:]), shrink=0.8, label="raw gate")
@@ -510,8 +520,8 @@ def plot_grid(
                 ax.set_title("")
     for ax, t in zip(axes[0, 2:], _level_titles(first)):
         ax.set_title(f"gate: {t}", fontsize=9)
-    fig.suptitle(title or f"Modulation over {n} images - {_where(first)}", fontsize=10)
-    return _save(fig, path, dpi=100)
+    fig.suptitle(title or f"Modulation over {n} images - {maps_location(first)}", fontsize=10)
+    return save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------------------------- outputs

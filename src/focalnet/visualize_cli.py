@@ -64,8 +64,8 @@ def visualize_images(
     from PIL import Image
 
     from . import visualize as viz
-    from .cli import _imagenet_names
     from .engine.images import open_image
+    from .models import imagenet_class_names
     from .models.focalnet import FocalNet, PretrainedCfg
 
     model.eval()
@@ -88,7 +88,7 @@ def visualize_images(
 
     predictions: list[dict[str, Any]] = []
     if isinstance(model, FocalNet) and model.num_classes > 0:
-        names = getattr(model, "class_names", None) or _imagenet_names(model.num_classes)
+        names = getattr(model, "class_names", None) or imagenet_class_names(model.num_classes)
         probs = output.softmax(-1)
         for i, p in enumerate(image_paths):
             top = probs[i].topk(min(topk, probs.shape[-1]))
@@ -105,7 +105,7 @@ def visualize_images(
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = []
     images = [np.asarray(c) for c in crops]
-    where = viz._where(maps)
+    where = viz.maps_location(maps)
     for i, (img, stem) in enumerate(zip(images, stems)):
         label = Path(image_paths[i]).name
         if predictions:
@@ -175,7 +175,6 @@ def register(subparsers: Any) -> None:
     """Add ``focalnet visualize`` to the CLI."""
     p = subparsers.add_parser(
         "visualize",
-        help="gating maps, modulator and focal kernels of a FocalNet on images",
         description="Gating maps, modulator and focal kernels of a FocalNet on images.",
     )
     p.add_argument("images", nargs="+", help="image files")

@@ -6,30 +6,35 @@
 (5, 'rand-m9-mstd0.5-inc1', 0.2)
 """
 
-from .config import (
-    AugSection,
-    ClassificationConfig,
-    DataSection,
-    EvalSection,
-    ModelSection,
-    TrainSection,
-    config_path,
-    list_configs,
-    load_classification_config,
-)
-from .data import ImageFolder, build_mixup, build_transform, describe_wnid, find_classes, imagenet_indices
-from .evaluate import (
-    IN22K_UNUSED_INDEX,
-    LoadedClassifier,
-    evaluate,
-    evaluate_model,
-    head_logits,
-    load_classifier,
-    target_indices,
-)
-from .predict import class_labels, collect_images, predict
-from .throughput import PAPER_V100_THROUGHPUT, measure_throughput
-from .train import TrainingRun, build_model, train
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
+    from .config import (
+        AugSection,
+        ClassificationConfig,
+        DataSection,
+        EvalSection,
+        ModelSection,
+        TrainSection,
+        config_path,
+        list_configs,
+        load_classification_config,
+    )
+    from .data import ImageFolder, build_mixup, build_transform, describe_wnid, find_classes, imagenet_indices
+    from .evaluate import (
+        IN22K_UNUSED_INDEX,
+        LoadedClassifier,
+        evaluate,
+        evaluate_model,
+        head_logits,
+        load_classifier,
+        target_indices,
+    )
+    from .predict import class_labels, collect_images, predict
+    from .throughput import PAPER_V100_THROUGHPUT, measure_throughput
+    from .train import TrainingRun, build_model, train
 
 __all__ = [
     "IN22K_UNUSED_INDEX",
@@ -63,3 +68,5 @@ __all__ = [
     "target_indices",
     "train",
 ]
+
+lazy_exports(__name__)

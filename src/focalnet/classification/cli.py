@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..engine.options import FlagTable, add_shared_options, check_device, config_from_args, off
+
 __all__ = ["register"]
 
 
@@ -16,20 +18,37 @@ def _pretrained_arg(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--pretrained", nargs="?", const="default", default=None, metavar="TAG", help=help_text)
 
 
+# training flags -> config keys (the shared options of engine.options included)
+TRAIN_FLAGS: FlagTable = {
+    "data": "data.path",
+    "output": "output_dir",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "accum_steps": "train.accum_steps",
+    "img_size": "data.img_size",
+    "lr": "train.base_lr",
+    "checkpoint": "model.checkpoint",
+    "pretrained": "model.pretrained",
+    "workers": "data.num_workers",
+    "amp": "train.amp",
+    "device": "train.device",
+    "no_progress": off("train.progress"),
+    "max_images": "eval.max_images",
+    "eval_every": ("train.eval_every_epochs", "train.eval_every_steps"),
+    "no_eval": off("eval.enabled"),
+}
+
+
 def register(subparsers: Any) -> None:
     """Add the ``classification`` subcommand to the ``focalnet`` parser."""
-    p = subparsers.add_parser("classification", help="train, evaluate and run image classifiers (ImageFolder data)")
+    p = subparsers.add_parser("classification")
     sub = p.add_subparsers(dest="cls_command", required=True)
 
-    t = sub.add_parser(
-        "train",
-        help="train or fine-tune with the paper's recipe (works under torchrun)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    t = sub.add_parser("train", help="train or fine-tune with the paper's recipe (works under torchrun)")
     t.add_argument("--model", help="registered model name; its bundled recipe is used unless --config is given")
     t.add_argument("--config", help="bundled recipe name (see `focalnet classification configs`) or YAML file")
     t.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
-    t.add_argument("--output", help="run folder (checkpoints, metrics.json, model.safetensors, logs)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--max-steps", type=int, help="iteration-based run: number of optimizer updates")
     t.add_argument("--batch-size", type=int, help="per process")
@@ -38,25 +57,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--lr", type=float, help="base lr for a total batch of 512 (scaled by total batch / 512)")
     t.add_argument("--checkpoint", help="fine-tune from this checkpoint (any layout; new head if classes differ)")
     _pretrained_arg(t, "fine-tune from the released weights (optional tag: ms_in1k, ms_in22k)")
-    t.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT/checkpoints) or a checkpoint path")
-    t.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in a folder holding another run's checkpoints, deleting them",
-    )
     t.add_argument("--workers", type=int, help="data loader workers per process")
     t.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
-    t.add_argument("--device", help="auto, cpu or cuda")
-    t.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override any config value, e.g. train.epochs=5 aug.mixup=0 (repeatable: all apply, in order)",
-    )
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_shared_options(t, "train")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1/top-5, loss, per-class accuracy, confusion matrix")
@@ -76,12 +79,9 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     e.add_argument("--max-per-class", type=int, default=0, help="only the first N images of each class")
-    e.add_argument("--max-images", type=int, default=0, help="only N images, spread evenly over the classes")
-    e.add_argument("--output", help="write metrics.json and confusion_matrix.json here")
-    e.add_argument("--device", default="auto")
     e.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.add_argument("--no-progress", action="store_true")
+    add_shared_options(e, "evaluate")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="top-k classes of images or folders of images")
@@ -94,9 +94,8 @@ def register(subparsers: Any) -> None:
     r.add_argument("--head-subset", choices=["none", "in1k"], default="none")
     r.add_argument("--ema", action="store_true")
     r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--device", default="cpu")
     r.add_argument("--json", help="also write the predictions to this JSON file")
-    r.add_argument("--output", help="also write predictions.json into this folder")
+    add_shared_options(r, "predict")
     r.set_defaults(func=cmd_predict)
 
     h = sub.add_parser("throughput", help="inference images/s like the paper's table (warm-up, median of runs)")
@@ -105,7 +104,7 @@ def register(subparsers: Any) -> None:
     h.add_argument("--img-size", type=int, default=224)
     h.add_argument("--warmup", type=int, default=3)
     h.add_argument("--runs", type=int, default=10)
-    h.add_argument("--device", default="auto")
+    h.add_argument("--device", type=check_device, default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
     h.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     h.add_argument("--channels-last", action="store_true")
     h.add_argument("--json", help="write the result to this JSON file")
@@ -117,50 +116,6 @@ def register(subparsers: Any) -> None:
     c.set_defaults(func=cmd_configs)
 
 
-def _train_overrides(args: argparse.Namespace) -> list[str]:
-    ov: list[str] = []
-    flags = [
-        ("data", "data.path"),
-        ("output", "output_dir"),
-        ("epochs", "train.epochs"),
-        ("max_steps", "train.max_steps"),
-        ("batch_size", "train.batch_size"),
-        ("accum_steps", "train.accum_steps"),
-        ("img_size", "data.img_size"),
-        ("lr", "train.base_lr"),
-        ("checkpoint", "model.checkpoint"),
-        ("pretrained", "model.pretrained"),
-        ("workers", "data.num_workers"),
-        ("amp", "train.amp"),
-        ("device", "train.device"),
-    ]
-    for attr, key in flags:
-        v = getattr(args, attr)
-        if v is not None:
-            ov.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
-    if args.no_progress:
-        ov.append("train.progress=false")
-    return ov + list(args.overrides)
-
-
-def _friendly(func: Any) -> Any:
-    """Turn missing pretrained weights into a one-line error (exit code 2) instead of a traceback."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        from ..weights import PretrainedUnavailableError
-
-        try:
-            return func(args)
-        except PretrainedUnavailableError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper
-
-
-@_friendly
 def cmd_train(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, fit_workers, set_threads
     from .config import load_classification_config
@@ -168,20 +123,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = args.config
     if config is None and args.model is None:
-        saved = Path(args.output or "") / "config.yaml"
-        if args.resume and args.output and saved.exists():
+        saved = Path(args.output) / "config.yaml"
+        if args.resume and saved.exists():
             config = str(saved)  # resuming a run: its resolved config
-        elif args.resume == "auto" and args.output:
-            print(
-                f"error: no checkpoint in {args.output} (no {saved.name} of an earlier run there) to resume; "
-                "to start a run give --model NAME or --config FILE",
-                file=sys.stderr,
+        elif args.resume == "auto":
+            raise ValueError(
+                f"no checkpoint in {args.output} (no {saved.name} of an earlier run there) to resume; "
+                "to start a run give --model NAME or --config FILE"
             )
-            return 2
         else:
-            print("error: give --model NAME (its bundled recipe) or --config FILE", file=sys.stderr)
-            return 2
-    cfg = load_classification_config(config, _train_overrides(args), model=args.model)
+            raise ValueError("give --model NAME (its bundled recipe) or --config FILE")
+    cfg = config_from_args(
+        args,
+        TRAIN_FLAGS,
+        lambda c, overrides, values: load_classification_config(c, overrides, model=args.model, values=values),
+        config=config,
+    )
     set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -204,28 +161,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from .evaluate import load_classifier
-
+def _pretrained(args: argparse.Namespace) -> bool | str | None:
+    """The weights an evaluate/predict command asked for: ``--checkpoint C`` or ``--model NAME [--pretrained]``."""
     if (args.checkpoint is None) == (args.model is None):
         raise ValueError("give either --checkpoint C or --model NAME --pretrained")
     if args.model is not None and args.pretrained is None:
         print(f"warning: {args.model} without --pretrained is RANDOMLY INITIALISED", file=sys.stderr)
-    pre: bool | str | None = True if args.pretrained == "default" else args.pretrained
-    return load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
+    return True if args.pretrained == "default" else args.pretrained
 
 
-@_friendly
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed
     from .evaluate import evaluate
 
-    if (args.checkpoint is None) == (args.model is None):
-        print("error: give either --checkpoint C or --model NAME --pretrained", file=sys.stderr)
-        return 2
-    if args.model is not None and args.pretrained is None:
-        print(f"warning: {args.model} without --pretrained is RANDOMLY INITIALISED", file=sys.stderr)
-    pre: bool | str | None = True if args.pretrained == "default" else args.pretrained
+    pre = _pretrained(args)
     try:
         m = evaluate(
             args.checkpoint,
@@ -239,9 +188,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             head_subset=args.head_subset,
             use_ema=args.ema,
             max_per_class=args.max_per_class,
-            max_images=args.max_images,
+            max_images=args.max_images or 0,
             output_dir=args.output,
-            device=args.device,
+            device=args.device or "auto",
             amp=args.amp,
             progress=not args.no_progress,
         )
@@ -264,12 +213,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_friendly
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine import write_json
+    from ..engine import resolve_device, write_json
+    from .evaluate import load_classifier
     from .predict import predict
 
-    loaded = _load(args)
+    pre = _pretrained(args)
+    loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
     results = predict(
         loaded,
         args.images,
@@ -277,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         head_subset=args.head_subset,
         batch_size=args.batch_size,
-        device=args.device,
+        device=resolve_device(args.device),
     )
     for r in results:
         print(f"\n{r['image']}")

@@ -8,11 +8,13 @@ unknown keys, wrong types and impossible values raise :class:`focalnet.engine.Co
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..engine.config import load_config, packaged_config, packaged_configs
+from ..engine.options import check_device
 
 __all__ = [
     "ClassificationConfig",
@@ -161,8 +163,8 @@ class TrainSection:
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, off on CPU
     ema_decay: float = 0.0  # > 0: keep a model EMA (evaluated and saved too)
     seed: int = 0
-    eval_every_epochs: int = 1
-    eval_every_steps: int = 0  # iteration-based runs
+    eval_every_epochs: int = 1  # 0: only at the end
+    eval_every_steps: int = 0  # iteration-based runs; 0: only at the end
     ckpt_every_steps: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -189,20 +191,27 @@ class TrainSection:
             raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_device(self.device)
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.eval_every_epochs < 0 or self.eval_every_steps < 0:
+            raise ValueError("eval_every_epochs and eval_every_steps must be >= 0 (0: only at the end)")
 
 
 @dataclass
 class EvalSection:
+    """Evaluation during training (``train.eval_every_epochs`` / ``eval_every_steps`` say when)."""
+
+    enabled: bool = True  # false: no evaluation (--no-eval)
+    max_images: int = 0  # > 0: evaluate on that many validation images, spread evenly over the classes
     batch_size: int = 0  # 0: 2 x train.batch_size
     head_subset: Literal["none", "in1k"] = "none"  # in1k: score a 22K head through its first 1,000 outputs
 
     def validate(self) -> None:
         if self.batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
+        if self.max_images < 0:
+            raise ValueError(f"max_images must be >= 0, got {self.max_images}")
 
 
 @dataclass
@@ -233,14 +242,16 @@ def config_path(name: str) -> Path:
 
 def load_classification_config(
     config: str | os.PathLike | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: Sequence[str] = (),
     model: str | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> ClassificationConfig:
     """Resolve a run config: the bundled recipe of ``model`` (when no ``config`` is given) or ``config``
-    (a bundled name or a YAML path), then ``overrides`` (``["train.epochs=5", ...]``), validated.
+    (a bundled name or a YAML path), then ``values`` (``{dotted key: value}``: the command-line flags),
+    then ``overrides`` (``["train.epochs=5", ...]``), validated.
 
-    When the overrides change the run's length but not its warm-up, ``train.recipe_epochs`` records the
-    recipe's length so that the warm-up keeps its share of the (shorter or longer) run."""
+    When the flags and overrides change the run's length but not its warm-up, ``train.recipe_epochs``
+    records the recipe's length so that the warm-up keeps its share of the (shorter or longer) run."""
     path = None
     if config is not None:
         path = config_path(str(config))
@@ -249,8 +260,8 @@ def load_classification_config(
     ov = list(overrides)
     if model is not None:
         ov.insert(0, f"model.name={model}")
-    cfg = load_config(ClassificationConfig, path, ov)
-    keys = {o.split("=", 1)[0].strip() for o in ov}
+    cfg = load_config(ClassificationConfig, path, ov, values=values)
+    keys = {o.split("=", 1)[0].strip() for o in ov} | set(values or {})
     if not keys & {"train.recipe_epochs", "train.warmup_epochs"} and not cfg.train.recipe_epochs:
         recipe = load_config(ClassificationConfig, path, ov[:1] if model is not None else [])
         cfg.train.recipe_epochs = float(recipe.train.epochs)

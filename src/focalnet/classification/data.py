@@ -114,6 +114,12 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def keep_spread(self, n: int) -> None:
+        """Keep ``n`` samples spread evenly over the (class-sorted) list, so that every class keeps its share
+        (``n`` <= 0 or >= the size: keep all)."""
+        if 0 < n < len(self.samples):
+            self.samples = [self.samples[i * len(self.samples) // n] for i in range(n)]
+
     @property
     def targets(self) -> list[int]:
         return [t for _, t in self.samples]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..engine import all_reduce, fit_workers, init_distributed, setup_logging, write_json
+from ..engine import all_reduce, fit_workers, gather_names, init_distributed, setup_logging, write_json
 from .data import ImageFolder, imagenet_indices, resolve_split
 
 __all__ = [
@@ -200,16 +200,6 @@ def head_logits(logits: torch.Tensor, head_subset: str = "none") -> torch.Tensor
     return out
 
 
-def _gather_names(names: list[str]) -> list[str]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, names)
-        names = [n for p in parts for n in p]
-    return sorted(set(names))
-
-
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -294,7 +284,7 @@ def evaluate_model(
     all_reduce(sums)
     all_reduce(confusion)
     all_reduce(elapsed, "max")
-    skipped = _gather_names(skipped)
+    skipped = gather_names(skipped)
     if was_training:
         model.train()
     n = max(sums[0].item(), 1.0)
@@ -342,7 +332,7 @@ def evaluate(
     torchrun too (each process scores a shard; rank 0 writes). ``max_images`` > 0 scores that many
     images spread evenly over the (class-sorted) split, so every class keeps its share.
     """
-    from ..engine.trainer import _amp_dtype
+    from ..engine.trainer import amp_dtype
 
     dist_info = init_distributed(device)
     setup_logging(None, dist_info.is_main)  # console only: an evaluation folder gets no train.log
@@ -356,8 +346,7 @@ def evaluate(
     names = loaded.class_names if head_subset == "none" else None
     targets = target_indices(folders, names, num_outputs)
     ds = ImageFolder(root, loaded.transform(size), class_names=folders, max_per_class=max_per_class, img_size=size)
-    if 0 < max_images < len(ds):
-        ds.samples = [ds.samples[i * len(ds) // max_images] for i in range(max_images)]
+    ds.keep_spread(max_images)
     log.info("evaluating %s on %s (%d images, %d classes) at %d px", loaded.source, root, len(ds), len(folders), size)
     model = loaded.model.to(dist_info.device)
     metrics = evaluate_model(
@@ -368,7 +357,7 @@ def evaluate(
         num_workers=num_workers,
         device=dist_info.device,
         head_subset=head_subset,
-        amp_dtype=_amp_dtype(amp, dist_info.device),
+        amp_dtype=amp_dtype(amp, dist_info.device),
         progress=progress,
         rank=dist_info.rank,
         world_size=dist_info.world_size,

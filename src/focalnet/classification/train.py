@@ -102,7 +102,9 @@ class TrainingRun:
         )
         self.class_names = self.train_set.class_names
         self.val_set = None
-        if val_root.is_dir():
+        if not cfg.eval.enabled:
+            log.info("evaluation off (eval.enabled: false)")
+        elif val_root.is_dir():
             self.val_set = ImageFolder(
                 val_root,
                 build_transform(cfg, False),
@@ -110,6 +112,7 @@ class TrainingRun:
                 max_per_class=d.max_per_class,
                 img_size=d.img_size,
             )
+            self.val_set.keep_spread(cfg.eval.max_images)
         else:
             log.warning("no validation folder %s: training without evaluation", val_root)
         num_classes = len(self.class_names)
@@ -264,9 +267,9 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ run
     def _gather_bad_train(self) -> list[str]:
-        from .evaluate import _gather_names
+        from ..engine.distributed import gather_names
 
-        return _gather_names(sorted(self._bad_train))
+        return gather_names(sorted(self._bad_train))
 
     def fit(self, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
         """Train (resuming from ``resume``: "auto" or a checkpoint path) and return the final metrics.

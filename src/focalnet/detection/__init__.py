@@ -9,27 +9,40 @@ Train / evaluate / predict on COCO-format data with :func:`train`, :func:`evalua
 :func:`load_detector`. FocalNet-DINO: :func:`dino` (see :mod:`focalnet.detection.dino`).
 """
 
-from .atss import ATSS, atss
-from .cascade import CascadeMaskRCNN, CascadeRoIHeads, cascade_mask_rcnn, convert_mmdet_cascade_state_dict
-from .config import DataConfig, DetectionConfig, ModelConfig, OptimConfig, config_path, list_configs
-from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
-from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
-from .dino import dino
-from .evaluate import STAT_NAMES, coco_evaluate, evaluate_detector, outputs_to_coco, run_inference
-from .model import (
-    DETECTION_DEFAULTS,
-    AlignedMultiScaleRoIAlign,
-    DetectionTransform,
-    FocalNetFPN,
-    UnroundedAnchorGenerator,
-    build_detector,
-    faster_rcnn,
-    mask_rcnn,
-)
-from .predict import draw_detections, predict_images
-from .sparse_rcnn import SPARSE_RCNN_DEFAULTS, SparseRCNN, sparse_rcnn
-from .train import build_datasets, build_model, detection_step, train
-from .transforms import RandomCropAbsoluteRange, eval_transforms, train_transforms
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
+    from .atss import ATSS, atss
+    from .cascade import CascadeMaskRCNN, CascadeRoIHeads, cascade_mask_rcnn, convert_mmdet_cascade_state_dict
+    from .config import (
+        DataConfig,
+        DetectionConfig,
+        ModelConfig,
+        OptimConfig,
+        config_path,
+        list_configs,
+        load_detection_config,
+    )
+    from .convert import coco_class_names, convert_mmdet_state_dict, is_mmdet_detector, load_detector
+    from .data import CocoInstances, DataProblem, decode_segmentation, detection_collate
+    from .dino import dino
+    from .evaluate import STAT_NAMES, coco_evaluate, evaluate_detector, outputs_to_coco, run_inference
+    from .model import (
+        DETECTION_DEFAULTS,
+        AlignedMultiScaleRoIAlign,
+        DetectionTransform,
+        FocalNetFPN,
+        UnroundedAnchorGenerator,
+        build_detector,
+        faster_rcnn,
+        mask_rcnn,
+    )
+    from .predict import draw_detections, predict_images
+    from .sparse_rcnn import SPARSE_RCNN_DEFAULTS, SparseRCNN, sparse_rcnn
+    from .train import build_datasets, build_model, detection_step, train
+    from .transforms import RandomCropAbsoluteRange, eval_transforms, train_transforms
 
 __all__ = [
     "DETECTION_DEFAULTS",
@@ -70,6 +83,7 @@ __all__ = [
     "faster_rcnn",
     "is_mmdet_detector",
     "list_configs",
+    "load_detection_config",
     "load_detector",
     "mask_rcnn",
     "outputs_to_coco",
@@ -79,3 +93,5 @@ __all__ = [
     "train",
     "train_transforms",
 ]
+
+lazy_exports(__name__)

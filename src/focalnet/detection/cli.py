@@ -6,14 +6,53 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..engine.options import FlagTable, add_shared_options, config_from_args, off
 from .config import DETECTORS
 
-__all__ = ["register", "resolve_config"]
+__all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
-_REF_MIN_SIZE = 800
+
+def _rescaled_sizes(min_size: int, base: Callable[[], Any]) -> Mapping[str, Any]:
+    """``--min-size``: the test short side, and the training scales, crop sizes and crop range rescaled by
+    ``min_size`` / the config's test short side."""
+    cfg = base()
+    r = min_size / cfg.model.min_size
+    return {
+        "model.min_size": min_size,
+        "data.scales": sorted({max(16, round(s * r)) for s in cfg.data.scales}),
+        "data.crop_resize_scales": [max(16, round(s * r)) for s in cfg.data.crop_resize_scales],
+        "data.crop_range": [max(8, round(s * r)) for s in cfg.data.crop_range],
+    }
+
+
+# training flags -> config keys (the shared options of engine.options included)
+TRAIN_FLAGS: FlagTable = {
+    "backbone": "model.backbone",
+    "detector": "model.detector",
+    "backbone_checkpoint": "model.backbone_checkpoint",
+    "min_size": _rescaled_sizes,
+    "max_size": ("model.max_size", "data.max_size"),
+    "data": "data.root",
+    "train_ann": "data.train_ann",
+    "train_images": "data.train_images",
+    "val_ann": "data.val_ann",
+    "val_images": "data.val_images",
+    "workers": "data.num_workers",
+    "lr": "optim.lr",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "amp": "amp",
+    "device": "device",
+    "no_progress": off("progress"),
+    "max_images": "eval_max_images",
+    "eval_every": ("eval_every_epochs", "eval_every_steps"),
+    "no_eval": off("eval_enabled"),
+}
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -30,20 +69,19 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the ``detection`` subcommand and its sub-subcommands to the ``focalnet`` parser."""
-    det = subparsers.add_parser("detection", help="object detection / instance segmentation (Mask R-CNN, Faster R-CNN)")
+    det = subparsers.add_parser("detection")
     sub = det.add_subparsers(dest="detection_command", required=True)
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
+        help=f"train a FocalNet detector ({', '.join(DETECTORS)}) on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
-        "focalnet detection train ... for DDP.",
+        "focalnet detection train ... for DDP. Settings: defaults < --config < options < --set key=value.",
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
     p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
     _add_data_args(p, train=True)
-    p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
     p.add_argument("--batch-size", type=int, help="images per process")
@@ -52,32 +90,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-size", type=int, help="long-side limit for training and test")
     p.add_argument("--backbone-checkpoint", help="ImageNet (or detection) FocalNet checkpoint for the backbone")
     p.add_argument("--workers", type=int, help="data loader workers")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
-    p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in a folder holding another run's checkpoints, deleting them",
-    )
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=2e-4 model.frozen_stages=1 data.filter_empty=false (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true")
+    add_shared_options(p, "train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO bbox/segm mAP of a checkpoint on a COCO-format validation set")
     p.add_argument("--checkpoint", required=True, help="model.pt, checkpoints/checkpoint-*.pt or an mmdetection file")
     _add_data_args(p, train=False)
-    p.add_argument("--output", help="folder for metrics.json and results.json")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="data loader workers (at most the cores)")
-    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
     p.add_argument(
@@ -86,25 +107,22 @@ def register(subparsers: Any) -> None:
         default=None,
         help="aligned RoIAlign / unrounded anchors as mmdetection (default for mmdet files)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_shared_options(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument(
-        "--output", "--out", dest="out", default="predictions", help="output folder (default: ./predictions)"
-    )
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_shared_options(p, "predict")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
         "convert",
-        help="convert an mmdetection FocalNet Mask R-CNN or an original FocalNet-DINO checkpoint to a focalnet "
+        help="convert an mmdetection FocalNet detector or an original FocalNet-DINO checkpoint to a focalnet "
         "model.pt (FocalNet-DINO: --to original converts back)",
     )
     p.add_argument("input")
@@ -121,76 +139,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_configs)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_merge(dst[k], v)
-        else:
-            dst[k] = v
-
-
 def resolve_config(args: argparse.Namespace) -> Any:
-    """The run config: packaged/YAML ``--config``, then the flags, then ``--set`` overrides."""
-    import yaml
+    """The run config: packaged/YAML ``--config``, then the flags (:data:`TRAIN_FLAGS`), then ``--set``."""
+    from .config import load_detection_config
 
-    from ..engine.config import ConfigError, apply_overrides, build_config
-    from .config import DetectionConfig, config_path
-
-    data: dict[str, Any] = {}
-    if args.config:
-        path = config_path(args.config)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping at the top level")
-        data = loaded
-    base = build_config(DetectionConfig, data)  # defaults + file, to rescale sizes below
-    flags: dict[str, Any] = {"model": {}, "data": {}, "optim": {}}
-    m, d = flags["model"], flags["data"]
-    if args.backbone:
-        m["backbone"] = args.backbone
-    if args.detector:
-        m["detector"] = args.detector
-    if args.backbone_checkpoint:
-        m["backbone_checkpoint"] = args.backbone_checkpoint
-    if args.min_size:
-        r = args.min_size / base.model.min_size
-        m["min_size"] = args.min_size
-        d["scales"] = sorted({max(16, round(s * r)) for s in base.data.scales})
-        d["crop_resize_scales"] = [max(16, round(s * r)) for s in base.data.crop_resize_scales]
-        d["crop_range"] = [max(8, round(s * r)) for s in base.data.crop_range]
-    if args.max_size:
-        m["max_size"] = args.max_size
-        d["max_size"] = args.max_size
-    for flag, key in (
-        ("data", "root"),
-        ("train_ann", "train_ann"),
-        ("train_images", "train_images"),
-        ("val_ann", "val_ann"),
-        ("val_images", "val_images"),
-        ("workers", "num_workers"),
-    ):
-        v = getattr(args, flag, None)
-        if v is not None:
-            d[key] = v
-    if args.lr is not None:
-        flags["optim"]["lr"] = args.lr
-    for flag in ("epochs", "max_steps", "batch_size", "device", "amp"):
-        v = getattr(args, flag)
-        if v is not None:
-            flags[flag] = v
-    if args.no_progress:
-        flags["progress"] = False
-    _deep_merge(data, flags)
-    apply_overrides(data, args.set or [])
-    return build_config(DetectionConfig, data)
+    return config_from_args(args, TRAIN_FLAGS, load_detection_config)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -202,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
     try:
-        final = train(cfg, args.output, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+        final = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -215,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..engine import write_json
+    from ..engine import resolve_device, write_json
     from .config import DataConfig
     from .convert import load_detector
     from .data import CocoInstances
@@ -225,7 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.data and not (args.val_ann and args.val_images):
         raise ValueError("give --data ROOT (COCO 2017 layout) or both --val-ann and --val-images")
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, mmdet_compat=args.mmdet_compat, **overrides)
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
@@ -240,8 +193,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         output_dir=args.output,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        max_images=args.max_images,
+        max_images=args.max_images or 0,
         category_ids=meta["category_ids"],
+        progress=not args.no_progress,
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
@@ -269,6 +223,7 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..engine import resolve_device
     from .convert import load_detector
     from .predict import predict_images
 
@@ -276,16 +231,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, **overrides)
+    out = args.output or "predictions"
     records = predict_images(
         model,
         args.images,
         class_names=meta["class_names"],
         category_ids=meta["category_ids"],
-        out_dir=args.out,
+        out_dir=out,
         score_thr=args.score_thr,
         device=device,
+        progress=not args.no_progress,
     )
     for r in records:
         if "error" in r:
@@ -293,16 +250,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         names = ", ".join(f"{d['label']} {d['score']:.2f}" for d in r["detections"][:10])
         print(f"{r['image']}: {len(r['detections'])} detection(s){': ' + names if names else ''}")
-    print(f"wrote {Path(args.out) / 'detections.json'} and the drawn images in {args.out}")
+    print(f"wrote {Path(out) / 'detections.json'} and the drawn images in {out}")
     return 0 if all("error" not in r for r in records) else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights.io import atomic_save
-    from .convert import _load, load_detector
+    from ..weights.io import atomic_save, safe_torch_load
+    from .convert import load_detector
     from .dino.convert import convert_file, is_dino_checkpoint
 
-    if is_dino_checkpoint(_load(args.input)):
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.input}")
+    if is_dino_checkpoint(safe_torch_load(args.input)):
         print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
         return 0
     if getattr(args, "to", "focalnet") == "original":

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine.config import packaged_config, packaged_configs
+from ..engine.config import load_config, packaged_config, packaged_configs
 
 # every detector of the package (``ModelConfig.detector``, ``--detector``)
 DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "dino")
 
-__all__ = ["DETECTORS", "ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
+__all__ = [
+    "DETECTORS",
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "DetectionConfig",
+    "config_path",
+    "list_configs",
+    "load_detection_config",
+]
 
 
 @dataclass
@@ -131,8 +142,10 @@ class DetectionConfig:
     accum_steps: int = 1
     grad_clip: float | None = None
     amp: str = "auto"
-    eval_every_epochs: int = 1
-    eval_every_steps: int = 0
+    eval_every_epochs: int = 1  # 0: only at the end
+    eval_every_steps: int = 0  # iteration-based runs (max_steps > 0); 0: only at the end
+    eval_enabled: bool = True  # false: no evaluation (--no-eval)
+    eval_max_images: int = 0  # > 0: evaluate on the first N validation images (--max-images)
     ckpt_every_steps: int = 0
     keep_checkpoints: int = 2
     log_every: int = 20
@@ -145,6 +158,8 @@ class DetectionConfig:
             raise ValueError("epochs or max_steps must be >= 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if min(self.eval_every_epochs, self.eval_every_steps, self.eval_max_images) < 0:
+            raise ValueError("eval_every_epochs, eval_every_steps and eval_max_images must be >= 0")
 
 
 def config_path(name: str) -> Path:
@@ -155,3 +170,13 @@ def config_path(name: str) -> Path:
 def list_configs() -> list[str]:
     """Names of the packaged detection configs."""
     return packaged_configs("detection")
+
+
+def load_detection_config(
+    config: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> DetectionConfig:
+    """Defaults, then ``config`` (a packaged name or a YAML file), then ``values`` (``{dotted key: value}``:
+    the command-line flags), then ``key=value`` overrides, validated."""
+    return load_config(DetectionConfig, config_path(str(config)) if config else None, overrides, values=values)

@@ -79,6 +79,7 @@ def predict_images(
     score_thr: float = 0.5,
     device: str | torch.device = "cpu",
     with_masks_json: bool = True,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Detect objects in each image file; with ``out_dir``, write ``<stem>.png`` (drawn) per image and
     ``detections.json``. Returns, per image, ``{"image", "width", "height", "detections": [{"label",
@@ -92,7 +93,7 @@ def predict_images(
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
-    for path in tqdm(list(images), desc="predicting", unit="image", disable=len(images) < 2):
+    for path in tqdm(list(images), desc="predicting", unit="image", disable=not progress or len(images) < 2):
         path = Path(path)
         try:
             img = torch.from_numpy(np.asarray(open_image(path)).copy()).permute(2, 0, 1)

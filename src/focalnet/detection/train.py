@@ -232,7 +232,13 @@ def train(
         if val_set is None:
             return {}
         return evaluate_detector(
-            m, val_set, trainer.device, output_dir=out, num_workers=cfg.data.num_workers, progress=cfg.progress
+            m,
+            val_set,
+            trainer.device,
+            output_dir=out,
+            num_workers=cfg.data.num_workers,
+            max_images=cfg.eval_max_images,
+            progress=cfg.progress,
         )
 
     trainer = DetectionTrainer(
@@ -241,7 +247,7 @@ def train(
         optimizer,
         train_set,
         detection_step,
-        eval_fn=eval_fn if val_set else None,
+        eval_fn=eval_fn if val_set is not None and cfg.eval_enabled else None,
         collate_fn=detection_collate,
         dist_info=dist_info,
         run_state=meta,

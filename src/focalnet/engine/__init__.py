@@ -1,29 +1,38 @@
 """The training engine shared by every task: loop, AMP, DDP, checkpoints, resume, logging, configs."""
 
-from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import (
-    ConfigError,
-    apply_overrides,
-    build_config,
-    config_to_dict,
-    load_config,
-    packaged_config,
-    packaged_configs,
-    save_config,
-)
-from .distributed import (
-    DistInfo,
-    ResumableSampler,
-    SeededSamples,
-    all_reduce,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
-)
-from .optim import build_adamw, layer_id, param_groups, set_group_lrs
-from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
-from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
-from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
+    from .checkpoint import CheckpointManager, rng_state, set_rng_state
+    from .config import (
+        ConfigError,
+        apply_overrides,
+        build_config,
+        config_to_dict,
+        load_config,
+        packaged_config,
+        packaged_configs,
+        save_config,
+    )
+    from .distributed import (
+        DistInfo,
+        ResumableSampler,
+        SeededSamples,
+        all_reduce,
+        barrier,
+        cleanup_distributed,
+        gather_names,
+        init_distributed,
+        resolve_device,
+    )
+    from .files import RunFolderError, finite_json, make_output_dir, write_json
+    from .optim import build_adamw, layer_id, param_groups, set_group_lrs
+    from .options import add_shared_options, add_threads_arg, check_device, config_from_args, flag_values, off
+    from .resources import available_cores, default_threads, fit_workers, set_threads
+    from .runs import avoid_inputs, prepare_run_folder
+    from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, plot_curves, setup_logging
 
 __all__ = [
     "CheckpointManager",
@@ -34,28 +43,37 @@ __all__ = [
     "SeededSamples",
     "Trainer",
     "TrainerConfig",
+    "add_shared_options",
     "add_threads_arg",
     "all_reduce",
-    "available_cores",
+    "amp_dtype",
     "apply_overrides",
+    "available_cores",
     "avoid_inputs",
     "barrier",
     "build_adamw",
     "build_config",
+    "check_device",
     "cleanup_distributed",
     "collate_skip_none",
+    "config_from_args",
     "config_to_dict",
     "default_threads",
+    "finite_json",
     "fit_workers",
+    "gather_names",
+    "flag_values",
     "init_distributed",
     "layer_id",
     "load_config",
     "make_output_dir",
+    "off",
     "packaged_config",
     "packaged_configs",
     "param_groups",
-    "prepare_run_folder",
     "plot_curves",
+    "prepare_run_folder",
+    "resolve_device",
     "rng_state",
     "save_config",
     "set_group_lrs",
@@ -64,3 +82,5 @@ __all__ = [
     "setup_logging",
     "write_json",
 ]
+
+lazy_exports(__name__)

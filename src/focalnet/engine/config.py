@@ -26,6 +26,7 @@ __all__ = [
     "packaged_config",
     "packaged_configs",
     "save_config",
+    "set_value",
 ]
 
 T = TypeVar("T")
@@ -142,20 +143,26 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def set_value(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set dotted ``key`` (``"optim.lr"``) of a nested dict to ``value`` in place, creating sections."""
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {key}: {p} is not a section")
-            node = nxt
-        node[parts[-1]] = _parse_value(text)
+        set_value(data, key, _parse_value(text))
     return data
 
 
@@ -164,8 +171,10 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
     base: Mapping[str, Any] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> T:
-    """``base`` dict, then the YAML file at ``path``, then ``overrides``, merged and validated."""
+    """``base`` dict, then the YAML file at ``path``, then ``values`` (``{dotted key: value}``, e.g. from
+    command-line flags), then ``overrides`` (``key=value`` strings), merged and validated."""
     data: dict[str, Any] = _deep_copy(base or {})
     if path is not None:
         p = Path(path)
@@ -178,6 +187,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p} must hold a mapping at the top level")
         _deep_merge(data, loaded)
+    for key, value in (values or {}).items():
+        set_value(data, key, value)
     apply_overrides(data, overrides)
     return build_config(cls, data)
 

@@ -16,11 +16,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from .options import check_device
+
 __all__ = [
     "DistInfo",
     "init_distributed",
+    "resolve_device",
     "cleanup_distributed",
     "all_reduce",
+    "gather_names",
     "ResumableSampler",
     "SeededSamples",
     "barrier",
@@ -62,22 +66,45 @@ def collective_timeout(timeout_s: float | None = None) -> float:
     return float(timeout_s)
 
 
+def resolve_device(name: str | None) -> str:
+    """``auto`` (or ``None``) as ``cuda`` when CUDA is available, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N``
+    checked (one-line ``ValueError`` for another name, or for CUDA on a machine without it)."""
+    name = check_device(name or "auto")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group.
 
-    ``device``: "auto" (CUDA if available, else CPU), "cpu", "cuda". Single process: no group.
+    ``device``: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N" (one process; under torchrun
+    each process takes the GPU of its LOCAL_RANK). Single process: no group.
     ``timeout_s`` (default ``$FOCALNET_DDP_TIMEOUT`` or 30 minutes) bounds how long a collective waits
     for a rank that hangs: the others then fail with an error instead of blocking forever.
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
+    resolved = resolve_device(device)
+    use_cuda = resolved.startswith("cuda")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        index = local
+        if ":" in resolved:
+            if world > 1:
+                raise ValueError(
+                    f"device {resolved!r} names one GPU: under torchrun each process uses the GPU of its "
+                    "LOCAL_RANK (give --device cuda)"
+                )
+            index = int(resolved.partition(":")[2])
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -111,6 +138,15 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t
+
+
+def gather_names(names: list[str]) -> list[str]:
+    """The sorted union of ``names`` over ranks (e.g. the files each rank skipped); sorted in one process."""
+    if dist.is_available() and dist.is_initialized():
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, names)
+        names = [n for p in parts for n in p]
+    return sorted(set(names))
 
 
 class ResumableSampler(Sampler[int]):

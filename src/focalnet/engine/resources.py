@@ -9,13 +9,12 @@ more than those cores, and compute threads = the cores left once the workers hav
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
 import torch
 
-__all__ = ["add_threads_arg", "available_cores", "default_threads", "fit_workers", "set_threads"]
+__all__ = ["available_cores", "default_threads", "fit_workers", "set_threads"]
 
 log = logging.getLogger("focalnet")
 
@@ -51,15 +50,3 @@ def set_threads(threads: int | None, workers: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
-
-
-def add_threads_arg(parser: argparse.ArgumentParser) -> None:
-    """The ``--threads`` option every computing command shares."""
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU compute threads (default: the cores this process may use, less one per data loader worker, "
-        "shared among torchrun's processes)",
-    )

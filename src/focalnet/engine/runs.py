@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from .files import RunFolderError, make_output_dir, write_json
+
 __all__ = [
     "RUN_FILE",
     "RunFolderError",
@@ -35,23 +37,6 @@ _TMP = re.compile(r"^\..+\.tmp$")  # our atomic writes: .<name>.<random>.tmp / .
 _CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
 # files of a run that --overwrite removes (the others are rewritten by the new run)
 _RUN_OUTPUTS = ("metrics.json", "curves.png", "model.safetensors", "model_ema.safetensors", "model.pt", RUN_FILE)
-
-
-class RunFolderError(ValueError):
-    """An output folder cannot be used as asked (another run's checkpoints, not a folder, ...)."""
-
-
-def make_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
-    """``mkdir -p`` with a one-line error where a part of ``path`` is a regular file."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        blocker = next((q for q in [p, *p.parents] if q.exists() and not q.is_dir()), p)
-        raise RunFolderError(f"{what} {p}: {blocker} is a file, not a folder") from e
-    except PermissionError as e:
-        raise RunFolderError(f"{what} {p}: permission denied ({e.filename})") from e
-    return p
 
 
 def cleanup_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -161,8 +146,6 @@ def _checkpoint_run_id(path: str | os.PathLike) -> str | None:
 
 
 def _write_run_file(out: Path, data: dict) -> None:
-    from .trainer import write_json
-
     write_json(out / RUN_FILE, data)
 
 

@@ -29,12 +29,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
+from .files import json_default, make_output_dir, write_json
 from .resources import fit_workers
-from .runs import make_output_dir, prepare_run_folder
+from .runs import prepare_run_folder
 
 __all__ = [
     "TrainerConfig",
     "Trainer",
+    "amp_dtype",
     "StepFn",
     "EvalFn",
     "collate_skip_none",
@@ -65,8 +67,8 @@ class TrainerConfig:
     amp: str = "auto"  # auto | none | bf16 | fp16
     ema_decay: float = 0.0
     log_every: int = 10
-    eval_every_epochs: int = 1
-    eval_every_steps: int = 0
+    eval_every_epochs: int = 1  # epoch-based runs; 0: only at the end
+    eval_every_steps: int = 0  # iteration-based runs (max_steps > 0); 0: only at the end
     ckpt_every_steps: int = 0
     keep_checkpoints: int = 2
     seed: int = 0
@@ -87,39 +89,6 @@ def collate_skip_none(batch: list[Any]) -> Any:
     if not batch:
         return None
     return default_collate(batch)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write strict JSON atomically (temp file, then rename): NaN and infinities become ``null``."""
-    path = Path(path)
-    make_output_dir(path.parent, "output folder")
-    text = json.dumps(finite_json(data), indent=2, default=_json_default, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def finite_json(data: Any) -> Any:
-    """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that it is valid JSON."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
-    if isinstance(data, torch.Tensor) or (hasattr(data, "tolist") and not isinstance(data, (str, bytes))):
-        return finite_json(data.tolist())
-    return data
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 # history keys that are bookkeeping, not curves worth a panel
@@ -211,7 +180,8 @@ def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) ->
     log.propagate = False
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting on ``device`` (``None``: full precision)."""
     if amp not in ("auto", "none", "bf16", "fp16"):
         raise ValueError(f"amp must be auto, none, bf16 or fp16, got {amp!r}")
     if amp == "none" or (amp == "auto" and device.type != "cuda"):
@@ -253,7 +223,7 @@ class Trainer:
         if self.is_main:
             make_output_dir(self.out)
         setup_logging(self.out, self.is_main)
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = None
         if cfg.ema_decay > 0:
@@ -321,7 +291,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "rng": rng_state(),
-            "history": json.loads(json.dumps(self.history, default=_json_default)),
+            "history": json.loads(json.dumps(self.history, default=json_default)),
             "world_size": self.dist.world_size,
             "run_id": self.cfg.run_id,
             **self.run_state,
@@ -375,7 +345,7 @@ class Trainer:
             "resumed from %s (run %s) at epoch %d, batch %d, step %d%s",
             path,
             state.get("run_id") or "of no id",
-            self.epoch,
+            self.epoch + 1,
             self.batch_in_epoch,
             self.step,
             " (already finished)" if self.step >= self.total_steps else "",
@@ -468,8 +438,13 @@ class Trainer:
         self.model.train()
         return metrics
 
+    @property
+    def epoch_number(self) -> int:
+        """The epoch the last step belongs to, numbered from 1 (logs, progress bars and the history)."""
+        return self.epoch + 1 if self.batch_in_epoch else max(self.epoch, 1)
+
     def _record(self, train_stats: dict[str, Any], do_eval: bool) -> dict[str, Any]:
-        rec = {"epoch": self.epoch, "step": self.step, **train_stats}
+        rec = {"epoch": self.epoch_number, "step": self.step, **train_stats}
         if do_eval:
             rec.update(self.evaluate())
             self._last_eval_step = self.step
@@ -478,7 +453,7 @@ class Trainer:
         self._write_metrics()
         log.info(
             "epoch %d step %d: %s",
-            self.epoch,
+            self.epoch_number,
             self.step,
             ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)),
         )
@@ -526,15 +501,14 @@ class Trainer:
             if stats.get("interrupted"):
                 self.save_checkpoint()
                 log.warning("stopped at step %d; resume with --resume auto", self.step)
-                return {"interrupted": True, "step": self.step, "epoch": self.epoch}
+                return {"interrupted": True, "step": self.step, "epoch": self.epoch_number}
             epoch_done = self.batch_in_epoch >= self.batches_per_epoch
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 epoch_based = cfg.max_steps <= 0
-                do_eval = epoch_based and (
-                    self.epoch % max(cfg.eval_every_epochs, 1) == 0 or self.step >= self.total_steps
-                )
+                every = cfg.eval_every_epochs  # 0: at the end only
+                do_eval = epoch_based and ((every > 0 and self.epoch % every == 0) or self.step >= self.total_steps)
                 if epoch_based:
                     self._record(stats, do_eval)
                     self.save_checkpoint()
@@ -558,7 +532,7 @@ class Trainer:
         if self.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=remaining, desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True, leave=False)
+            bar = tqdm(total=remaining, desc=f"epoch {self.epoch + 1}", unit="batch", dynamic_ncols=True, leave=False)
         micro = 0
         self._loader_gen.manual_seed(hash((cfg.seed, self.epoch, self.dist.rank, start_batch)) % 2**63)
         self._seeded.epoch = self.epoch
@@ -583,7 +557,7 @@ class Trainer:
                     loss, logs, n = self.step_fn(model, batch, self.device)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); "
+                        f"loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1}); "
                         "lower the learning rate or enable gradient clipping"
                     )
                 self.scaler.scale(loss / cfg.accum_steps).backward()

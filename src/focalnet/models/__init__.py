@@ -12,7 +12,7 @@ from .focalnet import (
     count_flops,
     num_params,
 )
-from .registry import VARIANTS, Variant, get_variant, list_models, match_variant
+from .registry import VARIANTS, Variant, get_variant, imagenet_class_names, list_models, match_variant
 
 __all__ = [
     "VARIANTS",
@@ -27,6 +27,7 @@ __all__ = [
     "Variant",
     "count_flops",
     "get_variant",
+    "imagenet_class_names",
     "list_models",
     "match_variant",
     "num_params",

@@ -7,7 +7,7 @@ from typing import Any
 
 from .focalnet import FocalNetConfig
 
-__all__ = ["Variant", "VARIANTS", "list_models", "get_variant", "match_variant"]
+__all__ = ["Variant", "VARIANTS", "list_models", "get_variant", "imagenet_class_names", "match_variant"]
 
 _BLOB = "https://projects4jw.blob.core.windows.net/focalnet/release/classification/"
 
@@ -242,4 +242,19 @@ def match_variant(cfg: FocalNetConfig, ignore: tuple[str, ...] = ()) -> Variant 
     for v in VARIANTS.values():
         if all(getattr(v.cfg, f) == getattr(cfg, f) for f in fields):
             return v
+    return None
+
+
+def imagenet_class_names(num_classes: int) -> list[str] | None:
+    """Readable names of the outputs of a released head: ImageNet-1K (1000) or -22K (21842) descriptions
+    (timm's tables), else ``None``."""
+    try:
+        from timm.data import ImageNetInfo
+
+        if num_classes == 1000:
+            return ImageNetInfo().label_descriptions()
+        if num_classes == 21842:
+            return ImageNetInfo("imagenet-22k-ms").label_descriptions()
+    except Exception:
+        return None
     return None

@@ -8,33 +8,38 @@
 torch.Size([1, 3, 64, 48])
 """
 
-from .convert import convert_segmentor, focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
-from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
-from .evaluate import (
-    MS_RATIOS,
-    TestConfig,
-    confusion_matrix,
-    evaluate,
-    inference,
-    metrics_from_confusion,
-    predict_probs,
-    slide_inference,
-    whole_inference,
-)
-from .model import (
-    FCNHead,
-    HeadConfig,
-    UPerHead,
-    UPerNet,
-    build_segmentor,
-    load_segmentor,
-    read_segmentor,
-    save_segmentor,
-    upernet,
-)
-from .predict import colorize, overlay, palette, predict_image, predict_images
-from .train import SegmentationConfig, load_segmentation_config, train
-from .transforms import TestTransform, TrainTransform
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
+    from .convert import convert_segmentor, focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+    from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
+    from .evaluate import (
+        MS_RATIOS,
+        TestConfig,
+        confusion_matrix,
+        evaluate,
+        inference,
+        metrics_from_confusion,
+        predict_probs,
+        slide_inference,
+        whole_inference,
+    )
+    from .model import (
+        FCNHead,
+        HeadConfig,
+        UPerHead,
+        UPerNet,
+        build_segmentor,
+        load_segmentor,
+        read_segmentor,
+        save_segmentor,
+        upernet,
+    )
+    from .predict import colorize, overlay, palette, predict_image, predict_images
+    from .train import SegmentationConfig, load_segmentation_config, train
+    from .transforms import TestTransform, TrainTransform
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -76,3 +81,5 @@ __all__ = [
     "upernet",
     "whole_inference",
 ]
+
+lazy_exports(__name__)

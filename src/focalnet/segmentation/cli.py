@@ -7,10 +7,13 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
+from ..engine.options import FlagTable, add_shared_options, config_from_args, off
+
+__all__ = ["TRAIN_FLAGS", "register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -49,7 +52,6 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
         help="0 = ignore, k -> k-1 (default: true for ade20k, false for folder)",
     )
     p.add_argument("--workers", type=int, help="data loading processes")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
 
 
 def _add_test_args(p: argparse.ArgumentParser) -> None:
@@ -69,9 +71,55 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="sliding window step (default 341)")
 
 
+def _class_names(value: str, base: Callable[[], Any]) -> Mapping[str, Any]:
+    return {"data.class_names": [s.strip() for s in value.split(",") if s.strip()]}
+
+
+def _reduce_zero_label(value: str, base: Callable[[], Any]) -> Mapping[str, Any]:
+    return {"data.reduce_zero_label": value == "true"}
+
+
+def _crop_size(size: int, base: Callable[[], Any]) -> Mapping[str, Any]:
+    """``--crop-size S``: the training crop, the sliding window and its stride (2/3 of it)."""
+    return {"aug.crop_size": [size, size], "eval.crop_size": [size, size], "eval.stride": [math.ceil(size * 2 / 3)] * 2}
+
+
+# training flags -> config keys (the shared options of engine.options included)
+TRAIN_FLAGS: FlagTable = {
+    "backbone": "model.backbone",
+    "data": "data.root",
+    "layout": "data.layout",
+    "img_dir": "data.train_img_dir",
+    "ann_dir": "data.train_ann_dir",
+    "val_img_dir": "data.val_img_dir",
+    "val_ann_dir": "data.val_ann_dir",
+    "classes_file": "data.classes_file",
+    "class_names": _class_names,
+    "num_classes": "data.num_classes",
+    "ignore_index": "data.ignore_index",
+    "reduce_zero_label": _reduce_zero_label,
+    "workers": "data.num_workers",
+    "device": "train.device",
+    "iters": "train.iters",
+    "batch_size": "train.batch_size",
+    "accum_steps": "train.accum_steps",
+    "resume": "train.resume",
+    "amp": "train.amp",
+    "lr": "optim.lr",
+    "crop_size": _crop_size,
+    "backbone_checkpoint": "model.backbone_checkpoint",
+    "checkpoint": "model.checkpoint",
+    "pretrained": "model.pretrained",
+    "no_progress": off("train.progress"),
+    "max_images": "eval.max_images",
+    "eval_every": "eval.every",
+    "no_eval": off("eval.enabled"),
+}
+
+
 def register(subparsers: Any) -> None:
     """Add ``focalnet segmentation ...`` to the main parser."""
-    seg = subparsers.add_parser("segmentation", help="semantic segmentation with UPerNet (ADE20K / folders)")
+    seg = subparsers.add_parser("segmentation")
     sub = seg.add_subparsers(dest="seg_command", required=True)
 
     p = sub.add_parser(
@@ -82,7 +130,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_srf (see `focalnet models`)")
     _add_data_args(p, train=True)
-    p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt)")
     p.add_argument("--config", help="YAML file or shipped config name, e.g. upernet_focalnet_tiny_srf_ade20k_160k")
     p.add_argument("--iters", type=int, help="optimizer steps (default 160000)")
     p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
@@ -96,31 +143,9 @@ def register(subparsers: Any) -> None:
         "file (architecture from the file; new classifiers when the classes differ)",
     )
     p.add_argument("--pretrained", action="store_true", help="download the released ImageNet weights")
-    p.add_argument("--eval-every", type=int, help="iterations between evaluations (0: at the end only)")
-    p.add_argument("--no-eval", action="store_true", help="do not evaluate")
-    p.add_argument(
-        "--max-images",
-        type=int,
-        help="evaluate on the first N validation images (default: all; a trial run much shorter than the "
-        "recipe uses a share of them)",
-    )
-    p.add_argument("--resume", help="'auto' (latest valid checkpoint in OUTPUT) or a checkpoint path")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in a folder holding another run's checkpoints, deleting them",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=1e-4 data.num_workers=8",
-    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    add_shared_options(p, "train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="mIoU of a trained model (single/multi-scale, whole/slide, flip)")
@@ -132,17 +157,15 @@ def register(subparsers: Any) -> None:
     _add_data_args(p, train=False)
     p.add_argument("--split", choices=["train", "val"], default="val")
     _add_test_args(p)
-    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
-    p.add_argument("--output", help="folder for metrics.json (default: next to the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_shared_options(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
-    p.add_argument("--output", "--out", dest="out", default="predictions", help="output folder (default ./predictions)")
     _add_test_args(p)
-    p.add_argument("--device", help="auto (default), cpu or cuda")
+    add_shared_options(p, "predict")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -183,55 +206,11 @@ def _bool(s: str | None) -> bool | None:
     return None if s is None else s == "true"
 
 
-def _yaml(v: Any) -> str:
-    return json.dumps(v)  # JSON is valid YAML and quotes strings safely
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..engine import fit_workers, set_threads
     from .train import load_segmentation_config, train
 
-    o: list[str] = []
-
-    def put(key: str, value: Any) -> None:
-        if value is not None:
-            o.append(f"{key}={_yaml(value)}")
-
-    put("model.backbone", args.backbone)
-    put("data.root", args.data)
-    put("data.layout", args.layout)
-    put("data.train_img_dir", args.img_dir)
-    put("data.train_ann_dir", args.ann_dir)
-    put("data.val_img_dir", args.val_img_dir)
-    put("data.val_ann_dir", args.val_ann_dir)
-    put("data.classes_file", args.classes_file)
-    if args.class_names:
-        put("data.class_names", [s.strip() for s in args.class_names.split(",") if s.strip()])
-    put("data.num_classes", args.num_classes)
-    put("data.ignore_index", args.ignore_index)
-    put("data.reduce_zero_label", _bool(args.reduce_zero_label))
-    put("data.num_workers", args.workers)
-    put("train.device", args.device)
-    put("train.iters", args.iters)
-    put("train.batch_size", args.batch_size)
-    put("train.accum_steps", args.accum_steps)
-    put("train.resume", args.resume)
-    put("train.amp", args.amp)
-    put("optim.lr", args.lr)
-    if args.crop_size:
-        s = args.crop_size
-        put("aug.crop_size", [s, s])
-        put("eval.crop_size", [s, s])
-        put("eval.stride", [math.ceil(s * 2 / 3)] * 2)
-    put("model.backbone_checkpoint", args.backbone_checkpoint)
-    put("model.checkpoint", args.checkpoint)
-    if args.pretrained:
-        put("model.pretrained", True)
-    put("eval.every", args.eval_every)
-    put("eval.max_images", args.max_images)
-    if args.no_eval:
-        put("eval.enabled", False)
-    cfg = load_segmentation_config(args.config, o + list(args.overrides))
+    cfg = config_from_args(args, TRAIN_FLAGS, load_segmentation_config)
     set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if cfg.model.backbone_checkpoint and not Path(cfg.model.backbone_checkpoint).exists():
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
@@ -335,12 +314,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset,
         test_cfg,
         device=dist.device,
-        max_images=args.max_images,
+        max_images=args.max_images or 0,
         num_workers=dcfg.num_workers,
         rank=dist.rank,
         world_size=dist.world_size,
         mean=mean,
         std=std,
+        progress=not args.no_progress,
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data"] = {"root": str(args.data), "layout": layout, "split": args.split}
@@ -364,14 +344,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine import write_json
+    from ..engine import resolve_device, write_json
     from .model import load_segmentor
     from .predict import predict_images
 
-    device = args.device or "auto"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(args.device)
+    out = args.output or "predictions"
     model, extra = load_segmentor(args.checkpoint)
     model.to(device)
     for p in args.images:
@@ -381,17 +359,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = predict_images(
         model,
         args.images,
-        args.out,
+        out,
         test_cfg,
         device,
         extra.get("mean", (123.675, 116.28, 103.53)),
         extra.get("std", (58.395, 57.12, 57.375)),
+        progress=not args.no_progress,
     )
-    write_json(Path(args.out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
+    write_json(Path(out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
     for r in records:
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
         print(f"{r['image']}: {r['color']}  ({top})")
-    print(f"wrote {len(records)} prediction(s) to {args.out} (predictions.json)")
+    print(f"wrote {len(records)} prediction(s) to {out} (predictions.json)")
     return 0
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,15 +183,18 @@ def config_path(name: str) -> Path:
 
 
 def load_segmentation_config(
-    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
 ) -> SegmentationConfig:
-    """Defaults, then the YAML file (a path or a shipped config name), then ``key=value`` overrides.
+    """Defaults, then the YAML file (a path or a shipped config name), then ``values`` (``{dotted key:
+    value}``: the command-line flags), then ``key=value`` overrides.
 
-    When the overrides change ``train.iters`` but not the warm-up, ``train.recipe_iters`` records the
-    recipe's length (see :class:`RunConfig`)."""
+    When the flags and overrides change ``train.iters`` but not the warm-up, ``train.recipe_iters`` records
+    the recipe's length (see :class:`RunConfig`)."""
     file = config_path(str(path)) if path else None
-    cfg = load_config(SegmentationConfig, file, list(overrides))
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    cfg = load_config(SegmentationConfig, file, list(overrides), values=values)
+    keys = {o.split("=", 1)[0].strip() for o in overrides} | set(values or {})
     if not keys & {"train.recipe_iters", "optim.warmup_iters"} and not cfg.train.recipe_iters:
         cfg.train.recipe_iters = load_config(SegmentationConfig, file).train.iters
     return cfg

@@ -1,0 +1,200 @@
+"""The command-line options the tasks share, defined once, and the one way from flags to a validated config.
+
+Every ``train``, ``evaluate`` and ``predict`` command of the three tasks takes the shared options of its
+kind through :func:`add_shared_options` (same flags, destination, type, choices and help everywhere):
+
+- every kind: ``--output DIR`` (``--out``; required by ``train``), ``--device``, ``--threads``,
+  ``--no-progress``;
+- ``train`` and ``evaluate``: ``--max-images N`` (training's evaluations too);
+- ``train``: ``--resume``, ``--overwrite``, ``--set KEY=VALUE``, ``--eval-every N``, ``--no-eval``.
+
+A training command turns its flags into its run config with :func:`config_from_args`: the config file
+(``--config``: a packaged name or a YAML file), then the flags through the task's table (flag destination
+-> dotted config key(s), or a function for flags that set several keys), then ``--set`` overrides, then the
+typed, validated build. This module imports neither torch nor a task package: the parser of
+``focalnet <task> --help`` is built in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "COMMAND_KINDS",
+    "FlagTable",
+    "add_shared_options",
+    "add_threads_arg",
+    "check_device",
+    "config_from_args",
+    "flag_values",
+    "off",
+]
+
+T = TypeVar("T")
+
+Kind = Literal["train", "evaluate", "predict"]
+COMMAND_KINDS: tuple[Kind, ...] = ("train", "evaluate", "predict")
+
+# a flag's destination -> the dotted config key it sets, several keys it sets to the same value, or a
+# function (value, base) -> {dotted key: value}, ``base()`` being the config of the defaults and the file
+FlagTarget = str | tuple[str, ...] | Callable[[Any, Callable[[], Any]], Mapping[str, Any]]
+FlagTable = Mapping[str, FlagTarget]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else a ``ValueError`` naming the choices."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N (N: a GPU index), got {name!r}")
+    return name
+
+
+def _device_arg(text: str) -> str:
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_THREADS_HELP = (
+    "CPU compute threads (default: the cores this process may use, less one per data loader worker, shared among "
+    "torchrun's processes)"
+)
+
+_OUTPUT_HELP: dict[str, str] = {
+    "train": "run folder (required): config.yaml, checkpoints/, metrics.json, train.log and the trained model",
+    "evaluate": "folder for metrics.json and the task's other result files (default: none; segmentation: "
+    "eval-SPLIT-MODE/ next to the checkpoint)",
+    "predict": "folder for the predictions (default: ./predictions; classification: none, it prints them)",
+}
+
+# the shared options, in the order they are added: flags, argparse settings, the kinds of command taking them
+_SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = (
+    (("--output", "--out"), {"dest": "output", "metavar": "DIR"}, COMMAND_KINDS),  # + required, help by kind
+    (
+        ("--resume",),
+        {"metavar": "auto|PATH", "help": "'auto' (latest valid checkpoint in OUTPUT) or a checkpoint"},
+        ("train",),
+    ),
+    (
+        ("--overwrite",),
+        {
+            "action": "store_true",
+            "help": "start a new run in a folder holding another run's checkpoints, deleting them",
+        },
+        ("train",),
+    ),
+    (
+        ("--set",),
+        {
+            "dest": "overrides",
+            "nargs": "+",
+            "action": "extend",
+            "default": [],
+            "metavar": "KEY=VALUE",
+            "help": "override any config value (dotted key, YAML value), after --config and the options, e.g. "
+            "--set data.num_workers=4 (repeatable: all apply, in order)",
+        },
+        ("train",),
+    ),
+    (
+        ("--device",),
+        {
+            "type": _device_arg,
+            "metavar": "DEVICE",
+            "help": "auto (the default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+        },
+        COMMAND_KINDS,
+    ),
+    (("--threads",), {"type": int, "default": None, "metavar": "N", "help": _THREADS_HELP}, COMMAND_KINDS),
+    (
+        ("--no-progress",),
+        {"action": "store_true", "help": "no progress bars (logs and results only)"},
+        COMMAND_KINDS,
+    ),
+    (
+        ("--max-images",),
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "evaluate on N images only, in training too (default: all, or the recipe's share in a trial "
+            "run of segmentation; classification takes them evenly over the classes, the others the first N)",
+        },
+        ("train", "evaluate"),
+    ),
+    (
+        ("--eval-every",),
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "evaluate every N epochs (iteration-based runs: every N steps); 0: only at the end",
+        },
+        ("train",),
+    ),
+    (
+        ("--no-eval",),
+        {"action": "store_true", "help": "do not evaluate, neither during nor after training"},
+        ("train",),
+    ),
+)
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """The ``--threads`` option every computing command shares (see :mod:`focalnet.engine.resources`)."""
+    flags, settings, _ = next(row for row in _SHARED if row[0] == ("--threads",))
+    parser.add_argument(*flags, **settings)
+
+
+def add_shared_options(parser: argparse.ArgumentParser, kind: Kind) -> None:
+    """Add the options every task's ``kind`` command takes (see the module's list)."""
+    if kind not in COMMAND_KINDS:
+        raise ValueError(f"kind must be one of {COMMAND_KINDS}, got {kind!r}")
+    group = parser.add_argument_group(f"options every task's {kind} command shares")
+    for flags, settings, kinds in _SHARED:
+        if kind in kinds:
+            if flags[0] == "--output":
+                settings = {**settings, "required": kind == "train", "help": _OUTPUT_HELP[kind]}
+            group.add_argument(*flags, **settings)
+
+
+def off(key: str) -> Callable[[Any, Callable[[], Any]], Mapping[str, Any]]:
+    """A flag table entry for a ``--no-X`` switch: when given, ``key`` is set to ``False``."""
+    return lambda value, base: {key: False}
+
+
+def flag_values(args: argparse.Namespace, flags: FlagTable, base: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """``{dotted key: value}`` of the flags given on the command line (``None``/``False``: not given)."""
+    values: dict[str, Any] = {}
+    for dest, target in flags.items():
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        if isinstance(target, str):
+            values[target] = value
+        elif isinstance(target, tuple):
+            values.update(dict.fromkeys(target, value))
+        else:
+            if base is None:
+                raise ValueError(f"the flag table entry of {dest!r} needs the base config")
+            values.update(target(value, base))
+    return values
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    flags: FlagTable,
+    load: Callable[[str | None, Sequence[str], Mapping[str, Any]], T],
+    config: str | None = None,
+) -> T:
+    """The run config of a command: the config file (``config``, default ``args.config``), then the flags
+    through ``flags``, then ``--set`` (``args.overrides``), built and validated by the task's
+    ``load(config, overrides, values)``."""
+    config = config if config is not None else getattr(args, "config", None)
+    base = functools.cache(lambda: load(config, (), {}))  # for flags derived from the file's values
+    values = flag_values(args, flags, base)
+    return load(config, list(getattr(args, "overrides", None) or []), values)
