@@ -25,6 +25,7 @@ _TASK_MODULES = [
     "focalnet.demo",
     "focalnet.benchmark",
     "focalnet.export",
+    "focalnet.app.cli",
 ]
 
 

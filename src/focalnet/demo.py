@@ -261,7 +261,7 @@ def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[
         maps,
         labels,
         out / "imagenet_grid.png",
-        title=f"focalnet_tiny_srf (ImageNet) - {viz._where(maps)}",
+        title=f"focalnet_tiny_srf (ImageNet) - {viz.describe_block(maps)}",
     )
     viz.plot_kernels(model, path=out / "imagenet_kernels.png", title="focalnet_tiny_srf: focal kernels (channel mean)")
     figs += [
@@ -341,7 +341,7 @@ def run_demo(
     maps = cap[s_idx, b_idx]
     images = [xte[i, 0].numpy() for i in sel.tolist()]
     labels = [f"true {int(yte[i])}, pred {int(probs[k].argmax())}" for k, i in enumerate(sel.tolist())]
-    where = viz._where(maps)
+    where = viz.describe_block(maps)
     viz.plot_grid(images, maps, labels, out / "digits_grid.png", title=f"Held-out digits - {where}")
     viz.plot_gates(
         images[0], maps, 0, out / "digits_gates.png", title=f"Gating maps of a held-out '{int(yte[sel[0]])}' - {where}"

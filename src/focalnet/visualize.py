@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "capture_modulation",
     "modulation_maps",
     "find_stages",
+    "describe_block",
     "resolve_block",
     "focal_kernels",
     "kernel_grid",
@@ -349,8 +350,11 @@ def _new_figure(w: float, h: float):
     return fig
 
 
-def _save(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
+def _save(fig, path: PathLike | BinaryIO | None, dpi: int = 110) -> Path | None:
     if path is None:
+        return None
+    if hasattr(path, "write"):  # a binary file object (e.g. io.BytesIO): the PNG bytes, no file
+        fig.savefig(path, dpi=dpi, format="png")
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +373,8 @@ def _level_titles(maps: ModulationMaps) -> list[str]:
     return [f"level {i + 1} ({k}x{k})" for i, k in enumerate(maps.kernel_sizes)] + ["global"]
 
 
-def _where(maps: ModulationMaps) -> str:
+def describe_block(maps: ModulationMaps) -> str:
+    """Where ``maps`` come from, for titles: ``"stage 1, block 0 (0-based), 8x8 feature map"``."""
     h, w = maps.gates.shape[-2:]
     return f"stage {maps.stage}, block {maps.block} (0-based), {h}x{w} feature map"
 
@@ -412,7 +417,7 @@ def plot_gates(
     image: ImageLike,
     maps: ModulationMaps,
     index: int = 0,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """Image | one raw gating map per focal level | the global gate (shared symmetric colour scale)."""
@@ -422,7 +427,7 @@ def plot_gates(
     axes = fig.subplots(1, n)
     _show_image(axes[0], img, "input")
     _draw_gates(fig, axes[1:], img, maps, index)
-    fig.suptitle(title or f"Gating maps - {_where(maps)}", fontsize=10)
+    fig.suptitle(title or f"Gating maps - {describe_block(maps)}", fontsize=10)
     return _save(fig, path)
 
 
@@ -430,7 +435,7 @@ def plot_modulator(
     image: ImageLike,
     maps: ModulationMaps,
     index: int = 0,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """Image | L2 norm of the modulator over channels, bilinearly upsampled to the image and
@@ -441,12 +446,12 @@ def plot_modulator(
     _show_image(axes[0], img, "input")
     _draw_modulator(fig, axes[1], img, maps, index)
     axes[1].set_title("modulator norm", fontsize=9)
-    fig.suptitle(title or f"Modulator - {_where(maps)}", fontsize=10)
+    fig.suptitle(title or f"Modulator - {describe_block(maps)}", fontsize=10)
     return _save(fig, path)
 
 
 def plot_kernels(
-    model: nn.Module, block: int = -1, path: PathLike | None = None, title: str | None = None
+    model: nn.Module, block: int = -1, path: PathLike | BinaryIO | None = None, title: str | None = None
 ) -> Path | None:
     """Stages x levels grid of the channel-mean focal kernels of block ``block`` of each stage."""
     grid = kernel_grid(model, block)
@@ -479,7 +484,7 @@ def plot_grid(
     images: Sequence[ImageLike],
     maps: ModulationMaps | Sequence[ModulationMaps],
     labels: Sequence[str] | None = None,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """One row per image: image | modulator overlay | gating maps per level | global gate.
@@ -498,7 +503,7 @@ def plot_grid(
     axes = np.array(fig.subplots(n, cols, squeeze=False))
     for r, (img_like, (m, i)) in enumerate(zip(images, per)):
         img = to_display(img_like)
-        _show_image(axes[r, 0], img, labels[r] if labels else ("input" if r == 0 else None))
+        _show_image(axes[r, 0], img, _fit_label(labels[r]) if labels else ("input" if r == 0 else None))
         _draw_modulator(fig, axes[r, 1], img, m, i, colorbar=False)
         im = _draw_gates(fig, axes[r, 2:], img, m, i, colorbar=False)
         if im is not None:
@@ -510,8 +515,20 @@ def plot_grid(
                 ax.set_title("")
     for ax, t in zip(axes[0, 2:], _level_titles(first)):
         ax.set_title(f"gate: {t}", fontsize=9)
-    fig.suptitle(title or f"Modulation over {n} images - {_where(first)}", fontsize=10)
+    fig.colorbar(_heat_scale(), ax=list(axes[:, 1]), location="bottom", shrink=0.9, label="|modulator| (min-max)")
+    what = "one image" if n == 1 else f"{n} images"
+    fig.suptitle(title or f"Modulation of {what} - {describe_block(first)}", fontsize=10)
     return _save(fig, path, dpi=100)
+
+
+def _fit_label(label: str, width: int = 22) -> str:
+    """A label that fits over one grid column: at most two lines of ``width`` characters, the middle
+    of longer ones elided (file names keep their start and their extension)."""
+    import textwrap
+
+    if len(label) > 2 * width:
+        label = label[: width - 1] + "..." + label[-(width - 2) :]
+    return "\n".join(textwrap.wrap(label, width, break_long_words=True)) or label
 
 
 # --------------------------------------------------------------------------------------------- outputs

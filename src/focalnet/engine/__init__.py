@@ -11,6 +11,7 @@ from .config import (
     packaged_configs,
     save_config,
 )
+from .curves import curves_figure, plot_curves
 from .distributed import (
     DistInfo,
     ResumableSampler,
@@ -23,7 +24,7 @@ from .distributed import (
 from .optim import build_adamw, layer_id, param_groups, set_group_lrs
 from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import RunFolderError, avoid_inputs, make_output_dir, prepare_run_folder
-from .trainer import Trainer, TrainerConfig, collate_skip_none, plot_curves, setup_logging, write_json
+from .trainer import Trainer, TrainerConfig, collate_skip_none, setup_logging, write_json
 
 __all__ = [
     "CheckpointManager",
@@ -45,6 +46,7 @@ __all__ = [
     "cleanup_distributed",
     "collate_skip_none",
     "config_to_dict",
+    "curves_figure",
     "default_threads",
     "fit_workers",
     "init_distributed",
