@@ -21,6 +21,7 @@ import html
 import json
 import math
 import os
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -476,7 +477,9 @@ def plot_kernels(
                 ax.set_ylabel(f"stage {s}\n(C={dim})", fontsize=9)
             fig.colorbar(im, ax=ax, shrink=0.7)
     which = "the last block" if block == -1 else f"block {block}"
-    fig.suptitle(title or f"Focal kernels (mean over channels) of {which} of each stage", fontsize=10)
+    text = title or f"Focal kernels (mean over channels) of {which} of each stage"
+    width = max(20, int(fig.get_figwidth() * 11))  # characters of 10 pt text across the figure
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.splitlines()), fontsize=10)
     return _save(fig, path)
 
 
@@ -524,8 +527,6 @@ def plot_grid(
 def _fit_label(label: str, width: int = 22) -> str:
     """A label that fits over one grid column: at most two lines of ``width`` characters, the middle
     of longer ones elided (file names keep their start and their extension)."""
-    import textwrap
-
     if len(label) > 2 * width:
         label = label[: width - 1] + "..." + label[-(width - 2) :]
     return "\n".join(textwrap.wrap(label, width, break_long_words=True)) or label

@@ -193,7 +193,13 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
             clf_line = gr.Markdown(_model_line(models, "classifier"))
             with gr.Row():
                 with gr.Column(scale=2):
-                    c_img = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=260)
+                    c_img = gr.Image(
+                        type="filepath",
+                        label="image",
+                        sources=["upload", "clipboard"],
+                        height=260,
+                        elem_id="classify-image",
+                    )
                     choices = core.block_choices(models.classifier.model) if models.classifier else []
                     c_block = gr.Dropdown(
                         choices=choices,
@@ -206,13 +212,19 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
                         ex_c = photos + digits
                     gr.Examples(ex_c, inputs=[c_img], label="examples (scikit-image photos, scikit-learn digits)")
                 with gr.Column(scale=3):
-                    c_status = gr.Markdown("Upload an image or pick an example.")
+                    c_status = gr.Markdown("Upload an image or pick an example.", elem_id="classify-status")
                     c_top = gr.Label(num_top_classes=5, label="top-5 classes")
                     c_raw = gr.File(label="raw maps (maps.npz, as `focalnet visualize` writes)")
-            c_gates = gr.Image(label="gating maps: each focal level and the global level", format="png")
+            gr.Markdown(
+                "**Gating maps**: the raw gate of each focal level and of the global level at every token "
+                "(red positive, blue negative). **Modulator**: its norm over channels, upsampled and overlaid on "
+                "the input. **Kernels**: the learned depth-wise kernels of each level (channel mean)."
+            )
+            fig = {"format": "png", "show_label": False}
+            c_gates = gr.Image(label="gating maps", elem_id="gates", **fig)
             with gr.Row():
-                c_mod = gr.Image(label="modulator norm over the image", format="png")
-                c_ker = gr.Image(label="learned depth-wise focal kernels (channel mean)", format="png")
+                c_mod = gr.Image(label="modulator", elem_id="modulator", **fig)
+                c_ker = gr.Image(label="focal kernels", elem_id="kernels", **fig)
             with gr.Accordion("Load another classifier", open=models.classifier is None):
                 c_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["classifier"])
                 c_load = gr.Button("Load")
@@ -233,12 +245,18 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
             det_line = gr.Markdown(_model_line(models, "detector"))
             with gr.Row():
                 with gr.Column(scale=2):
-                    d_img = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=260)
+                    d_img = gr.Image(
+                        type="filepath",
+                        label="image",
+                        sources=["upload", "clipboard"],
+                        height=260,
+                        elem_id="detect-image",
+                    )
                     d_thr = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="score threshold")
                     gr.Examples(photos, inputs=[d_img], label="examples (scikit-image photos)")
                 with gr.Column(scale=3):
-                    d_status = gr.Markdown("Upload an image or pick an example.")
-                    d_out = gr.Image(label="detections (boxes, masks, class and score)", format="png")
+                    d_status = gr.Markdown("Upload an image or pick an example.", elem_id="detect-status")
+                    d_out = gr.Image(label="detections", elem_id="detections", format="png", show_label=False)
             d_json = gr.JSON(label="detections (as `focalnet detection predict` writes them)")
             with gr.Accordion("Load another detector", open=models.detector is None):
                 d_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["detector"])
@@ -255,12 +273,18 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
             seg_line = gr.Markdown(_model_line(models, "segmentor"))
             with gr.Row():
                 with gr.Column(scale=2):
-                    s_img = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=260)
+                    s_img = gr.Image(
+                        type="filepath",
+                        label="image",
+                        sources=["upload", "clipboard"],
+                        height=260,
+                        elem_id="segment-image",
+                    )
                     gr.Examples(photos, inputs=[s_img], label="examples (scikit-image photos)")
                 with gr.Column(scale=3):
-                    s_status = gr.Markdown("Upload an image or pick an example.")
+                    s_status = gr.Markdown("Upload an image or pick an example.", elem_id="segment-status")
                     s_shares = gr.Label(num_top_classes=10, label="classes present (share of the pixels)")
-            s_out = gr.Image(label="segmentation overlay with the legend of the classes present", format="png")
+            s_out = gr.Image(label="segmentation", elem_id="segmentation", format="png", show_label=False)
             with gr.Accordion("Load another segmentation model", open=models.segmentor is None):
                 s_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["segmentor"])
                 s_load = gr.Button("Load")
