@@ -235,3 +235,25 @@ def test_folder_layout_data_without_layout_flag_gets_a_hint(tmp_path):
         (tmp_path / d).mkdir()
     with pytest.raises(FileNotFoundError, match="add --layout folder"):
         find_pairs(tmp_path / "images" / "training", tmp_path / "annotations" / "training")
+
+
+def test_benchmark_honours_reps_and_leaves_compile_out_by_default(capsys):
+    from focalnet.benchmark import ALL_PATHS, DEFAULT_PATHS, run_benchmark
+
+    assert "compiled" in ALL_PATHS and "compiled" not in DEFAULT_PATHS  # minutes of compilation: opt-in
+    assert "compiled" not in cli.build_parser().parse_args(["benchmark"]).paths
+    res = run_benchmark(
+        "focalnet_tiny_iso",
+        batch_sizes=[1],
+        train_batch=2,
+        img_size=32,
+        reps=1,
+        warmup=1,
+        min_time=0.01,
+        paths=["eager"],
+        log=lambda s: None,
+    )
+    assert res["inference"]["1"]["eager"]["reps"] == 1 and res["train"]["2"]["eager"]["reps"] == 1
+    with pytest.raises(SystemExit):
+        cli.main(["benchmark", "--help"])
+    assert "compiled first spends minutes" in " ".join(capsys.readouterr().out.split())

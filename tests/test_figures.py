@@ -107,3 +107,41 @@ def test_visualize_unknown_model_fails_first(tmp_path, capsys):
     assert cli.main(["visualize", str(tmp_path / "a.png"), "--model", "focalnet_tiny_srg", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "RANDOMLY" not in err
+
+
+def test_curves_of_a_three_step_run_draw_lines(tmp_path):
+    """A short run's curves.png (issue 19): the training loss and the learning rate per logged step, as
+    lines (before: one dot per panel, the lr panel showing only the last value); no empty panel."""
+    import json
+
+    from matplotlib.lines import Line2D
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from focalnet.engine import Trainer, TrainerConfig, curves_figure
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 4, generator=g)
+    data = TensorDataset(x, x.sum(-1, keepdim=True))
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(m, batch, device):
+        xb, yb = batch
+        return nn.functional.mse_loss(m(xb), yb), {}, len(xb)
+
+    cfg = TrainerConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, num_workers=0, progress=False)
+    trainer = Trainer(cfg, model, opt, data, step, eval_fn=lambda m, t: {"top1": 50.0})
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    trainer.fit()
+    assert trainer.step == 3
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["steps"]] == [1, 2, 3]
+    fig = curves_figure(metrics["history"], metrics["steps"])
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == {"training loss", "validation metrics", "learning rate"}  # three panels, none empty
+    loss = next(line for line in panels["training loss"].get_lines() if line.get_label() == "per logged step")
+    assert isinstance(loss, Line2D) and list(loss.get_xdata()) == [1, 2, 3] and loss.get_linestyle() == "-"
+    lr = panels["learning rate"].get_lines()[0].get_ydata()
+    assert len(lr) == 3 and len(set(lr)) == 3  # the schedule, not its last value
+    assert Image.open(tmp_path / "run" / "curves.png").size == (1500, 360)  # one row of three panels

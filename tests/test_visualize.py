@@ -262,8 +262,22 @@ def test_cli_without_weights_says_the_model_is_untrained(capsys):
 
     from focalnet.visualize_cli import _load_model
 
-    args = argparse.Namespace(checkpoint=None, pretrained=True, model="focalnet_tiny_iso")
-    model, weights, notes = _load_model(args)  # offline (conftest): no weights, a clear note, then on
+    args = argparse.Namespace(checkpoint=None, pretrained=None, model="focalnet_tiny_iso")
+    model, weights, notes = _load_model(args)  # no weights asked for: random ones, said loudly
     assert "randomly initialised" in weights
-    assert any("RANDOMLY INITIALISED" in n for n in notes) and any("unavailable" in n for n in notes)
+    assert any("RANDOMLY INITIALISED" in n for n in notes)
     assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+
+
+def test_visualize_pretrained_offline_fails_like_classify(tmp_path, capsys):
+    """``--pretrained`` without the weights: exit 2 and one line, as ``classify --pretrained`` (before: a
+    note, then random weights and exit 0)."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    for argv in (["visualize", str(tmp_path / "a.png"), "--output", str(tmp_path / "v")], ["classify"]):
+        rc = main([*argv, "--model", "focalnet_tiny_iso", "--pretrained", "--threads", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2, argv
+        assert err.startswith("error: offline mode: pretrained focalnet_tiny_iso") and err.count("\n") == 1, err
+    assert not (tmp_path / "v").exists()  # nothing drawn with random weights

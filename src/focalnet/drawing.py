@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["font_path", "font_size_for", "text_color_on", "legend_strip", "watermark", "UNTRAINED_MARK"]
+__all__ = ["font_path", "font_size_for", "text_color_on", "legend_strip", "banner", "watermark", "UNTRAINED_MARK"]
 
 UNTRAINED_MARK = "random weights (untrained): not meaningful"
 
@@ -71,12 +71,24 @@ def legend_strip(height: int, entries: Sequence[tuple[str, Sequence[int]]], font
     return np.asarray(panel)
 
 
-def watermark(image: np.ndarray, text: str = UNTRAINED_MARK) -> np.ndarray:
-    """``image`` (H x W x 3 uint8) with ``text`` on a banner across its top."""
+def banner(image: np.ndarray, text: str, fill: Sequence[int] = (200, 0, 0, 190), *, above: bool = False) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) with ``text`` in white on a band of colour ``fill`` (RGBA) across its
+    top; ``above``: the band is added above the image (taller result) instead of covering its top."""
     img = Image.fromarray(image).convert("RGB")
     size = font_size_for(*img.size)
     font = _font(size)
+    band = round(size * 1.6)
+    if above:
+        grown = Image.new("RGB", (img.width, img.height + band), (255, 255, 255))
+        grown.paste(img, (0, band))
+        img = grown
     draw = ImageDraw.Draw(img, "RGBA")
-    draw.rectangle([0, 0, img.width, round(size * 1.6)], fill=(200, 0, 0, 190))
+    draw.rectangle([0, 0, img.width, band], fill=tuple(int(c) for c in fill))
     draw.text((size // 2, round(size * 0.25)), text, fill=(255, 255, 255), font=font)
     return np.asarray(img)
+
+
+def watermark(image: np.ndarray, text: str = UNTRAINED_MARK, *, above: bool = False) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) with ``text`` on a red banner across its top (``above``: over the
+    image rather than on it, so that a figure's title stays readable)."""
+    return banner(image, text, above=above)

@@ -21,11 +21,12 @@ import html
 import json
 import math
 import os
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -356,8 +357,11 @@ def new_figure(w: float, h: float):
     return fig
 
 
-def save_figure(fig, path: PathLike | None, dpi: int = 110) -> Path | None:
+def save_figure(fig, path: PathLike | BinaryIO | None, dpi: int = 110) -> Path | None:
     if path is None:
+        return None
+    if hasattr(path, "write"):  # a binary file object (e.g. io.BytesIO): the PNG bytes, no file
+        fig.savefig(path, dpi=dpi, format="png")
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +382,7 @@ def _level_titles(maps: ModulationMaps) -> list[str]:
 
 
 def maps_location(maps: ModulationMaps) -> str:
-    """Where ``maps`` were taken: stage, block and feature-map size, for titles."""
+    """Where ``maps`` come from, for titles: ``"stage 1, block 0 (0-based), 8x8 feature map"``."""
     h, w = maps.gates.shape[-2:]
     return f"stage {maps.stage}, block {maps.block} (0-based), {h}x{w} feature map"
 
@@ -422,7 +426,7 @@ def plot_gates(
     image: ImageLike,
     maps: ModulationMaps,
     index: int = 0,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """Image | one raw gating map per focal level | the global gate (shared symmetric colour scale)."""
@@ -440,7 +444,7 @@ def plot_modulator(
     image: ImageLike,
     maps: ModulationMaps,
     index: int = 0,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """Image | L2 norm of the modulator over channels, bilinearly upsampled to the image and
@@ -456,7 +460,7 @@ def plot_modulator(
 
 
 def plot_kernels(
-    model: nn.Module, block: int = -1, path: PathLike | None = None, title: str | None = None
+    model: nn.Module, block: int = -1, path: PathLike | BinaryIO | None = None, title: str | None = None
 ) -> Path | None:
     """Stages x levels grid of the channel-mean focal kernels of block ``block`` of each stage."""
     grid = kernel_grid(model, block)
@@ -481,7 +485,9 @@ def plot_kernels(
                 ax.set_ylabel(f"stage {s}\n(C={dim})", fontsize=9)
             fig.colorbar(im, ax=ax, shrink=0.7)
     which = "the last block" if block == -1 else f"block {block}"
-    fig.suptitle(title or f"Focal kernels (mean over channels) of {which} of each stage", fontsize=10)
+    text = title or f"Focal kernels (mean over channels) of {which} of each stage"
+    width = max(20, int(fig.get_figwidth() * 11))  # characters of 10 pt text across the figure
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.splitlines()), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -489,7 +495,7 @@ def plot_grid(
     images: Sequence[ImageLike],
     maps: ModulationMaps | Sequence[ModulationMaps],
     labels: Sequence[str] | None = None,
-    path: PathLike | None = None,
+    path: PathLike | BinaryIO | None = None,
     title: str | None = None,
 ) -> Path | None:
     """One row per image: image | modulator overlay | gating maps per level | global gate.
@@ -508,7 +514,7 @@ def plot_grid(
     axes = np.array(fig.subplots(n, cols, squeeze=False))
     for r, (img_like, (m, i)) in enumerate(zip(images, per)):
         img = to_display(img_like)
-        show_image(axes[r, 0], img, labels[r] if labels else ("input" if r == 0 else None))
+        show_image(axes[r, 0], img, _fit_label(labels[r]) if labels else ("input" if r == 0 else None))
         draw_modulator(fig, axes[r, 1], img, m, i, colorbar=False)
         im = _draw_gates(fig, axes[r, 2:], img, m, i, colorbar=False)
         if im is not None:
@@ -520,8 +526,18 @@ def plot_grid(
                 ax.set_title("")
     for ax, t in zip(axes[0, 2:], _level_titles(first)):
         ax.set_title(f"gate: {t}", fontsize=9)
-    fig.suptitle(title or f"Modulation over {n} images - {maps_location(first)}", fontsize=10)
+    fig.colorbar(heat_scale(), ax=list(axes[:, 1]), location="bottom", shrink=0.9, label="|modulator| (min-max)")
+    what = "one image" if n == 1 else f"{n} images"
+    fig.suptitle(title or f"Modulation of {what} - {maps_location(first)}", fontsize=10)
     return save_figure(fig, path, dpi=100)
+
+
+def _fit_label(label: str, width: int = 22) -> str:
+    """A label that fits over one grid column: at most two lines of ``width`` characters, the middle
+    of longer ones elided (file names keep their start and their extension)."""
+    if len(label) > 2 * width:
+        label = label[: width - 1] + "..." + label[-(width - 2) :]
+    return "\n".join(textwrap.wrap(label, width, break_long_words=True)) or label
 
 
 # --------------------------------------------------------------------------------------------- outputs

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["register", "visualize_images"]
+__all__ = ["register", "visualize_images", "prepare_images", "top_classes"]
 
 
 def _safe_stem(path: str) -> str:
@@ -24,7 +25,6 @@ def _safe_stem(path: str) -> str:
 
 def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:
     from .factory import create_model, model_from_checkpoint
-    from .weights import PretrainedUnavailableError
 
     notes: list[str] = []
     if args.checkpoint:
@@ -32,16 +32,44 @@ def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[st
     from .models import get_variant
 
     get_variant(args.model)  # an unknown name fails here, before any note about the weights
-    if args.pretrained:
-        try:
-            return create_model(args.model, pretrained=args.pretrained), f"released {args.model} weights", notes
-        except PretrainedUnavailableError as e:
-            print(f"note: {e}", file=sys.stderr)
-            notes.append(f"Pretrained weights unavailable ({e}).")
+    if args.pretrained:  # released weights asked for: never fall back to random ones (exit 2, like classify)
+        return create_model(args.model, pretrained=args.pretrained), f"released {args.model} weights", notes
     msg = f"RANDOMLY INITIALISED {args.model}: these maps show an untrained network (use --pretrained or --checkpoint)"
     notes.append(msg)
     print(f"warning: {msg}", file=sys.stderr)
     return create_model(args.model), f"randomly initialised {args.model}", notes
+
+
+def prepare_images(
+    model: torch.nn.Module, images: Sequence[Any], size: int | None = None
+) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """The evaluation input of PIL ``images`` as the model's ``pretrained_cfg`` says (resize, centre crop
+    to ``size`` or the model's input size, mean/std): ``(batch NCHW, the crops as arrays)``."""
+    from . import visualize as viz
+    from .classification.evaluate import fit_channels
+    from .models.focalnet import PretrainedCfg
+
+    pc = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
+    crop = size or pc.input_size[-1]
+    crops = [viz.center_crop(img, crop, pc.crop_pct, pc.interpolation) for img in images]
+    mean, std = fit_channels(pc.mean, model), fit_channels(pc.std, model)
+    return torch.stack([viz.image_to_tensor(c, mean, std) for c in crops]), [np.asarray(c) for c in crops]
+
+
+def top_classes(model: torch.nn.Module, output: Any, topk: int = 5) -> list[list[dict[str, Any]]]:
+    """Per image, the ``topk`` classes of a classifier's ``output`` logits: ``[{"class", "index", "prob"}]``
+    (class names stored with the model, else ImageNet's); empty for a model without a head."""
+    from .classification.predict import class_labels
+    from .models.focalnet import FocalNet
+
+    if not isinstance(model, FocalNet) or model.num_classes <= 0:
+        return []
+    names = class_labels(getattr(model, "class_names", None), model.num_classes)
+    top = output.softmax(-1).topk(min(topk, output.shape[-1]))
+    return [
+        [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idx)]
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist())
+    ]
 
 
 def visualize_images(
@@ -65,46 +93,26 @@ def visualize_images(
 
     from . import visualize as viz
     from .engine.images import open_image
-    from .models import imagenet_class_names
-    from .models.focalnet import FocalNet, PretrainedCfg
+    from .models.focalnet import PretrainedCfg
 
     model.eval()
-    pc = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
     in_chans = model.cfg.in_chans
-    crop = size or pc.input_size[-1]
-    mean = tuple(pc.mean)[:in_chans] if len(pc.mean) >= in_chans else (pc.mean[0],) * in_chans
-    std = tuple(pc.std)[:in_chans] if len(pc.std) >= in_chans else (pc.std[0],) * in_chans
-    crops, stems = [], []
+    pil, stems = [], []
     for p in image_paths:
         try:
-            img = open_image(p, "L" if in_chans == 1 else "RGB")
+            pil.append(open_image(p, "L" if in_chans == 1 else "RGB"))
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {p}: {e}") from e
-        crops.append(viz.center_crop(img, crop, pc.crop_pct, pc.interpolation))
         stems.append(_safe_stem(p))
-    x = torch.stack([viz.image_to_tensor(c, mean, std) for c in crops])
+    x, images = prepare_images(model, pil, size)
+    pc = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
+    crop = x.shape[-1]
     s, b = viz.resolve_block(model, stage, block)
     maps, output = viz.modulation_maps(model, x, s, b)
-
-    predictions: list[dict[str, Any]] = []
-    if isinstance(model, FocalNet) and model.num_classes > 0:
-        names = getattr(model, "class_names", None) or imagenet_class_names(model.num_classes)
-        probs = output.softmax(-1)
-        for i, p in enumerate(image_paths):
-            top = probs[i].topk(min(topk, probs.shape[-1]))
-            predictions.append(
-                {
-                    "image": p,
-                    "top": [
-                        {"class": names[j] if names else str(j), "index": int(j), "prob": float(v)}
-                        for v, j in zip(top.values.tolist(), top.indices.tolist())
-                    ],
-                }
-            )
+    predictions = [{"image": p, "top": top} for p, top in zip(image_paths, top_classes(model, output, topk))]
 
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = []
-    images = [np.asarray(c) for c in crops]
     where = viz.maps_location(maps)
     for i, (img, stem) in enumerate(zip(images, stems)):
         label = Path(image_paths[i]).name
@@ -129,10 +137,10 @@ def visualize_images(
     if untrained:
         from .drawing import watermark
 
-        for name in ["grid.png", "kernels.png", *(f for f, _ in figures)]:
+        for name in dict.fromkeys(f for f, _ in figures):  # each figure once
             png = out / name
             if png.exists():
-                Image.fromarray(watermark(np.asarray(Image.open(png).convert("RGB")))).save(png)
+                Image.fromarray(watermark(np.asarray(Image.open(png).convert("RGB")), above=True)).save(png)
     viz.save_maps(out / "maps.npz", [maps], extra=extra)
     viz.write_index(
         out,
@@ -151,7 +159,13 @@ def visualize_images(
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    model, weights, notes = _load_model(args)
+    from .weights import PretrainedUnavailableError
+
+    try:
+        model, weights, notes = _load_model(args)
+    except PretrainedUnavailableError as e:  # asked for the released weights: never fall back to random
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result = visualize_images(
         model,
         args.images,

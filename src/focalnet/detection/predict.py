@@ -19,7 +19,7 @@ from ..engine import write_json
 from ..engine.images import open_image
 from .evaluate import masks_to_rle
 
-__all__ = ["predict_images", "draw_detections"]
+__all__ = ["predict_images", "detect", "detection_records", "draw_detections", "no_detections_note"]
 
 log = logging.getLogger("focalnet")
 
@@ -35,10 +35,17 @@ def draw_detections(
     detections: dict[str, torch.Tensor],
     class_names: Sequence[str],
     mask_thresh: float = 0.5,
+    *,
+    empty_note: str | None = None,
 ) -> torch.Tensor:
     """uint8 CHW image with the masks (alpha 0.5), boxes and ``"name score"`` labels drawn on it: one
-    colour per class, labels on a filled tag of the box's colour, text and lines sized to the image."""
-    from ..drawing import font_path, font_size_for, text_color_on
+    colour per class, labels on a filled tag of the box's colour, text and lines sized to the image.
+    ``empty_note``: said on a banner across the top when there is no detection."""
+    from ..drawing import banner, font_path, font_size_for, text_color_on
+
+    if empty_note and not len(detections["labels"]):
+        drawn = banner(image.permute(1, 2, 0).numpy(), empty_note, fill=(40, 40, 40, 200))
+        return torch.from_numpy(drawn.copy()).permute(2, 0, 1)
 
     colors = _palette(max(len(class_names), 1) + 1)
     labels = detections["labels"].tolist()
@@ -66,6 +73,46 @@ def draw_detections(
             fill_labels=True,
         )
     return out
+
+
+@torch.no_grad()
+def detect(
+    model: nn.Module, image: torch.Tensor, score_thr: float = 0.0, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The detections of ``model`` (in eval mode) on one uint8 CHW image scoring at least ``score_thr``
+    (the background slot of DINO dropped), as CPU tensors: ``boxes`` (x1, y1, x2, y2), ``labels``
+    (1-based class indices), ``scores`` and, for detectors with masks, ``masks`` (N, 1, H, W)."""
+    det = model([F.to_dtype(image, torch.float32, scale=True).to(device)])[0]
+    keep = (det["scores"] >= score_thr) & (det["labels"] >= 1)  # label 0: background slot (DINO)
+    return {k: v[keep].cpu() for k, v in det.items()}
+
+
+def detection_records(
+    det: dict[str, torch.Tensor],
+    class_names: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+    with_masks: bool = True,
+) -> list[dict[str, Any]]:
+    """JSON records of :func:`detect`'s output: ``[{"label", "category_id", "score", "box" (x1, y1, x2, y2),
+    "segmentation" (RLE, with masks)}]``."""
+    rles = masks_to_rle((det["masks"][:, 0] > 0.5).numpy()) if "masks" in det and with_masks else None
+    dets = []
+    for i, (b, s, lab) in enumerate(zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())):
+        d: dict[str, Any] = {
+            "label": class_names[lab - 1] if 0 < lab <= len(class_names) else str(lab),
+            "category_id": int(category_ids[lab - 1]) if category_ids is not None else int(lab),
+            "score": round(float(s), 4),
+            "box": [round(v, 2) for v in b],
+        }
+        if rles is not None:
+            d["segmentation"] = rles[i]
+        dets.append(d)
+    return dets
+
+
+def no_detections_note(score_thr: float) -> str:
+    """What a drawing with no detection says."""
+    return f"no detections above the score threshold {score_thr:g}"
 
 
 @torch.no_grad()
@@ -101,24 +148,11 @@ def predict_images(
             log.warning("skipping unreadable image %s: %s", path, e)
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue
-        det = model([F.to_dtype(img, torch.float32, scale=True).to(device)])[0]
-        keep = (det["scores"] >= score_thr) & (det["labels"] >= 1)  # label 0: background slot (DINO)
-        det = {k: v[keep].cpu() for k, v in det.items()}
-        dets = []
-        rles = masks_to_rle((det["masks"][:, 0] > 0.5).numpy()) if "masks" in det and with_masks_json else None
-        for i, (b, s, lab) in enumerate(zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())):
-            d: dict[str, Any] = {
-                "label": class_names[lab - 1] if 0 < lab <= len(class_names) else str(lab),
-                "category_id": int(category_ids[lab - 1]) if category_ids is not None else int(lab),
-                "score": round(float(s), 4),
-                "box": [round(v, 2) for v in b],
-            }
-            if rles is not None:
-                d["segmentation"] = rles[i]
-            dets.append(d)
+        det = detect(model, img, score_thr, device)
+        dets = detection_records(det, class_names, category_ids, with_masks_json)
         rec = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]), "detections": dets}
         if out is not None:
-            drawn = draw_detections(img, det, class_names)
+            drawn = draw_detections(img, det, class_names, empty_note=no_detections_note(score_thr))
             png = avoid_inputs(out / f"{path.stem}.png", images)  # never replace the input photo
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
             rec["drawn"] = str(png)

@@ -38,6 +38,7 @@ from .transforms import eval_transforms, train_transforms
 
 __all__ = [
     "DetectionTrainer",
+    "save_detector",
     "train",
     "build_datasets",
     "build_model",
@@ -118,6 +119,29 @@ def build_optimizer(cfg: DetectionConfig, model: nn.Module) -> torch.optim.AdamW
 def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
     """The detector a config describes (``num_classes`` includes the background)."""
     return build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
+
+
+def save_detector(
+    model: nn.Module,
+    path: str | os.PathLike,
+    cfg: DetectionConfig,
+    class_names: list[str],
+    category_ids: list[int],
+) -> Path:
+    """Write ``model.pt`` as ``focalnet detection train`` does (weights, the run config, class names and
+    COCO category ids), atomically; :func:`~focalnet.detection.load_detector` reads it back."""
+    model = getattr(model, "module", model)
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "detection_config": config_to_dict(cfg),
+            "class_names": list(class_names),
+            "category_ids": [int(c) for c in category_ids],
+            "num_classes": len(class_names) + 1,
+        },
+        path,
+    )
+    return Path(path)
 
 
 def to_device(
@@ -256,7 +280,7 @@ def train(
     final = trainer.fit()
     if dist_info.is_main:
         if not final.get("interrupted"):
-            atomic_save({"model": trainer.model.state_dict(), **meta}, out / "model.pt")
+            save_detector(trainer.model, out / "model.pt", cfg, meta["class_names"], meta["category_ids"])
             log.info("wrote %s", out / "model.pt")
         problems = train_set.problems_report() + (val_set.problems_report() if val_set is not None else [])
         write_json(out / "data_problems.json", problems)

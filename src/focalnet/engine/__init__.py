@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
         packaged_configs,
         save_config,
     )
+    from .curves import curves_figure, plot_curves
     from .distributed import (
         DistInfo,
         ResumableSampler,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     from .options import add_shared_options, add_threads_arg, check_device, config_from_args, flag_values, off
     from .resources import available_cores, default_threads, fit_workers, set_threads
     from .runs import avoid_inputs, prepare_run_folder
-    from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, plot_curves, setup_logging
+    from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, setup_logging
 
 __all__ = [
     "CheckpointManager",
@@ -58,6 +59,7 @@ __all__ = [
     "collate_skip_none",
     "config_from_args",
     "config_to_dict",
+    "curves_figure",
     "default_threads",
     "finite_json",
     "fit_workers",

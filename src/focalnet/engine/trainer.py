@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .curves import plot_curves
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .files import json_default, make_output_dir, write_json
 from .resources import fit_workers
@@ -40,7 +41,6 @@ __all__ = [
     "StepFn",
     "EvalFn",
     "collate_skip_none",
-    "plot_curves",
     "setup_logging",
     "write_json",
 ]
@@ -89,75 +89,6 @@ def collate_skip_none(batch: list[Any]) -> Any:
     if not batch:
         return None
     return default_collate(batch)
-
-
-# history keys that are bookkeeping, not curves worth a panel
-_NOT_CURVES = ("epoch", "step", "time", "lr", "train_loss", "loss", "ema_loss")
-
-
-def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike) -> Path | None:
-    """A 2x2 grid (fewer panels when there is less to show) of the run's curves against the optimizer
-    step: training loss, validation loss, validation metrics (top-1, mIoU, mAP, ...) and learning rate,
-    with labelled axes. Throughput and counts of skipped images are not plotted. Returns the path, or
-    None when matplotlib is missing or there is nothing to plot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return None
-
-    def series(key: str) -> tuple[list[float], list[float]]:
-        pts = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and "step" in h]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    metrics = sorted(
-        {
-            k
-            for h in history
-            for k, v in h.items()
-            if isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and k not in _NOT_CURVES
-            and not any(s in k for s in ("images_per_second", "skipped", "num_", "time"))
-        }
-    )
-    panels: list[tuple[str, str, list[str]]] = []
-    if series("train_loss")[0]:
-        panels.append(("training loss", "loss", ["train_loss"]))
-    val_losses = [k for k in ("loss", "ema_loss") if series(k)[0]]
-    if val_losses:
-        panels.append(("validation loss", "loss", val_losses))
-    if metrics:
-        unit = "%" if any(k in ("top1", "top5", "mIoU", "mAcc", "aAcc") for k in metrics) else "value"
-        panels.append(("validation metrics", unit, metrics))
-    if series("lr")[0]:
-        panels.append(("learning rate", "lr", ["lr"]))
-    if not panels:
-        return None
-    cols = 1 if len(panels) == 1 else 2
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.6 * rows), squeeze=False)
-    for ax, (title, ylabel, keys) in zip(axes.flat, panels):
-        for k in keys:
-            x, y = series(k)
-            ax.plot(x, y, marker="o", ms=3, label=k)
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
-        if ylabel == "lr":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def setup_logging(output_dir: str | os.PathLike | None, is_main: bool = True) -> None:
@@ -265,6 +196,9 @@ class Trainer:
         self.batch_in_epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        # training loss and lr every `log_interval` updates (at least ~50 points per run): curves.png's lines
+        self.step_log: list[dict[str, float]] = []
+        self.log_interval = min(max(cfg.log_every, 1), max(1, self.total_steps // 50))
         self._stop = False
         self._last_eval_step = -1
         self._last_ckpt_step = -1
@@ -292,6 +226,7 @@ class Trainer:
             "step": self.step,
             "rng": rng_state(),
             "history": json.loads(json.dumps(self.history, default=json_default)),
+            "step_log": list(self.step_log),
             "world_size": self.dist.world_size,
             "run_id": self.cfg.run_id,
             **self.run_state,
@@ -315,6 +250,7 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        self.step_log = [r for r in state.get("step_log", []) if r.get("step", 0) <= self.step]
         if "rng" in state:
             set_rng_state(state["rng"])
         if state.get("world_size", self.dist.world_size) != self.dist.world_size:
@@ -380,9 +316,9 @@ class Trainer:
     def _write_metrics(self, final: dict[str, Any] | None = None) -> None:
         if not self.is_main:
             return
-        data: dict[str, Any] = {"history": self.history}
+        data: dict[str, Any] = {"history": self.history, "steps": self.step_log}
         if final is not None:
-            data = {**final, "final": final, "history": self.history}
+            data = {**final, "final": final, "history": self.history, "steps": self.step_log}
         write_json(self.out / "metrics.json", data)
         # plotting takes seconds: at most once a minute during the run, always at the end
         if final is not None or time.monotonic() - self._last_plot >= 60:
@@ -390,7 +326,7 @@ class Trainer:
             self._last_plot = time.monotonic()
 
     def _plot_curves(self) -> None:
-        plot_curves(self.history, self.out / "curves.png")
+        plot_curves(self.history, self.out / "curves.png", steps=self.step_log)
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self) -> Callable[[], None]:
@@ -585,7 +521,8 @@ class Trainer:
                     lr=f"{lr:.2e}",
                     img_s=f"{seen * self.dist.world_size / max(elapsed, 1e-9):.1f}",
                 )
-            if self.step % max(cfg.log_every, 1) == 0:
+            if self.step % self.log_interval == 0:
+                self.step_log.append({"step": self.step, "loss": float(loss.item()), "lr": lr})
                 self.log_scalars("train", {"loss": float(loss.item()), "lr": lr, **logs})
             micro = 0
             if cfg.max_steps > 0:

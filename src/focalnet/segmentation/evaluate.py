@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,22 @@ class TestConfig:
     multi_scale: bool = False
     ratios: tuple[float, ...] = MS_RATIOS  # used with multi_scale
     flip: bool = False
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any] | None) -> TestConfig:
+        """The test settings a model file carries (``extra["test"]`` of :func:`load_segmentor`), single
+        scale without flip, with the defaults above for what it leaves out (as ``segmentation predict``)."""
+        t = dict(stored or {})
+        scale = (tuple(t["scale"]) if t["scale"] else None) if "scale" in t else (2048, 512)
+        cfg = cls(
+            mode=t.get("mode", "whole"),
+            scale=scale,
+            crop_size=tuple(t.get("crop_size", (512, 512))),
+            stride=tuple(t.get("stride", (341, 341))),
+            ratios=tuple(t.get("ratios") or MS_RATIOS),
+        )
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         if self.mode not in ("whole", "slide"):

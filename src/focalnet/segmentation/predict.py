@@ -16,7 +16,7 @@ from .data import read_image
 from .evaluate import TestConfig, predict_probs
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["palette", "colorize", "overlay", "predict_image", "predict_images"]
+__all__ = ["palette", "colorize", "overlay", "overlay_with_legend", "predict_image", "predict_images"]
 
 
 def palette(n: int) -> np.ndarray:
@@ -46,6 +46,24 @@ def colorize(label: np.ndarray, num_classes: int) -> np.ndarray:
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the colour mask over the image."""
     return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).round().astype(np.uint8)
+
+
+def overlay_with_legend(
+    image: np.ndarray, label: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The colour mask of ``label`` (class ids) blended over ``image`` with, on its right, a legend of the
+    classes present by pixel share; and those shares in percent (largest first, rounded to 3 decimals)."""
+    from ..drawing import legend_strip
+
+    nc = len(class_names)
+    counts = np.bincount(label.reshape(-1), minlength=nc)
+    pal = palette(nc)
+    present = sorted((i for i in range(nc) if counts[i] > 0), key=lambda i: -counts[i])
+    legend = legend_strip(
+        image.shape[0], [(f"{class_names[i]} {100 * counts[i] / label.size:.1f}%", pal[i]) for i in present]
+    )
+    shares = {class_names[i]: round(float(counts[i]) / label.size * 100, 3) for i in present}
+    return np.concatenate([overlay(image, colorize(label, nc)), legend], axis=1), shares
 
 
 @torch.no_grad()
@@ -78,12 +96,12 @@ def predict_images(
     ``<stem>_overlay.png`` (with a legend of the classes present, by pixel share, on its right) into
     ``out_dir``; returns one record per image (files, class pixel shares). Unreadable images raise
     ``ValueError`` naming the file."""
-    from ..drawing import legend_strip
     from ..engine.runs import avoid_inputs, make_output_dir
 
     out = make_output_dir(out_dir, "output folder")
     nc = int(model.num_classes)
-    names = list(class_names or getattr(model, "class_names", None) or [str(i) for i in range(nc)])
+    names = list(class_names or getattr(model, "class_names", None) or [])
+    names += [str(i) for i in range(len(names), nc)]
     records = []
     from tqdm.auto import tqdm
 
@@ -99,19 +117,7 @@ def predict_images(
         files = {k: avoid_inputs(out / f"{stem}_{k}.png", paths) for k in ("label", "color", "overlay")}
         Image.fromarray(label).save(files["label"])
         Image.fromarray(color).save(files["color"])
-        counts = np.bincount(label.reshape(-1), minlength=nc)
-        shares = {names[i]: round(float(c) / label.size * 100, 3) for i, c in enumerate(counts) if c > 0}
-        pal = palette(nc)
-        present = sorted((i for i in range(nc) if counts[i] > 0), key=lambda i: -counts[i])
-        legend = legend_strip(
-            img.shape[0], [(f"{names[i]} {100 * counts[i] / label.size:.1f}%", pal[i]) for i in present]
-        )
-        Image.fromarray(np.concatenate([overlay(img, color), legend], axis=1)).save(files["overlay"])
-        records.append(
-            {
-                "image": str(p),
-                **{k: str(v) for k, v in files.items()},
-                "class_percent": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
-            }
-        )
+        drawn, shares = overlay_with_legend(img, label, names)
+        Image.fromarray(drawn).save(files["overlay"])
+        records.append({"image": str(p), **{k: str(v) for k, v in files.items()}, "class_percent": shares})
     return records
