@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from ..engine import (
+    DistInfo,
     Trainer,
     TrainerConfig,
     build_adamw,
     config_to_dict,
     init_distributed,
     prepare_run_folder,
+    run_folder_lock,
     save_config,
     setup_logging,
     write_json,
@@ -174,9 +176,15 @@ def train(
 ) -> dict[str, Any]:
     """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics.
 
-    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
+    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``; a folder a
+    running run holds (its lock) is refused before anything in it is touched."""
     out = Path(output_dir)
     dist_info = init_distributed(cfg.device)
+    with run_folder_lock(out, dist_info.is_main):
+        return _train(cfg, out, resume, overwrite, dist_info)
+
+
+def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool, dist_info: DistInfo) -> dict[str, Any]:
     run_id = prepare_run_folder(out, resume=resume, overwrite=overwrite, task="detection", is_main=dist_info.is_main)
     setup_logging(out, dist_info.is_main)
     torch.manual_seed(cfg.seed + dist_info.rank)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .resources import fit_workers
-from .runs import make_output_dir, prepare_run_folder
+from .runs import make_output_dir, prepare_run_folder, run_folder_lock
 
 __all__ = [
     "TrainerConfig",
@@ -490,18 +490,19 @@ class Trainer:
         Returns the final metrics (also written to ``metrics.json``); ``{"interrupted": True, ...}``
         if a signal stopped the run after saving a checkpoint.
         """
-        if not self.cfg.run_id:
-            self.cfg.run_id = prepare_run_folder(
-                self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
-            )
-        self._resume()
-        restore = self._install_signals()
-        try:
-            return self._fit()
-        finally:
-            restore()
-            if self._tb:
-                self._tb.close()
+        with run_folder_lock(self.out, self.is_main):  # no-op where the task holds it already
+            if not self.cfg.run_id:
+                self.cfg.run_id = prepare_run_folder(
+                    self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
+                )
+            self._resume()
+            restore = self._install_signals()
+            try:
+                return self._fit()
+            finally:
+                restore()
+                if self._tb:
+                    self._tb.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
