@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,5 +118,7 @@ def test_two_training_launches_at_the_same_moment_give_one_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 30 and (out / "model.safetensors").is_file()
     log = (out / "train.log").read_text()
-    assert "in use by a running run" not in log and log.count("no validation folder") == 1  # the refused one wrote nothing
+    assert (
+        "in use by a running run" not in log and log.count("no validation folder") == 1
+    )  # the refused one wrote nothing
     assert not list(out.rglob("*.tmp"))

@@ -266,13 +266,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 @_friendly
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine import write_json
-    from .predict import predict
+    from ..engine import refuse_input_overwrite, write_json
+    from .predict import collect_images, predict
 
+    images = collect_images(args.images)
+    if args.json:  # never replace an input image (--json x.jpg)
+        refuse_input_overwrite(args.json, images, "--json")
+    if args.output:
+        refuse_input_overwrite(Path(args.output) / "predictions.json", images, "--output")
     loaded = _load(args)
     results = predict(
         loaded,
-        args.images,
+        images,
         topk=args.topk,
         img_size=args.img_size,
         head_subset=args.head_subset,

@@ -298,10 +298,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..engine.outputs import refuse_input_overwrite
     from ..weights.io import atomic_save
     from .convert import _load, load_detector
     from .dino.convert import convert_file, is_dino_checkpoint
 
+    refuse_input_overwrite(args.output, [args.input])
     if is_dino_checkpoint(_load(args.input)):
         print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
         return 0

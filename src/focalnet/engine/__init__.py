@@ -21,8 +21,8 @@ from .distributed import (
     init_distributed,
 )
 from .optim import build_adamw, layer_id, param_groups, set_group_lrs
-from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .outputs import OutputPathError, avoid_inputs, output_paths, refuse_input_overwrite
+from .resources import add_threads_arg, available_cores, default_threads, fit_workers, set_threads
 from .runs import (
     RunFolderError,
     lock_run_folder,

@@ -64,7 +64,9 @@ def refuse_input_overwrite(output: PathLike, inputs: Iterable[PathLike], what: s
     hit = _clashes(out, _resolved(inputs, expand_dirs=True))
     if hit is not None:
         same = "" if hit == Path(os.path.abspath(out)) else f" (it is {hit})"
-        raise OutputPathError(f"{what} {out} is one of the inputs{same}: writing it would replace it; choose another path")
+        raise OutputPathError(
+            f"{what} {out} is one of the inputs{same}: writing it would replace it; choose another path"
+        )
     return out
 
 

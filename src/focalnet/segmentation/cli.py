@@ -389,10 +389,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     write_json(Path(args.out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
     for r in records:
+        if "error" in r:
+            print(f"{r['image']}: {r['error']}", file=sys.stderr)
+            continue
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
         print(f"{r['image']}: {r['color']}  ({top})")
-    print(f"wrote {len(records)} prediction(s) to {args.out} (predictions.json)")
-    return 0
+    done = sum("error" not in r for r in records)
+    print(f"wrote {done} prediction(s) to {args.out} (predictions.json)")
+    return 0 if done == len(records) else 1  # 1: some inputs failed, as detection predict
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
