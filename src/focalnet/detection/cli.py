@@ -139,18 +139,12 @@ def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """The run config: packaged/YAML ``--config``, then the flags, then ``--set`` overrides."""
-    import yaml
-
-    from ..engine.config import ConfigError, apply_overrides, build_config
+    from ..engine.config import apply_overrides, build_config, read_yaml
     from .config import DetectionConfig, config_path
 
     data: dict[str, Any] = {}
     if args.config:
-        path = config_path(args.config)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping at the top level")
-        data = loaded
+        data = read_yaml(config_path(args.config))  # one ConfigError line for YAML errors and refused tags
     base = build_config(DetectionConfig, data)  # defaults + file, to rescale sizes below
     flags: dict[str, Any] = {"model": {}, "data": {}, "optim": {}}
     m, d = flags["model"], flags["data"]

@@ -8,6 +8,7 @@ of the last evaluation), ``model.pt`` (final weights + config + class names, for
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -262,6 +263,9 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
             log.info("wrote %s", out / "model.pt")
         problems = train_set.problems_report() + (val_set.problems_report() if val_set is not None else [])
         write_json(out / "data_problems.json", problems)
+        if (out / "metrics.json").is_file():  # the count beside the metrics; the entries in data_problems.json
+            metrics = json.loads((out / "metrics.json").read_text())
+            write_json(out / "metrics.json", {**metrics, "num_data_problems": len(problems)})
         for k in ("bbox_mAP", "segm_mAP"):
             if k in final:
                 log.info("%s = %.4f", k, final[k])
