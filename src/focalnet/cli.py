@@ -47,7 +47,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "benchmark": Command("focalnet.benchmark", "images/s, memory and output differences vs timm, side by side"),
     "export": Command("focalnet.export", "export to ONNX or TorchScript (dynamic batch and image size)"),
-    "app": Command("focalnet.app.cli", "local web app: the modulation maps and the three tasks on your images (Gradio)"),
+    "app": Command(
+        "focalnet.app.cli", "local web app: the modulation maps and the three tasks on your images (Gradio)"
+    ),
 }
 
 # leaf commands that compute nothing (they get no --threads)

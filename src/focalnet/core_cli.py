@@ -132,11 +132,15 @@ _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a checkpoint; timm/transformers outputs are model folders those libraries load."""
+    from .engine.outputs import refuse_input_overwrite
     from .factory import checkpoint_config, model_from_checkpoint, save_model
     from .weights import convert_state_dict, read_checkpoint
     from .weights.io import atomic_save, save_safetensors
 
     out = Path(args.output)
+    folder = args.to in ("timm", "transformers") and out.suffix not in _FILE_SUFFIXES  # a model folder
+    for target in (out / "model.safetensors", out / "config.json") if folder else (out,):
+        refuse_input_overwrite(target, [args.input])  # before any work: `convert IN IN` keeps IN
     if args.to == "safetensors":
         model = model_from_checkpoint(args.input)
         save_model(model, out)

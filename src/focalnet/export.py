@@ -110,9 +110,11 @@ def export_torchscript(
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.outputs import refuse_input_overwrite
     from .factory import create_model, model_from_checkpoint
 
     if args.checkpoint:
+        refuse_input_overwrite(args.out, [args.checkpoint], "--output")
         model = model_from_checkpoint(args.checkpoint)
     else:
         model = create_model(args.model, pretrained=args.pretrained or False)

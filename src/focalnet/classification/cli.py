@@ -214,15 +214,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine import resolve_device, write_json
+    from ..engine import refuse_input_overwrite, resolve_device, write_json
     from .evaluate import load_classifier
-    from .predict import predict
+    from .predict import collect_images, predict
 
     pre = _pretrained(args)
     loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
+    images = collect_images(args.images)
+    if args.json:  # never replace an input image (--json x.jpg)
+        refuse_input_overwrite(args.json, images, "--json")
+    if args.output:
+        refuse_input_overwrite(Path(args.output) / "predictions.json", images, "--output")
     results = predict(
         loaded,
-        args.images,
+        images,
         topk=args.topk,
         img_size=args.img_size,
         head_subset=args.head_subset,

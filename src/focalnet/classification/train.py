@@ -24,9 +24,11 @@ from ..engine import (
     build_adamw,
     config_to_dict,
     init_distributed,
+    lock_run_folder,
     prepare_run_folder,
     save_config,
     setup_logging,
+    unlock_run_folder,
     write_json,
 )
 from ..engine.distributed import DistInfo
@@ -93,6 +95,9 @@ class TrainingRun:
         t = cfg.train
         self.dist = dist_info or init_distributed(t.device)
         self.out = Path(cfg.output_dir)
+        # a running run's folder is refused before anything is touched; fit() releases the lock at its end
+        if self.dist.is_main:
+            lock_run_folder(self.out)
         setup_logging(self.out, self.dist.is_main)
         train_root = resolve_split(cfg.data.path, cfg.data.train_split)
         val_root = Path(cfg.data.path) / cfg.data.val_split
@@ -275,6 +280,14 @@ class TrainingRun:
         """Train (resuming from ``resume``: "auto" or a checkpoint path) and return the final metrics.
 
         A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
+        if self.dist.is_main:
+            lock_run_folder(self.out)  # held since __init__, or again after an earlier fit() released it
+        try:
+            return self._fit(resume, overwrite)
+        finally:
+            unlock_run_folder(self.out)
+
+    def _fit(self, resume: str | None, overwrite: bool) -> dict[str, Any]:
         cfg, tr = self.cfg, self.trainer
         tr.cfg.resume = resume
         tr.cfg.run_id = prepare_run_folder(

@@ -255,12 +255,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..engine.outputs import refuse_input_overwrite
     from ..weights.io import atomic_save, safe_torch_load
     from .convert import load_detector
     from .dino.convert import convert_file, is_dino_checkpoint
 
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.input}")
+    refuse_input_overwrite(args.output, [args.input])
     if is_dino_checkpoint(safe_torch_load(args.input)):
         print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
         return 0

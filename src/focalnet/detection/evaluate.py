@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -74,6 +75,23 @@ def outputs_to_coco(
     return res
 
 
+def _usable_results(coco_gt: Any, results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The results pycocotools can score (an image of ``coco_gt``, a finite score, a finite box or a mask), and how many
+    others there were (a model with non-finite weights, loaded for debugging, gives NaN boxes)."""
+    keep = []
+    for r in results:
+        box, score = r.get("bbox"), r.get("score")
+        if (
+            r.get("image_id") in coco_gt.imgs
+            and isinstance(score, (int, float))
+            and math.isfinite(score)
+            and (box is None and "segmentation" in r or isinstance(box, (list, tuple)) and len(box) == 4)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box or ())
+        ):
+            keep.append(r)
+    return keep, len(results) - len(keep)
+
+
 def coco_evaluate(
     coco_gt: Any,
     results: Sequence[dict[str, Any]],
@@ -88,6 +106,10 @@ def coco_evaluate(
     from pycocotools.cocoeval import COCOeval
 
     metrics: dict[str, Any] = {}
+    results, dropped = _usable_results(coco_gt, results)
+    if dropped:
+        log.warning("left out %d detection(s) with a non-finite box or score, or an unknown image id", dropped)
+        metrics["unusable_detections"] = dropped
     for iou in iou_types:
         if iou == "segm":
             dets = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]

@@ -129,18 +129,23 @@ def predict_images(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Detect objects in each image file; with ``out_dir``, write ``<stem>.png`` (drawn) per image and
-    ``detections.json``. Returns, per image, ``{"image", "width", "height", "detections": [{"label",
+    ``detections.json`` (names from :func:`focalnet.engine.output_paths`: same-named inputs of different
+    folders keep their relative folders, no output replaces an input or another output). Returns, per image, ``{"image", "width", "height", "detections": [{"label",
     "category_id", "score", "box" (x1, y1, x2, y2), "segmentation" (RLE)}]}`` or ``{"image", "error"}``
     for an unreadable file."""
     device = torch.device(device)
     model.eval().to(device)
-    from ..engine.runs import avoid_inputs, make_output_dir
+    from ..engine.outputs import avoid_inputs, output_paths
+    from ..engine.runs import make_output_dir
 
     out = make_output_dir(out_dir, "output folder") if out_dir is not None else None
+    drawn_paths = output_paths(images, out, "", ".png") if out is not None else []
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
-    for path in tqdm(list(images), desc="predicting", unit="image", disable=not progress or len(images) < 2):
+    for n, path in enumerate(
+        tqdm(list(images), desc="predicting", unit="image", disable=not progress or len(images) < 2)
+    ):
         path = Path(path)
         try:
             img = torch.from_numpy(np.asarray(open_image(path)).copy()).permute(2, 0, 1)
@@ -153,9 +158,8 @@ def predict_images(
         rec = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]), "detections": dets}
         if out is not None:
             drawn = draw_detections(img, det, class_names, empty_note=no_detections_note(score_thr))
-            png = avoid_inputs(out / f"{path.stem}.png", images)  # never replace the input photo
-            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
-            rec["drawn"] = str(png)
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(drawn_paths[n])
+            rec["drawn"] = str(drawn_paths[n])
         records.append(rec)
     if out is not None:
         write_json(avoid_inputs(out / "detections.json", images), records)

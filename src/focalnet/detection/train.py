@@ -8,6 +8,7 @@ of the last evaluation), ``model.pt`` (final weights + config + class names, for
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,12 +20,14 @@ import torch
 from torch import nn
 
 from ..engine import (
+    DistInfo,
     Trainer,
     TrainerConfig,
     build_adamw,
     config_to_dict,
     init_distributed,
     prepare_run_folder,
+    run_folder_lock,
     save_config,
     setup_logging,
     write_json,
@@ -198,9 +201,15 @@ def train(
 ) -> dict[str, Any]:
     """Train (and evaluate every ``eval_every_epochs``) as ``cfg`` says; returns the final metrics.
 
-    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``."""
+    A folder holding another run's checkpoints is refused unless ``resume`` or ``overwrite``; a folder a
+    running run holds (its lock) is refused before anything in it is touched."""
     out = Path(output_dir)
     dist_info = init_distributed(cfg.device)
+    with run_folder_lock(out, dist_info.is_main):
+        return _train(cfg, out, resume, overwrite, dist_info)
+
+
+def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool, dist_info: DistInfo) -> dict[str, Any]:
     run_id = prepare_run_folder(out, resume=resume, overwrite=overwrite, task="detection", is_main=dist_info.is_main)
     setup_logging(out, dist_info.is_main)
     torch.manual_seed(cfg.seed + dist_info.rank)
@@ -284,6 +293,9 @@ def train(
             log.info("wrote %s", out / "model.pt")
         problems = train_set.problems_report() + (val_set.problems_report() if val_set is not None else [])
         write_json(out / "data_problems.json", problems)
+        if (out / "metrics.json").is_file():  # the count beside the metrics; the entries in data_problems.json
+            metrics = json.loads((out / "metrics.json").read_text())
+            write_json(out / "metrics.json", {**metrics, "num_data_problems": len(problems)})
         for k in ("bbox_mAP", "segm_mAP"):
             if k in final:
                 log.info("%s = %.4f", k, final[k])

@@ -31,14 +31,16 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     from .files import RunFolderError, finite_json, make_output_dir, write_json
     from .optim import build_adamw, layer_id, param_groups, set_group_lrs
     from .options import add_shared_options, add_threads_arg, check_device, config_from_args, flag_values, off
+    from .outputs import OutputPathError, avoid_inputs, output_paths, refuse_input_overwrite
     from .resources import available_cores, default_threads, fit_workers, set_threads
-    from .runs import avoid_inputs, prepare_run_folder
+    from .runs import lock_run_folder, prepare_run_folder, run_folder_lock, unlock_run_folder
     from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, setup_logging
 
 __all__ = [
     "CheckpointManager",
     "ConfigError",
     "DistInfo",
+    "OutputPathError",
     "ResumableSampler",
     "RunFolderError",
     "SeededSamples",
@@ -68,20 +70,25 @@ __all__ = [
     "init_distributed",
     "layer_id",
     "load_config",
+    "lock_run_folder",
     "make_output_dir",
     "off",
+    "output_paths",
     "packaged_config",
     "packaged_configs",
     "param_groups",
     "plot_curves",
     "prepare_run_folder",
     "resolve_device",
+    "refuse_input_overwrite",
     "rng_state",
+    "run_folder_lock",
     "save_config",
     "set_group_lrs",
     "set_rng_state",
     "set_threads",
     "setup_logging",
+    "unlock_run_folder",
     "write_json",
 ]
 

@@ -25,6 +25,7 @@ __all__ = [
     "load_config",
     "packaged_config",
     "packaged_configs",
+    "read_yaml",
     "save_config",
     "set_value",
 ]
@@ -136,11 +137,58 @@ def build_config(cls: type[T], data: Mapping[str, Any] | None = None, prefix: st
     return obj
 
 
+MAX_YAML_VALUES = 100_000  # values of a config once its aliases are expanded (a "billion laughs" file is refused)
+
+
+def _check_size(value: Any, where: str) -> Any:
+    """``value``, or a :class:`ConfigError` where it holds more than ``MAX_YAML_VALUES`` values counting
+    every alias expansion (recursive aliases never end: they are refused too)."""
+    stack, n = [value], 0
+    while stack:
+        v = stack.pop()
+        n += 1
+        if n > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_YAML_VALUES} values (aliases that expand without end?)")
+        if isinstance(v, Mapping):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return value
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping at the top of a YAML config file, read with ``yaml.safe_load`` (tags that would build
+    Python objects, such as ``!!python/object``, are refused: no code runs). Syntax errors, refused tags,
+    recursive or exploding aliases and a top level that is no mapping are a :class:`ConfigError` of one
+    line naming the file and, where the parser tells, the line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(e.problem or e.context or "invalid YAML").split())
+        if isinstance(e, yaml.constructor.ConstructorError) and "tag" in what:
+            what += " (config files hold plain values; tags that build Python objects are refused)"
+        raise ConfigError(f"{p}{where}: {what}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{p} is not a valid YAML file: {first}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p} must hold a mapping (key: value lines) at the top level, not a {type(loaded).__name__}")
+    return _check_size(loaded, str(p))
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
         return text
+    return _check_size(value, f"value {text[:40]!r}")
 
 
 def set_value(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -177,16 +225,7 @@ def load_config(
     command-line flags), then ``overrides`` (``key=value`` strings), merged and validated."""
     data: dict[str, Any] = _deep_copy(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p} must hold a mapping at the top level")
-        _deep_merge(data, loaded)
+        _deep_merge(data, read_yaml(path))
     for key, value in (values or {}).items():
         set_value(data, key, value)
     apply_overrides(data, overrides)

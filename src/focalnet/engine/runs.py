@@ -1,42 +1,136 @@
-"""Run folders: one run per output folder, run ids, temp-file cleanup, outputs that never replace inputs.
+"""Run folders: one run per output folder, a lock while it runs, run ids, temp-file cleanup.
 
 A training run owns its output folder. :func:`prepare_run_folder` is called by every task before it
-writes anything: a new run refuses a folder that holds another run's checkpoints unless it is resumed
-(``--resume``) or explicitly replaced (``--overwrite``); the run's id is recorded in ``run.json``, in
-every checkpoint and at the top of ``config.yaml``; temporary files left by a killed run are removed.
+writes anything: it takes the folder's lock (:func:`lock_run_folder`: ``fcntl.flock`` on ``.run.lock``,
+held for the run's life and released by the OS when the process ends, so a killed run leaves no stale
+lock) before it touches anything, so a second launch into a running run's folder is refused; a new run
+refuses a folder that holds another run's checkpoints unless it is resumed (``--resume``) or explicitly
+replaced (``--overwrite``); the run's id is recorded in ``run.json``, in every checkpoint and at the top
+of ``config.yaml``; temporary files left by a killed run are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 
 from .files import RunFolderError, make_output_dir, write_json
+from .outputs import avoid_inputs
 
 __all__ = [
+    "LOCK_FILE",
     "RUN_FILE",
     "RunFolderError",
     "avoid_inputs",
     "cleanup_temp_files",
+    "lock_run_folder",
     "make_output_dir",
     "prepare_run_folder",
     "read_run_file",
+    "run_folder_lock",
+    "unlock_run_folder",
 ]
 
 log = logging.getLogger("focalnet")
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".run.lock"  # flock'ed by the process that runs in the folder; holds its pid, host and run id
 _TMP = re.compile(r"^\..+\.tmp$")  # our atomic writes: .<name>.<random>.tmp / .<name>.tmp
 _CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
 # files of a run that --overwrite removes (the others are rewritten by the new run)
 _RUN_OUTPUTS = ("metrics.json", "curves.png", "model.safetensors", "model_ema.safetensors", "model.pt", RUN_FILE)
+
+
+_HELD: dict[str, int] = {}  # real path of a locked folder -> the descriptor holding its lock (this process)
+
+
+def _holder(folder: Path) -> str:
+    """``pid N on HOST, run ID`` from a locked folder's lock file, as far as it is readable."""
+    try:
+        info = json.loads((folder / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return "its process is unknown"
+    if not isinstance(info, dict):
+        return "its process is unknown"
+    parts = [f"pid {info['pid']}" + (f" on {info['host']}" if info.get("host") else "")] if info.get("pid") else []
+    if info.get("run_id"):
+        parts.append(f"run {info['run_id']}")
+    return ", ".join(str(p) for p in parts) or "its process is unknown"
+
+
+def _write_holder(folder: str, **fields: object) -> None:
+    fd = _HELD.get(folder)
+    if fd is None:
+        return
+    try:
+        old = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        old = {}
+    data = json.dumps({**(old if isinstance(old, dict) else {}), **fields}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def lock_run_folder(folder: str | os.PathLike) -> bool:
+    """Take ``folder``'s run lock for this process; ``True`` if this call took it, ``False`` if the
+    process already held it (or the file system has no locks: a warning says so).
+
+    The lock is an exclusive ``fcntl.flock`` on ``folder/.run.lock``: it is released by
+    :func:`unlock_run_folder` or by the OS when the process ends (a killed run never leaves a stale
+    lock). Another process holding it is a :class:`RunFolderError` naming the folder and, where the lock
+    file tells, the holder's pid and run id. Nothing else in the folder is touched.
+    """
+    out = make_output_dir(folder)
+    key = os.path.realpath(out)
+    if key in _HELD:
+        return False
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunFolderError(f"--output {out}: cannot create the lock file {LOCK_FILE} ({e.strerror})") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderError(
+            f"--output {out} is in use by a running run ({_holder(out)}): wait for it to end, or choose another folder"
+        ) from None
+    except OSError as e:  # e.g. ENOLCK: a file system without locks
+        os.close(fd)
+        log.warning("cannot lock %s (%s): a second run in this folder would not be detected", out, e.strerror)
+        return False
+    _HELD[key] = fd
+    _write_holder(key, pid=os.getpid(), host=socket.gethostname(), since=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return True
+
+
+def unlock_run_folder(folder: str | os.PathLike) -> None:
+    """Release this process's lock on ``folder`` (nothing if it holds none); the lock file stays."""
+    fd = _HELD.pop(os.path.realpath(folder), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor of the open file releases the flock
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Hold ``folder``'s run lock for the ``with`` block (``enabled``: the process that prepares the folder,
+    rank 0 under torchrun); released at the end only if this block took it."""
+    took = lock_run_folder(folder) if enabled else False
+    try:
+        yield
+    finally:
+        if took:
+            unlock_run_folder(folder)
 
 
 def cleanup_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -91,15 +185,29 @@ def prepare_run_folder(
       outputs are deleted first.
     - ``resume``: the folder's run id is kept (``run.json``); a folder of another task is refused.
 
-    Every process may call it (only ``is_main`` writes); it removes leftover temporary files.
+    Every process may call it (only ``is_main`` writes). ``is_main`` first takes the folder's lock
+    (:func:`lock_run_folder`; kept after a successful return, until :func:`unlock_run_folder` or the end of
+    the process, released on a refusal if this call took it), then removes leftover temporary files.
     """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--output {out} is a file, not a folder")
     if resume and overwrite:
         raise RunFolderError("give either --resume (continue the run) or --overwrite (start over), not both")
+    took = lock_run_folder(out) if is_main else False
+    try:
+        run_id = _prepare(out, resume, overwrite, task, is_main)
+    except BaseException:
+        if took:
+            unlock_run_folder(out)
+        raise
     if is_main:
-        make_output_dir(out)
+        _write_holder(os.path.realpath(out), run_id=run_id)
+    return run_id
+
+
+def _prepare(out: Path, resume: str | None, overwrite: bool, task: str | None, is_main: bool) -> str:
+    if is_main:
         cleanup_temp_files(out)
     info = read_run_file(out)
     ckpts = _checkpoints(out)
@@ -147,19 +255,3 @@ def _checkpoint_run_id(path: str | os.PathLike) -> str | None:
 
 def _write_run_file(out: Path, data: dict) -> None:
     write_json(out / RUN_FILE, data)
-
-
-def avoid_inputs(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
-    """``path``, or ``<stem>_pred<suffix>`` (``_pred2``, ...) where writing it would replace one of ``inputs``."""
-    p = Path(path)
-    taken = set()
-    for i in inputs:
-        try:
-            taken.add(Path(i).resolve())
-        except OSError:
-            continue
-    cand, n = p, 1
-    while cand.resolve() in taken:
-        cand = p.with_name(f"{p.stem}_pred{'' if n == 1 else n}{p.suffix}")
-        n += 1
-    return cand

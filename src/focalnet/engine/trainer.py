@@ -32,7 +32,7 @@ from .curves import plot_curves
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
 from .files import json_default, make_output_dir, write_json
 from .resources import fit_workers
-from .runs import prepare_run_folder
+from .runs import prepare_run_folder, run_folder_lock
 
 __all__ = [
     "TrainerConfig",
@@ -401,18 +401,19 @@ class Trainer:
         Returns the final metrics (also written to ``metrics.json``); ``{"interrupted": True, ...}``
         if a signal stopped the run after saving a checkpoint.
         """
-        if not self.cfg.run_id:
-            self.cfg.run_id = prepare_run_folder(
-                self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
-            )
-        self._resume()
-        restore = self._install_signals()
-        try:
-            return self._fit()
-        finally:
-            restore()
-            if self._tb:
-                self._tb.close()
+        with run_folder_lock(self.out, self.is_main):  # no-op where the task holds it already
+            if not self.cfg.run_id:
+                self.cfg.run_id = prepare_run_folder(
+                    self.out, resume=self.cfg.resume, overwrite=self.cfg.overwrite, is_main=self.is_main
+                )
+            self._resume()
+            restore = self._install_signals()
+            try:
+                return self._fit()
+            finally:
+                restore()
+                if self._tb:
+                    self._tb.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg

@@ -352,9 +352,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = args.output or "predictions"
     model, extra = load_segmentor(args.checkpoint)
     model.to(device)
-    for p in args.images:
-        if not Path(p).exists():
-            raise FileNotFoundError(f"image not found: {p}")
     test_cfg = _test_config(args, extra.get("test"))
     records = predict_images(
         model,
@@ -368,10 +365,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     write_json(Path(out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
     for r in records:
+        if "error" in r:
+            print(f"{r['image']}: {r['error']}", file=sys.stderr)
+            continue
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
         print(f"{r['image']}: {r['color']}  ({top})")
-    print(f"wrote {len(records)} prediction(s) to {out} (predictions.json)")
-    return 0
+    done = sum("error" not in r for r in records)
+    print(f"wrote {done} prediction(s) to {out} (predictions.json)")
+    return 0 if done == len(records) else 1  # 1: some inputs failed, as detection predict
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

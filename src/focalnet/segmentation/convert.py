@@ -186,13 +186,16 @@ def convert_segmentor(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
     """Convert a segmentation file: ``to="focalnet"`` writes this package's format (what ``train``
     writes as ``model.pt``), ``to="original"`` the mmsegmentation 0.x layout. The input may be either;
     it is checked strictly against the model it describes (missing, unexpected and mis-shaped keys are
-    named) before anything is written. Returns the output path."""
+    named) before anything is written; a ``dst`` that is ``src`` (also through a link) is refused first.
+    Returns the output path."""
+    from ..engine.outputs import refuse_input_overwrite
     from ..weights.infer import CheckpointMismatchError, check_state_dict
     from ..weights.io import atomic_save
     from .model import _build_from_meta, read_segmentor
 
     if to not in ("focalnet", "original"):
         raise ValueError(f"to must be 'focalnet' or 'original', got {to!r}")
+    dst = refuse_input_overwrite(dst, [src])
     meta, sd, extra = read_segmentor(src)
     with torch.device("meta"):  # shapes only: no weights are initialised
         model = _build_from_meta(meta)
@@ -200,9 +203,6 @@ def convert_segmentor(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
         check_state_dict(model.state_dict(), sd)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{os.fspath(src)}: {e}") from None
-    dst = Path(dst)
-    if dst.resolve() == Path(src).resolve():
-        raise ValueError(f"refusing to overwrite the input {src}")
     if to == "focalnet":
         atomic_save({"format": FORMAT, "meta": meta, "extra": extra, "state_dict": dict(sd)}, dst)
     else:

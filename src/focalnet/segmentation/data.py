@@ -219,10 +219,15 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         return _read_label(path)
 
 
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")  # one channel of integers
+
+
 def _read_label(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError(f"label {path} is a {im.mode} colour image; expected one channel of class ids")
+        if im.mode not in LABEL_MODES:  # float (F), two-channel (LA), CMYK, ...: not class ids
+            raise ValueError(f"label {path} is a mode {im.mode} image; expected one channel of integer class ids")
         arr = np.asarray(im)
     if arr.ndim != 2:
         raise ValueError(f"label {path} has shape {arr.shape}; expected (H, W)")
@@ -371,8 +376,8 @@ def _infer_num_classes(pairs: Sequence[tuple[Path, Path]], cfg: DataConfig) -> i
             raw = read_label(lab_p)
         except Exception:
             continue
-        vals = np.unique(raw)
-        vals = vals[(vals != cfg.ignore_index) & (vals != 255)]
+        vals = np.unique(raw).astype(np.int64)
+        vals = vals[(vals != cfg.ignore_index) & (vals < 255)]  # larger values are no 8-bit class ids: bad samples
         if cfg.zero_label_reduced:
             vals = vals[vals != 0] - 1
         if vals.size:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +12,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..engine.images import ImageDecodeError
 from .data import read_image
 from .evaluate import TestConfig, predict_probs
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["palette", "colorize", "overlay", "overlay_with_legend", "predict_image", "predict_images"]
+
+log = logging.getLogger("focalnet")
 
 
 def palette(n: int) -> np.ndarray:
@@ -94,27 +97,32 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """For each image write ``<stem>_label.png`` (class ids), ``<stem>_color.png`` and
     ``<stem>_overlay.png`` (with a legend of the classes present, by pixel share, on its right) into
-    ``out_dir``; returns one record per image (files, class pixel shares). Unreadable images raise
-    ``ValueError`` naming the file."""
-    from ..engine.runs import avoid_inputs, make_output_dir
+    ``out_dir``; returns one record per image (files, class pixel shares). Names come from
+    :func:`focalnet.engine.output_paths`: same-named inputs of different folders keep their relative
+    folders, and no output replaces an input or another output. An unreadable image is reported
+    (``{"image", "error"}``, and a logged warning) and the others are predicted."""
+    from ..engine.outputs import output_paths
+    from ..engine.runs import make_output_dir
 
     out = make_output_dir(out_dir, "output folder")
     nc = int(model.num_classes)
     names = list(class_names or getattr(model, "class_names", None) or [])
     names += [str(i) for i in range(len(names), nc)]
-    records = []
+    kinds = ("label", "color", "overlay")
+    named = {k: output_paths(paths, out, f"_{k}", ".png") for k in kinds}
+    records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
-    for p in tqdm(list(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 2):
+    for n, p in enumerate(tqdm(list(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 2)):
         try:
             img = read_image(p)
-        except Exception as e:
-            raise ValueError(f"cannot read image {p}: {type(e).__name__}: {e}") from e
+        except (ImageDecodeError, OSError) as e:  # decoding problems, missing files
+            log.warning("skipping unreadable image %s: %s", p, e)
+            records.append({"image": str(p), "error": f"cannot read image: {e}"})
+            continue
         label = predict_image(model, img, cfg, device, mean, std)
         color = colorize(label, nc)
-        stem = Path(p).stem
-        # never replace an input image (e.g. predicting x_label.png in its own folder)
-        files = {k: avoid_inputs(out / f"{stem}_{k}.png", paths) for k in ("label", "color", "overlay")}
+        files = {k: named[k][n] for k in kinds}
         Image.fromarray(label).save(files["label"])
         Image.fromarray(color).save(files["color"])
         drawn, shares = overlay_with_legend(img, label, names)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..engine import (
     ConfigError,
+    DistInfo,
     Trainer,
     TrainerConfig,
     config_to_dict,
@@ -33,6 +34,7 @@ from ..engine import (
     packaged_config,
     param_groups,
     prepare_run_folder,
+    run_folder_lock,
     save_config,
     set_group_lrs,
     setup_logging,
@@ -290,8 +292,13 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
     if any), ``train.log``, ``tensorboard/``, ``curves.png`` and, at the end, ``model.pt``.
     """
     out = Path(output_dir)
+    dist = init_distributed(cfg.train.device)
+    with run_folder_lock(out, dist.is_main):  # a running run's folder is refused before anything is touched
+        return _train(cfg, out, overwrite, dist)
+
+
+def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) -> dict[str, Any]:
     r = cfg.train
-    dist = init_distributed(r.device)
     run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
     world = dist.world_size

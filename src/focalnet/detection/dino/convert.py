@@ -305,7 +305,11 @@ def save_original(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> No
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str = "focalnet") -> str:
     """Convert an original FocalNet-DINO file to our format (``to="focalnet"``) or ours back to the
-    original layout (``to="original"``); the state dict is copied as it is. Returns a one-line summary."""
+    original layout (``to="original"``); the state dict is copied as it is. Returns a one-line summary.
+    A ``dst`` that is ``src`` (also through a link) is refused before anything is read."""
+    from ...engine.outputs import refuse_input_overwrite
+
+    refuse_input_overwrite(dst, [src])
     obj = _read(src)
     if to == "focalnet":
         if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
