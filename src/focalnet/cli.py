@@ -86,7 +86,7 @@ def _count_params(cfg) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .factory import _original_sd, checkpoint_config
+    from .factory import checkpoint_config, original_state_dict
     from .models import FocalNet, FocalNetBackbone, match_variant
     from .weights import read_checkpoint
     from .weights.infer import check_finite, check_state_dict
@@ -97,7 +97,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         finite = "all weights finite"
     except ValueError as e:
         finite = str(e)
-    sd = _original_sd(ckpt)
+    sd = original_state_dict(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cfg, out_indices = checkpoint_config(ckpt, sd)
@@ -141,7 +141,7 @@ _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a checkpoint; timm/transformers outputs are model folders those libraries load."""
-    from .factory import _original_sd, checkpoint_config, model_from_checkpoint, save_model
+    from .factory import checkpoint_config, model_from_checkpoint, original_state_dict, save_model
     from .weights import convert_state_dict, read_checkpoint
     from .weights.io import atomic_save, save_safetensors
 
@@ -152,7 +152,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"wrote {out} (safetensors with the model config)")
         return 0
     ckpt = read_checkpoint(args.input)
-    sd = _original_sd(ckpt)
+    sd = original_state_dict(ckpt)
     cfg, out_indices = checkpoint_config(ckpt, sd)
     names = ckpt.extra.get("class_names")
     if args.to == "original":
