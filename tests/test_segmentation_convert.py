@@ -25,7 +25,7 @@ from focalnet.segmentation import (
     train,
     upernet,
 )
-from focalnet.segmentation.model import _build_from_meta
+from focalnet.segmentation import upernet_from_meta
 from focalnet.weights.infer import CheckpointMismatchError, check_state_dict
 from test_segmentation import TINY, TINY_HEAD, make_folder_dataset
 
@@ -151,7 +151,7 @@ def test_six_zoo_rows_load_strictly_with_the_original_parameter_counts():
         assert tuple(meta["backbone_config"]["focal_windows"]) == (9, 9, 9, 9)
         assert meta["head"]["aux_in_index"] == 2 and meta["head"]["pool_scales"] == [1, 2, 3, 6]
         with torch.device("meta"):
-            model = _build_from_meta(meta)
+            model = upernet_from_meta(meta)
         check_state_dict(model.state_dict(), sd)  # raises naming any missing/unexpected/mis-shaped key
         assert [k for k, _ in keys] == list(focalnet_to_mmseg(meta, model.state_dict())["state_dict"])
         ours = sum(p.numel() for p in model.parameters())

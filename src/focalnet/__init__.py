@@ -21,6 +21,9 @@ from .models import (
 )
 from .weights import (
     CheckpointMismatchError,
+    MalformedCheckpointError,
+    ModelTooLargeError,
+    NonFiniteWeightsError,
     PretrainedUnavailableError,
     convert_state_dict,
     detect_layout,
@@ -36,6 +39,9 @@ __all__ = [
     "FocalNet",
     "FocalNetBackbone",
     "FocalNetConfig",
+    "MalformedCheckpointError",
+    "ModelTooLargeError",
+    "NonFiniteWeightsError",
     "PretrainedUnavailableError",
     "adapt_to_backbone",
     "convert_state_dict",

@@ -8,7 +8,7 @@
 torch.Size([1, 3, 64, 48])
 """
 
-from .convert import convert_segmentor, focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+from .convert import convert_segmentor
 from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
 from .evaluate import (
     MS_RATIOS,
@@ -21,17 +21,9 @@ from .evaluate import (
     slide_inference,
     whole_inference,
 )
-from .model import (
-    FCNHead,
-    HeadConfig,
-    UPerHead,
-    UPerNet,
-    build_segmentor,
-    load_segmentor,
-    read_segmentor,
-    save_segmentor,
-    upernet,
-)
+from .load import build_segmentor, check_segmentor, load_segmentor, read_segmentor, save_segmentor
+from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+from .model import FCNHead, HeadConfig, UPerHead, UPerNet, upernet, upernet_from_meta
 from .predict import colorize, overlay, palette, predict_image, predict_images
 from .train import SegmentationConfig, load_segmentation_config, train
 from .transforms import TestTransform, TrainTransform
@@ -51,6 +43,7 @@ __all__ = [
     "UPerNet",
     "build_dataset",
     "build_segmentor",
+    "check_segmentor",
     "convert_segmentor",
     "focalnet_to_mmseg",
     "is_mmseg_segmentor",
@@ -74,5 +67,6 @@ __all__ = [
     "slide_inference",
     "train",
     "upernet",
+    "upernet_from_meta",
     "whole_inference",
 ]
