@@ -383,7 +383,7 @@ def test_class_names_not_matching_the_head_is_a_clear_error(tmp_path, capsys):
         capsys.readouterr()
         assert main([*cmd, str(tmp_path / "m.safetensors")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "2 class names for a 3-output head" in err[0], err
+        assert len(err) == 1 and "class_names must be a list of 3 names, got 2 entries" in err[0], err
 
 
 def test_non_finite_config_values_are_refused(capsys):
