@@ -128,24 +128,38 @@ def _safetensors_bytes(dtype: str, shape: list[int]) -> int:
     return n * max(1, (int(bits.group()) if bits else 8) // 8)
 
 
+def _safetensors_sizes(path: Path) -> list[tuple[str, list[int], int]]:
+    """``(key, shape, bytes)`` of each tensor a safetensors header declares, read without mapping the file
+    (a sparse file can declare terabytes, more than the address space allows to map); ``[]`` where the
+    header is not well-formed (safetensors then says why)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n <= 100 << 20 else {}
+        out = []
+        for k, v in header.items():
+            if k != "__metadata__":
+                shape = [int(d) for d in v["shape"]]
+                out.append((k, shape, _safetensors_bytes(str(v["dtype"]), shape)))
+        return out
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; the sizes its header declares are checked against the
-    memory budget before any tensor is read (a sparse file can declare terabytes)."""
+    memory budget before the file is opened."""
     from safetensors import safe_open
 
     budget, total = memory_budget(), 0
+    for k, shape, nbytes in _safetensors_sizes(path):
+        total += nbytes
+        if total > budget:
+            raise tensors_too_large(str(path), budget, k, shape)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                shape = sl.get_shape()
-                total += _safetensors_bytes(sl.get_dtype(), shape)
-                if total > budget:
-                    raise tensors_too_large(str(path), budget, k, shape)
             sd = {k: f.get_tensor(k) for k in f.keys()}
-    except ModelTooLargeError:
-        raise
     except Exception as e:
         raise ValueError(f"cannot read safetensors file {path}: {e}") from e
     return sd, meta
