@@ -176,7 +176,7 @@ def test_set_is_repeatable_and_applies_in_order(capsys):
 
 
 def _tiny_segmentor_file(path):
-    from focalnet.segmentation.model import save_segmentor, upernet
+    from focalnet.segmentation import save_segmentor, upernet
 
     save_segmentor(upernet("focalnet_tiny_srf", 3, embed_dim=8, depths=(1, 1, 1, 1)), path)
     return torch.load(path, weights_only=True)
@@ -185,14 +185,14 @@ def _tiny_segmentor_file(path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda o: o["meta"]["backbone_config"].update(embed_dim=100000), "do not match the tensors"),
-        (lambda o: o["meta"]["head"].update(bogus=1), "settings stored with the weights are invalid"),
-        (lambda o: o["meta"].update(num_classes=10**9), "do not match the tensors"),
+        (lambda o: o["meta"]["backbone_config"].update(embed_dim=100000), "backbone_config disagrees"),
+        (lambda o: o["meta"]["head"].update(bogus=1), r"head settings \['bogus'\] are not HeadConfig fields"),
+        (lambda o: o["meta"].update(num_classes=10**9), "does not fit the model"),
         (lambda o: o["state_dict"]["decode_head.conv_seg.weight"].fill_(float("nan")), "decode_head.conv_seg.weight"),
     ],
 )
 def test_segmentation_file_settings_checked_before_building(tmp_path, change, message):
-    from focalnet.segmentation.model import load_segmentor
+    from focalnet.segmentation import load_segmentor
 
     obj = _tiny_segmentor_file(tmp_path / "m.pt")
     change(obj)
@@ -383,7 +383,7 @@ def test_class_names_not_matching_the_head_is_a_clear_error(tmp_path, capsys):
         capsys.readouterr()
         assert main([*cmd, str(tmp_path / "m.safetensors")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "2 class names for a 3-output head" in err[0], err
+        assert len(err) == 1 and "class_names must be a list of 3 names, got 2 entries" in err[0], err
 
 
 def test_non_finite_config_values_are_refused(capsys):

@@ -24,12 +24,12 @@ from focalnet.segmentation import (
     save_segmentor,
     train,
     upernet,
+    upernet_from_meta,
 )
-from focalnet.segmentation.model import _build_from_meta
 from focalnet.weights.infer import CheckpointMismatchError, check_state_dict
 from test_segmentation import TINY, TINY_HEAD, make_folder_dataset
 
-from conftest import REFERENCE, need, randomize_
+from conftest import REFERENCE, need, randomize_, seeded_state_dict
 
 SEG = REFERENCE / "segmentation"
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -37,32 +37,6 @@ BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 def reference(name: str) -> dict:
     return json.loads(need(SEG / f"upernet_focalnet_{name}_160k_ade20k.json").read_text())
-
-
-def seeded_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """The README's recipe: sorted keys, one RandomState(0); 1-D ``*weight`` 1 + 0.1 z, ``*bias`` 0.02 z,
-    else z / sqrt(fan_in); then ``running_var`` -> |v| + 0.5 and ``num_batches_tracked`` 0.
-
-    fan_in is ``prod(shape[1:])``, and the length for a 1-D tensor: the only other 1-D tensors,
-    ``running_mean``, are z / sqrt(C) in the reference (with fan_in 1 the decode logits differ by 4.8).
-    Returned in the order of ``keys`` (the order of the original model)."""
-    rs = np.random.RandomState(0)
-    out = {}
-    for k, shape in sorted(keys):
-        if not shape:
-            out[k] = torch.tensor(0)
-            continue
-        z = rs.standard_normal(shape).astype(np.float32)
-        if len(shape) == 1 and k.endswith("weight"):
-            v = 1 + 0.1 * z
-        elif k.endswith("bias"):
-            v = 0.02 * z
-        else:
-            v = z / np.sqrt(math.prod(shape[1:]) if len(shape) > 1 else shape[0])
-        if k.endswith("running_var"):
-            v = np.abs(v) + 0.5
-        out[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-    return {k: out[k] for k, _ in keys}
 
 
 def original_upernet_keys(
@@ -151,7 +125,7 @@ def test_six_zoo_rows_load_strictly_with_the_original_parameter_counts():
         assert tuple(meta["backbone_config"]["focal_windows"]) == (9, 9, 9, 9)
         assert meta["head"]["aux_in_index"] == 2 and meta["head"]["pool_scales"] == [1, 2, 3, 6]
         with torch.device("meta"):
-            model = _build_from_meta(meta)
+            model = upernet_from_meta(meta)
         check_state_dict(model.state_dict(), sd)  # raises naming any missing/unexpected/mis-shaped key
         assert [k for k, _ in keys] == list(focalnet_to_mmseg(meta, model.state_dict())["state_dict"])
         ours = sum(p.numel() for p in model.parameters())
@@ -174,7 +148,7 @@ def original_file(tmp_path_factory):
     keys = [(k, list(s)) for k, s in reference("tiny_srf")["state_dict"]]
     path = tmp_path_factory.mktemp("mmseg") / "upernet_focalnet_tiny_srf.pth"
     meta = {"mmseg_version": "0.20.2", "CLASSES": ADE20K_CLASSES, "config": "model = dict(pool_scales=(1, 2, 3, 6))"}
-    torch.save({"meta": meta, "state_dict": seeded_weights(keys)}, path)
+    torch.save({"meta": meta, "state_dict": seeded_state_dict(keys)}, path)
     return path
 
 

@@ -9,7 +9,13 @@ import torch
 
 import focalnet
 from focalnet.models import VARIANTS, FocalNet, FocalNetBackbone
-from focalnet.weights import CheckpointMismatchError, PretrainedUnavailableError, infer_config, read_checkpoint
+from focalnet.weights import (
+    CheckpointMismatchError,
+    MalformedCheckpointError,
+    PretrainedUnavailableError,
+    infer_config,
+    read_checkpoint,
+)
 
 from conftest import REFERENCE, need, randomize_
 
@@ -37,18 +43,24 @@ def test_architecture_read_off_reference_key_sets(name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_model_from_checkpoint_on_files_of_every_variant(tmp_path, name):
-    """A released-layout file of each variant (zero weights stored as stride-0 tensors to stay small)."""
+    """A released-layout file of each variant: the structure is read off the keys; stride-0 (expanded)
+    tensors, tiny on disk, are refused before anything is built; a real file (bfloat16 zeros) of the
+    variants under 30 M parameters builds the variant."""
     ref = json.loads((need(REFERENCE / "official-state-dicts") / f"{name}.json").read_text())
     sd = {k: torch.zeros(()).expand(shape) for k, shape in ref["keys"]}
-    torch.save({"model": sd, "epoch": 300}, tmp_path / f"{name}.pth")
-    ckpt = read_checkpoint(tmp_path / f"{name}.pth")
-    assert ckpt.layout == "original" and len(ckpt.state_dict) == len(ref["keys"])
     expected = VARIANTS[name].cfg.replace(num_classes=ref["hyperparameters"]["num_classes"])
-    assert infer_config(ckpt.state_dict) == expected
-    if ref["num_params"] < 100e6:  # the larger ones would need GBs of memory here
+    assert infer_config(sd) == expected
+    torch.save({"model": sd, "epoch": 300}, tmp_path / f"{name}.pth")
+    with pytest.raises(MalformedCheckpointError, match="an expanded tensor"):
+        read_checkpoint(tmp_path / f"{name}.pth")
+    if ref["num_params"] < 30e6:  # the larger ones would write hundreds of MB here
+        sd = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, shape in ref["keys"]}
+        torch.save({"model": sd, "epoch": 300}, tmp_path / f"{name}.pth")
+        ckpt = read_checkpoint(tmp_path / f"{name}.pth")
+        assert ckpt.layout == "original" and len(ckpt.state_dict) == len(ref["keys"])
         m = focalnet.model_from_checkpoint(tmp_path / f"{name}.pth")
         assert m.cfg == expected and m.variant_name == name
-        assert all(p.requires_grad and p.device.type == "cpu" for p in m.parameters())
+        assert all(p.requires_grad and p.device.type == "cpu" and p.dtype == torch.float32 for p in m.parameters())
 
 
 def test_backbone_reference_key_set_builds_a_backbone(tmp_path):

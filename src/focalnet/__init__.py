@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     )
     from .weights import (
         CheckpointMismatchError,
+        MalformedCheckpointError,
+        ModelTooLargeError,
+        NonFiniteWeightsError,
         PretrainedUnavailableError,
         convert_state_dict,
         detect_layout,
@@ -48,6 +51,9 @@ __all__ = [
     "FocalNet",
     "FocalNetBackbone",
     "FocalNetConfig",
+    "MalformedCheckpointError",
+    "ModelTooLargeError",
+    "NonFiniteWeightsError",
     "PretrainedUnavailableError",
     "adapt_to_backbone",
     "convert_state_dict",

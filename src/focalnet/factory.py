@@ -1,11 +1,20 @@
-"""Building models: ``create_model``, ``create_backbone``, ``model_from_checkpoint``, ``save_model``."""
+"""Building models: ``create_model``, ``create_backbone``, ``model_from_checkpoint``, ``save_model``.
+
+Every classifier built from a file takes one road (``create_model(checkpoint_path=...)``,
+``model_from_checkpoint`` and ``classification.load_classifier`` alike)::
+
+    read_checkpoint (weights_only / safetensors; tensors checked: types, expanded storage, memory budget)
+    -> the layout (original, timm, transformers, ours) converted to the original keys
+    -> FocalNetConfig (read off the keys; flags from the stored config or the registered variant)
+    -> build_checked (finite check, meta-device build compared key by key, strict load)
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,13 +23,17 @@ from torch import nn
 
 from .models.focalnet import FocalNet, FocalNetBackbone, FocalNetConfig, PretrainedCfg
 from .models.registry import get_variant, match_variant
+from .weights.checks import build_checked, check_config_size, expect_names
 from .weights.convert import convert_state_dict
+from .weights.errors import CheckpointMismatchError, MalformedCheckpointError
 from .weights.hub import download_pretrained
-from .weights.infer import CheckpointMismatchError, check_state_dict, infer_config
+from .weights.infer import check_state_dict, infer_config, infer_structure, stored_config, tensor_shape
 from .weights.io import Checkpoint, read_checkpoint, save_safetensors
 
 __all__ = [
     "checkpoint_config",
+    "original_state_dict",
+    "build_from_state_dict",
     "create_model",
     "create_backbone",
     "model_from_checkpoint",
@@ -42,7 +55,8 @@ def _pretrained_cfg(cfg: FocalNetConfig, name: str | None) -> PretrainedCfg:
     return PretrainedCfg(num_classes=cfg.num_classes, input_size=(cfg.in_chans, size, size), tags=tags)
 
 
-def _original_sd(ckpt: Checkpoint) -> StateDict:
+def original_state_dict(ckpt: Checkpoint) -> StateDict:
+    """The checkpoint's tensors under the original keys (whatever its layout: timm, transformers, ...)."""
     return convert_state_dict(ckpt.state_dict, to="original", source=ckpt.layout)
 
 
@@ -56,31 +70,30 @@ def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], ignore: tuple
         raise CheckpointMismatchError(f"unexpected keys: {bad}")
 
 
-def _build_loaded(
-    ctor: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], ignore: tuple[str, ...] = ()
-) -> nn.Module:
-    """Build a model holding ``sd``. When ``sd`` covers it exactly, build on the meta device and adopt
-    the checkpoint tensors (as float32) instead of randomly initialising weights that would be
-    overwritten; otherwise build normally and :func:`load_weights` (keys under ``ignore`` may be missing)."""
-    with torch.device("meta"):
-        meta = ctor()
-    msd = meta.state_dict()
-    if set(msd) != set(sd) or any(tuple(msd[k].shape) != tuple(sd[k].shape) for k in msd):
-        model = ctor()
-        load_weights(model, sd, ignore)
-        return model
-    sd32 = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    meta.load_state_dict(sd32, assign=True)
-    if isinstance(meta, FocalNetBackbone):
-        meta._freeze_stages()
-    return meta
+def build_from_state_dict(
+    cfg: FocalNetConfig, sd: Mapping[str, torch.Tensor], source: str, out_indices: Sequence[int] | None = None
+) -> FocalNet | FocalNetBackbone:
+    """A :class:`FocalNet` (or, with ``out_indices``, a :class:`FocalNetBackbone`) of ``cfg`` holding the
+    original-layout ``sd``, through :func:`~focalnet.weights.checks.build_checked`: tensors checked, no
+    NaN/inf, keys and shapes compared on the meta device, then loaded strictly (the checkpoint tensors
+    are adopted as float32 instead of initialising weights that would be overwritten)."""
+    if out_indices is not None:
+        backbone = build_checked(lambda: FocalNetBackbone(cfg, out_indices=out_indices), sd, source, assign=True)
+        backbone._freeze_stages()
+        return backbone
+    return build_checked(lambda: FocalNet(cfg), sd, source, assign=True)
+
+
+def _head_classes(sd: Mapping[str, torch.Tensor]) -> int:
+    """Rows of the classifier head in ``sd`` (0 without one)."""
+    return tensor_shape(sd, "head.weight", 2)[0] if "head.weight" in sd else 0
 
 
 def _classifier_from_sd(cfg: FocalNetConfig, sd: StateDict, num_classes: int | None, source: str) -> FocalNet:
     """A classifier of ``cfg`` (head size taken from ``sd``) holding ``sd``; a different ``num_classes``
     replaces the head, a missing head is freshly initialised, each with a warning."""
-    ckpt_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    ignore: tuple[str, ...] = ()
+    ckpt_classes = _head_classes(sd)
+    fresh_head = 0
     if ckpt_classes:
         cfg = cfg.replace(num_classes=ckpt_classes)
     elif cfg.num_classes > 0:
@@ -88,8 +101,11 @@ def _classifier_from_sd(cfg: FocalNetConfig, sd: StateDict, num_classes: int | N
             f"{source} has no classifier head: the head of {cfg.num_classes} classes is freshly initialised",
             stacklevel=3,
         )
-        ignore = ("head.",)
-    model = _build_loaded(lambda: FocalNet(cfg), sd, ignore)
+        fresh_head, cfg = cfg.num_classes, cfg.replace(num_classes=0)
+    model = build_from_state_dict(cfg, sd, source)
+    assert isinstance(model, FocalNet)
+    if fresh_head:
+        model.reset_classifier(fresh_head)
     if num_classes is not None and num_classes != model.num_classes:
         warnings.warn(
             f"{source} has a {ckpt_classes}-class head; it is dropped and a new {num_classes}-class head is "
@@ -123,10 +139,11 @@ def create_model(
     if path is None:
         if num_classes is not None:
             cfg = cfg.replace(num_classes=num_classes)
+        check_config_size(lambda: FocalNet(cfg), f"{name} with {overrides or 'its settings'}")
         model = FocalNet(cfg)
     else:
-        ckpt = read_checkpoint(path)
-        model = _classifier_from_sd(cfg, _original_sd(ckpt), num_classes, str(path))
+        ckpt = read_checkpoint(path, allow_nonfinite=True)  # build_checked checks the canonical tensors
+        model = _classifier_from_sd(cfg, original_state_dict(ckpt), num_classes, str(path))
         _attach_class_names(model, ckpt, str(path), replaced_head=num_classes is not None)
     model.pretrained_cfg = _pretrained_cfg(model.cfg, name)
     return model
@@ -190,7 +207,7 @@ def adapt_to_backbone(sd: Mapping[str, torch.Tensor], backbone: FocalNetBackbone
 
 
 def _load_backbone_ckpt(backbone: FocalNetBackbone, ckpt: Checkpoint) -> None:
-    sd = _original_sd(ckpt)
+    sd = original_state_dict(ckpt)
     norms = tuple(f"norm{i}." for i in range(backbone.cfg.num_stages))
     if _is_dense_file(ckpt):
         # detection/segmentation checkpoint: same module, strict apart from unused output norms
@@ -221,15 +238,15 @@ def create_backbone(
     ckpt = read_checkpoint(path) if path is not None else None
     if ckpt is not None and _is_dense_file(ckpt):
         # a detection/segmentation file fixes the focal windows/levels it was trained with
-        from .weights.infer import infer_structure
-
-        found = infer_structure(_original_sd(ckpt))
+        found = infer_structure(original_state_dict(ckpt))
         for k in ("focal_windows", "focal_levels"):
             overrides.setdefault(k, found[k])
     cfg = get_variant(name).cfg.replace(**overrides)
     if cfg.num_stages == 1 and tuple(out_indices) == (0, 1, 2, 3):
         out_indices = (0,)
-    backbone = FocalNetBackbone(cfg, out_indices=out_indices, frozen_stages=frozen_stages)
+    ctor = lambda: FocalNetBackbone(cfg, out_indices=out_indices, frozen_stages=frozen_stages)  # noqa: E731
+    check_config_size(ctor, f"{name} backbone with {overrides or 'its settings'}")
+    backbone = ctor()
     if ckpt is not None:
         _load_backbone_ckpt(backbone, ckpt)
         backbone._freeze_stages()
@@ -240,15 +257,26 @@ def _is_dense_file(ckpt: Checkpoint) -> bool:
     return ckpt.backbone_prefix or any(re.match(r"norm\d+\.", k) for k in ckpt.state_dict)
 
 
+_FLAGS = {"use_postln": bool, "normalize_modulator": bool, "layerscale_value": (int, float)}
+
+
 def checkpoint_config(ckpt: Checkpoint, sd: StateDict) -> tuple[FocalNetConfig, tuple[int, ...] | None]:
     """The architecture of a checkpoint and, for detection/segmentation files, its output indices.
 
     Structure comes from the original-layout ``sd``; post-norm and ``normalize_modulator`` from the
     config stored with the file (ours, or a hub folder's ``config.json``), else from the registered
-    variant the file names or matches (see :func:`~focalnet.weights.infer_config`).
+    variant the file names or matches (see :func:`~focalnet.weights.infer_config`). A stored config of
+    the wrong type is a :class:`MalformedCheckpointError`; one that disagrees with the tensors a
+    :class:`CheckpointMismatchError`.
     """
     stored = ckpt.config
-    flags_only = stored is not None and set(stored) <= {"use_postln", "normalize_modulator", "layerscale_value"}
+    flags_only = stored is not None and set(stored) <= set(_FLAGS)
+    if flags_only:
+        bad = [k for k, v in stored.items() if not isinstance(v, _FLAGS[k])]
+        if bad:
+            raise MalformedCheckpointError(f"{ckpt.path}: stored {bad[0]!r} is {stored[bad[0]]!r}, of the wrong type")
+    elif stored is not None:
+        stored_config(stored, ckpt.path)
     if ckpt.variant and stored is None:
         try:
             v = get_variant(ckpt.variant)
@@ -258,60 +286,80 @@ def checkpoint_config(ckpt: Checkpoint, sd: StateDict) -> tuple[FocalNetConfig, 
             pass
     norms = tuple(sorted(int(m.group(1)) for k in sd if (m := re.match(r"norm(\d+)\.weight$", k))))
     is_backbone = ckpt.backbone_prefix or bool(norms) or ckpt.extra.get("kind") == "backbone"
-    if stored is None:
-        cfg = infer_config(sd, backbone=is_backbone)
-    elif flags_only:
-        cfg = infer_config(sd, warn=False, backbone=is_backbone).replace(**stored)
-    else:
-        cfg = infer_config(sd, stored=stored)
+    try:
+        if stored is None:
+            cfg = infer_config(sd, backbone=is_backbone)
+        elif flags_only:
+            cfg = infer_config(sd, warn=False, backbone=is_backbone).replace(**stored)
+        else:
+            cfg = infer_config(sd, stored=stored)
+    except CheckpointMismatchError as e:  # the message names the file
+        raise CheckpointMismatchError(e if str(e).startswith(f"{ckpt.path}:") else f"{ckpt.path}: {e}") from None
     if not is_backbone:
         return cfg, None
     return cfg, norms or tuple(range(cfg.num_stages))
 
 
-def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> FocalNet | FocalNetBackbone:
+_NUMBER = (int, float)
+
+
+def _stored_pretrained_cfg(model: FocalNet, stored: Any, source: str) -> None:
+    """Preprocessing stored with a file (our ``pretrained_cfg``, a timm folder's) onto ``model``."""
+    if stored is None:
+        return
+    if not isinstance(stored, Mapping):
+        raise MalformedCheckpointError(f"{source}: stored 'pretrained_cfg' must be a mapping")
+    pc = model.pretrained_cfg
+    for k, kind in (("input_size", int), ("mean", _NUMBER), ("std", _NUMBER), ("crop_pct", _NUMBER)):
+        if k not in stored:
+            continue
+        v = stored[k]
+        values = [v] if k == "crop_pct" else v if isinstance(v, (list, tuple)) and v else [None]
+        if not all(isinstance(x, kind) and not isinstance(x, bool) for x in values):
+            raise MalformedCheckpointError(f"{source}: stored pretrained_cfg {k!r} is {v!r:.60}, of the wrong type")
+        setattr(pc, k, v if k == "crop_pct" else tuple(v))
+    if "interpolation" in stored:
+        if not isinstance(stored["interpolation"], str):
+            raise MalformedCheckpointError(f"{source}: stored pretrained_cfg 'interpolation' must be a name")
+        pc.interpolation = stored["interpolation"]
+
+
+def model_from_checkpoint(path: str | os.PathLike | Checkpoint, **overrides: Any) -> FocalNet | FocalNetBackbone:
     """Build the model a checkpoint describes, reading the architecture off the file, and load it.
 
     Depths, widths, patch size, levels, windows, conv stem, layer scale, modulation LayerNorm and head
     size come from the weights; post-norm and ``normalize_modulator`` from the config stored in the
     file (ours, or a hub folder's ``config.json``), else from the registered variant of that structure.
     Detection/segmentation files give a :class:`FocalNetBackbone` with their ``norm{i}`` outputs.
+    ``path`` may also be a :class:`~focalnet.weights.Checkpoint` already read.
     """
-    ckpt = read_checkpoint(path)
-    sd = _original_sd(ckpt)
+    # the finite check runs once, in build_checked, on the canonical tensors
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, allow_nonfinite=True)
+    sd = original_state_dict(ckpt)
     cfg, out_indices = checkpoint_config(ckpt, sd)
     cfg = cfg.replace(**overrides) if overrides else cfg
     variant = match_variant(cfg)
-    if out_indices is not None:
-        model: FocalNet | FocalNetBackbone = _build_loaded(lambda: FocalNetBackbone(cfg, out_indices=out_indices), sd)
-    else:
-        model = _build_loaded(lambda: FocalNet(cfg), sd)
+    model = build_from_state_dict(cfg, sd, ckpt.path, out_indices)
+    if isinstance(model, FocalNet):
         model.pretrained_cfg = _pretrained_cfg(cfg, variant.name if variant else None)
-        stored_pc = ckpt.extra.get("pretrained_cfg")
-        if isinstance(stored_pc, Mapping):
-            for k in ("input_size", "crop_pct", "interpolation", "mean", "std"):
-                if k in stored_pc:
-                    v = stored_pc[k]
-                    setattr(model.pretrained_cfg, k, tuple(v) if isinstance(v, list) else v)
-    _attach_class_names(model, ckpt, str(path))
+        _stored_pretrained_cfg(model, ckpt.extra.get("pretrained_cfg"), ckpt.path)
+    _attach_class_names(model, ckpt, ckpt.path)
     model.variant_name = variant.name if variant else None
     return model
 
 
 def _attach_class_names(model: nn.Module, ckpt: Checkpoint, source: str, replaced_head: bool = False) -> None:
-    """Give ``model`` the class names stored with ``ckpt``; a list that does not match the head's
-    outputs is an error (a new fine-tuning head simply gets none)."""
+    """Give ``model`` the class names stored with ``ckpt``: strings, one per output of the head
+    (:class:`MalformedCheckpointError` otherwise); a new fine-tuning head (``replaced_head``) of another
+    size simply gets none."""
     names = ckpt.extra.get("class_names")
     if names is None:
         return
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{source}: the stored class_names must be a list of strings")
     n_out = getattr(model, "num_classes", 0) if isinstance(model, FocalNet) else 0
-    if n_out and len(names) != n_out:
-        if replaced_head:
-            return
-        raise ValueError(f"{source}: stores {len(names)} class names for a {n_out}-output head (inconsistent file)")
-    model.class_names = list(names)
+    if replaced_head and isinstance(names, (list, tuple)) and len(names) != n_out:
+        return
+    count = n_out or (len(names) if isinstance(names, (list, tuple)) else -1)
+    model.class_names = expect_names(names, count, source)
 
 
 def save_model(

@@ -94,6 +94,24 @@ def _is_training_checkpoint(path: Path) -> bool:
     return path.is_file() and path.suffix in (".pt", ".pth") and path.name.startswith("checkpoint-")
 
 
+def _preprocessing(state: dict[str, Any], source: str) -> tuple[int, float, str, tuple[float, ...], tuple[float, ...]]:
+    """(image size, crop pct, interpolation, mean, std) of a training checkpoint's data config."""
+    from ..weights.checks import MalformedCheckpointError, expect_mapping
+
+    config = expect_mapping(state, "config", source) if state.get("config") is not None else {}
+    data = expect_mapping(config, "data", source) if config.get("data") is not None else {}
+    try:
+        size, crop = int(data.get("img_size", 224)), float(data.get("crop_pct", 0.875))
+        interp = str(data.get("interpolation", "bicubic"))
+        mean = tuple(float(v) for v in data.get("mean", (0.485, 0.456, 0.406)))
+        std = tuple(float(v) for v in data.get("std", (0.229, 0.224, 0.225)))
+    except (TypeError, ValueError):
+        raise MalformedCheckpointError(
+            f"{source}: the stored data settings (img_size, mean, ...) are malformed"
+        ) from None
+    return size, crop, "bicubic" if interp == "random" else interp, mean, std
+
+
 def load_classifier(
     checkpoint: str | os.PathLike | None = None,
     *,
@@ -104,9 +122,10 @@ def load_classifier(
     """Load a classifier from a training checkpoint (``checkpoint-*.pt``: its ``model`` or, with
     ``use_ema``, ``ema`` weights, with the run's class names and preprocessing), from any file that
     :func:`focalnet.model_from_checkpoint` reads (e.g. a run's ``model.safetensors``), or the released
-    weights of ``model_name`` (``pretrained``: True or a tag)."""
+    weights of ``model_name`` (``pretrained``: True or a tag). Every file takes the one checked road of
+    :mod:`focalnet.factory` (tensors, stored settings and class names checked before the model is built)."""
     from ..factory import create_model, model_from_checkpoint
-    from ..models.focalnet import FocalNet, FocalNetConfig
+    from ..models.focalnet import FocalNet
 
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -114,6 +133,7 @@ def load_classifier(
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if _is_training_checkpoint(path):
             from ..engine import CheckpointManager
+            from ..weights.io import checkpoint_from_object
 
             state = CheckpointManager.load(path)
             if "focalnet_config" not in state or "model" not in state:
@@ -121,31 +141,26 @@ def load_classifier(
             key = "ema" if use_ema else "model"
             if key not in state:
                 raise ValueError(f"{path} has no EMA weights (the run had train.ema_decay=0)")
-            model = FocalNet(FocalNetConfig.from_dict(dict(state["focalnet_config"])))
-            model.load_state_dict(state[key])
-            data = dict(state.get("config", {}).get("data", {}))
-            names = list(state["class_names"]) if state.get("class_names") else None
+            ckpt = checkpoint_from_object(state, str(path), weights_key=key, allow_nonfinite=True)
+            model = model_from_checkpoint(ckpt)
+            names = getattr(model, "class_names", None)
             return LoadedClassifier(
                 model,
-                names,
-                int(data.get("img_size", 224)),
-                float(data.get("crop_pct", 0.875)),
-                "bicubic" if data.get("interpolation", "bicubic") == "random" else data.get("interpolation", "bicubic"),
-                tuple(data.get("mean", (0.485, 0.456, 0.406))),
-                tuple(data.get("std", (0.229, 0.224, 0.225))),
+                list(names) if names else None,
+                *_preprocessing(state, str(path)),
                 f"{path} ({key} weights, step {state.get('step')})",
             )
         if use_ema:
             raise ValueError("--ema applies to training checkpoints (checkpoint-*.pt) only")
         model = model_from_checkpoint(path)
-        if not isinstance(model, FocalNet):
-            raise ValueError(f"{path} holds a detection/segmentation backbone, not an image classifier")
         source = str(path)
     else:
         if model_name is None:
             raise ValueError("give a checkpoint, or a model name with pretrained weights")
         model = create_model(model_name, pretrained=pretrained if pretrained is not None else False)
         source = f"{model_name} ({'released weights ' + str(pretrained) if pretrained else 'RANDOM INIT'})"
+    if not isinstance(model, FocalNet):
+        raise ValueError(f"{source} holds a detection/segmentation backbone, not an image classifier")
     pc = model.pretrained_cfg
     names = getattr(model, "class_names", None)
     return LoadedClassifier(

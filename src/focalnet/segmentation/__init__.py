@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...` loads no torch
-    from .convert import convert_segmentor, focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+    from .convert import convert_segmentor
     from .data import ADE20K_CLASSES, DataConfig, SegmentationDataset, build_dataset, load_class_names, map_label
     from .evaluate import (
         MS_RATIOS,
@@ -26,17 +26,9 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
         slide_inference,
         whole_inference,
     )
-    from .model import (
-        FCNHead,
-        HeadConfig,
-        UPerHead,
-        UPerNet,
-        build_segmentor,
-        load_segmentor,
-        read_segmentor,
-        save_segmentor,
-        upernet,
-    )
+    from .load import build_segmentor, check_segmentor, load_segmentor, read_segmentor, save_segmentor
+    from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+    from .model import FCNHead, HeadConfig, UPerHead, UPerNet, upernet, upernet_from_meta
     from .predict import colorize, overlay, palette, predict_image, predict_images
     from .train import SegmentationConfig, load_segmentation_config, train
     from .transforms import TestTransform, TrainTransform
@@ -56,6 +48,7 @@ __all__ = [
     "UPerNet",
     "build_dataset",
     "build_segmentor",
+    "check_segmentor",
     "convert_segmentor",
     "focalnet_to_mmseg",
     "is_mmseg_segmentor",
@@ -79,6 +72,7 @@ __all__ = [
     "slide_inference",
     "train",
     "upernet",
+    "upernet_from_meta",
     "whole_inference",
 ]
 

@@ -276,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import init_distributed, write_json
     from .data import DataConfig, build_dataset
     from .evaluate import evaluate
-    from .model import load_segmentor
+    from .load import load_segmentor
 
     dist = init_distributed(args.device or "auto")
     model, extra = load_segmentor(args.checkpoint)
@@ -345,7 +345,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
-    from .model import load_segmentor
+    from .load import load_segmentor
     from .predict import predict_images
 
     device = resolve_device(args.device)
@@ -377,7 +377,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_segmentor
-    from .model import read_segmentor
+    from .load import read_segmentor
 
     out = convert_segmentor(args.input, args.output, to=args.to)
     meta, sd, _ = read_segmentor(out)

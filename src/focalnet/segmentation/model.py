@@ -6,14 +6,13 @@ channels, dropout 0.1 and a 1x1 classifier. The auxiliary ``FCNHead`` (one 3x3 c
 channels on the stage-3 feature, loss weight 0.4) only runs in training.
 
 The module tree, and so every state dict key, is that of the original mmsegmentation 0.x model, and in
-eval mode the logits are the original's for the same weights; :func:`load_segmentor` also reads the
-released mmseg files (see :mod:`focalnet.segmentation.convert`).
+eval mode the logits are the original's for the same weights. Files become models in
+:mod:`focalnet.segmentation.load` (ours and the released mmseg files, see :mod:`focalnet.segmentation.mmseg`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -34,11 +33,7 @@ __all__ = [
     "UPerNet",
     "HeadConfig",
     "upernet",
-    "save_segmentor",
-    "load_segmentor",
-    "read_segmentor",
-    "build_segmentor",
-    "upgrade_state_dict",
+    "upernet_from_meta",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -50,7 +45,6 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 # what the UPerNet configs of the original FocalNet segmentation code change in the backbone
 UPERNET_BACKBONE_DEFAULTS: dict[str, Any] = {"focal_windows": (9, 9, 9, 9), "drop_path_rate": 0.3}
-FORMAT = "focalnet-segmentation"
 
 
 def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
@@ -308,17 +302,10 @@ def upernet(
     return UPerNet(bb, num_classes, head, meta)
 
 
-def save_segmentor(model: UPerNet, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
-    """Save weights plus everything needed to rebuild the model (backbone config, classes, head,
-    preprocessing/test settings in ``extra``) as one ``torch.save`` file loadable with ``weights_only=True``."""
-    from ..weights.io import atomic_save
-
-    model = getattr(model, "module", model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "meta": dict(model.meta), "extra": dict(extra or {}), "state_dict": state}, path)
-
-
-def _build_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> UPerNet:
+def upernet_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> UPerNet:
+    """The (randomly initialised) :class:`UPerNet` that a file's ``meta`` describes: backbone config,
+    number of classes, head settings. ``drop_path_rate`` is 0 unless ``backbone_overrides`` set it.
+    :func:`~focalnet.segmentation.load_segmentor` checks ``meta`` before it calls this."""
     from ..models.focalnet import FocalNetConfig
 
     cfg = FocalNetConfig.from_dict(dict(meta["backbone_config"])).replace(
@@ -328,89 +315,3 @@ def _build_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> UPer
     head = dict(meta.get("head") or {})
     head_cfg = HeadConfig(**{k: tuple(v) if k == "pool_scales" else v for k, v in head.items()})
     return UPerNet(bb, int(meta["num_classes"]), head_cfg, meta)
-
-
-_LEGACY_KEY = re.compile(
-    r"^(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
-    r"|auxiliary_head\.convs\.\d+)\.([01])\.(.+)$"
-)
-
-
-def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our files written before the ConvModules took mmcv's child names (``.0.`` -> ``.conv.``,
-    ``.1.`` -> ``.bn.``): the same weights under today's keys (other keys unchanged)."""
-    out = {}
-    for k, v in sd.items():
-        m = _LEGACY_KEY.match(k)
-        out[f"{m.group(1)}.{'conv' if m.group(2) == '0' else 'bn'}.{m.group(3)}" if m else k] = v
-    return out
-
-
-def _read(p: str, map_location: str | torch.device) -> Any:
-    if not os.path.exists(p):
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    from ..weights.io import safe_torch_load
-
-    return safe_torch_load(p, "segmentation checkpoint")
-
-
-def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """``(meta, state_dict, extra)`` of a segmentation file in any supported layout, without building
-    the model: ours (:func:`save_segmentor`, training checkpoints) or an original mmsegmentation 0.x
-    FocalNet UPerNet (converted, see :mod:`focalnet.segmentation.convert`)."""
-    from .convert import is_mmseg_segmentor, mmseg_to_focalnet
-
-    p = os.fspath(path)
-    obj = _read(p, "cpu")
-    if not isinstance(obj, dict):
-        raise ValueError(f"{p} does not hold a dict")
-    if obj.get("format") == FORMAT:
-        meta, sd, extra = obj["meta"], obj["state_dict"], dict(obj.get("extra") or {})
-    elif "segmentation_meta" in obj and "model" in obj:  # training checkpoint of focalnet segmentation train
-        meta, extra = obj["segmentation_meta"], dict(obj.get("segmentation_extra") or {})
-        sd = obj["model"]
-    elif isinstance(obj.get("state_dict"), Mapping) and is_mmseg_segmentor(obj["state_dict"]):
-        try:
-            meta, sd, extra = mmseg_to_focalnet(obj)
-        except ValueError as e:
-            raise ValueError(f"{p}: {e}") from e
-    else:
-        raise ValueError(
-            f"{p} is not a focalnet segmentation model (expected a file from `focalnet segmentation train`: "
-            "OUTPUT/model.pt or OUTPUT/checkpoints/checkpoint-*.pt, or an original mmsegmentation UPerNet "
-            "file with backbone./decode_head. keys)"
-        )
-    if not isinstance(meta, Mapping) or not isinstance(sd, Mapping) or not isinstance(extra, dict):
-        raise ValueError(f"{p}: malformed segmentation file (meta, weights and extra must be dicts)")
-    return dict(meta), upgrade_state_dict(sd), extra
-
-
-def build_segmentor(
-    meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint", **backbone_overrides: Any
-) -> UPerNet:
-    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly. The stored
-    settings are checked against the tensors on the meta device before anything is allocated (raises
-    :class:`~focalnet.weights.infer.CheckpointMismatchError` naming missing, unexpected and mis-shaped
-    keys), and non-finite weights are refused. ``backbone_overrides`` change backbone settings the weights
-    do not fix (``drop_path_rate``)."""
-    from ..weights.infer import check_buildable, check_finite
-
-    check_buildable(lambda: _build_from_meta(meta, **backbone_overrides), sd, source)
-    check_finite(sd, source)
-    model = _build_from_meta(meta, **backbone_overrides)
-    model.load_state_dict(sd)
-    return model
-
-
-def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[UPerNet, dict[str, Any]]:
-    """Rebuild a :class:`UPerNet` from a file written by :func:`save_segmentor`, a training checkpoint
-    (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``) or an original mmsegmentation
-    0.x FocalNet UPerNet file (``{"meta", "state_dict"}``: backbone and head read off the keys, ADE20K
-    class names for 150 classes); returns ``(model in eval mode, extra)``. Loads with
-    ``weights_only=True`` and strictly: a file that does not fit names the missing, unexpected and
-    mis-shaped keys."""
-    meta, sd, extra = read_segmentor(path)
-    model = build_segmentor(meta, sd, os.fspath(path))
-    model.to(map_location)
-    model.eval()
-    return model, extra

@@ -40,18 +40,11 @@ from ..engine import (
     setup_logging,
     write_json,
 )
+from ..weights.checks import check_config_size
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
-from .model import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    HeadConfig,
-    UPerNet,
-    build_segmentor,
-    read_segmentor,
-    save_segmentor,
-    upernet,
-)
+from .load import build_segmentor, read_segmentor, save_segmentor
+from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, upernet, upernet_from_meta
 from .transforms import TrainTransform
 
 __all__ = [
@@ -229,6 +222,11 @@ def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[st
         if m.backbone_checkpoint or m.pretrained:
             raise ConfigError("model.checkpoint (a whole segmentor) excludes model.backbone_checkpoint/pretrained")
         meta, sd, _ = read_segmentor(m.checkpoint)
+        check_config_size(
+            lambda: upernet_from_meta({**meta, "num_classes": num_classes, "class_names": None}),
+            f"model.checkpoint {m.checkpoint} with {num_classes} classes",
+            training=True,
+        )
         drop_path = m.backbone_overrides.get("drop_path_rate")
         model = build_segmentor(meta, sd, m.checkpoint, **({} if drop_path is None else {"drop_path_rate": drop_path}))
         model.head_cfg.aux_weight = m.head.aux_weight
@@ -249,6 +247,12 @@ def _build_model(cfg: SegmentationConfig, num_classes: int, class_names: list[st
                 log.warning("%s: same number of classes, the data's names replace the checkpoint's", m.checkpoint)
             model.meta["class_names"] = list(class_names)
         return model.train()
+    check_config_size(  # before anything is allocated: --set model.head.channels=10000000 is one line
+        lambda: upernet(m.backbone, num_classes, head=m.head, **m.backbone_overrides),
+        f"model {m.backbone} (head channels {m.head.channels}, aux channels {m.head.aux_channels}, "
+        f"{num_classes} classes, backbone {m.backbone_overrides or 'defaults'})",
+        training=True,
+    )
     model = upernet(
         m.backbone,
         num_classes,

@@ -1,14 +1,18 @@
 """Checkpoint files, layouts (original, timm, transformers), architecture inference and downloads."""
 
 from .convert import LAYOUTS, convert_state_dict, detect_layout, unwrap_state_dict
+from .errors import CheckpointMismatchError, MalformedCheckpointError, ModelTooLargeError, NonFiniteWeightsError
 from .hub import PretrainedUnavailableError, download_pretrained
-from .infer import CheckpointMismatchError, check_state_dict, infer_config, infer_structure
+from .infer import check_state_dict, infer_config, infer_structure
 from .io import Checkpoint, atomic_save, read_checkpoint, save_safetensors
 
 __all__ = [
     "LAYOUTS",
     "Checkpoint",
     "CheckpointMismatchError",
+    "MalformedCheckpointError",
+    "ModelTooLargeError",
+    "NonFiniteWeightsError",
     "PretrainedUnavailableError",
     "atomic_save",
     "check_state_dict",

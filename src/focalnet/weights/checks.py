@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .infer import CheckpointMismatchError, NonFiniteWeightsError, check_finite, check_state_dict
+from .errors import CheckpointMismatchError, MalformedCheckpointError, ModelTooLargeError, NonFiniteWeightsError
+from .infer import check_finite, check_state_dict
 
 __all__ = [
     "CheckpointMismatchError",
@@ -32,7 +33,9 @@ __all__ = [
     "MAX_BYTES_ENV",
     "memory_budget",
     "check_tensors",
+    "tensors_too_large",
     "check_config_size",
+    "check_loadable",
     "build_checked",
     "expect_mapping",
     "expect_names",
@@ -40,15 +43,6 @@ __all__ = [
 
 MAX_BYTES_ENV = "FOCALNET_MAX_MODEL_BYTES"
 M = TypeVar("M", bound=nn.Module)
-
-
-class MalformedCheckpointError(ValueError):
-    """A file whose content is not what its layout needs: entries that are not tensors, keys that are not
-    strings, an expanded tensor (far more elements than the file stores), metadata of the wrong type."""
-
-
-class ModelTooLargeError(ValueError):
-    """A model, described by a file or a configuration, needs more memory than this machine has."""
 
 
 def memory_budget() -> int:
@@ -79,6 +73,14 @@ def _span_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def tensors_too_large(source: str, budget: int, key: str, shape: Sequence[int]) -> ModelTooLargeError:
+    """The error for tensors that together exceed ``budget`` bytes, naming the key that crossed it."""
+    return ModelTooLargeError(
+        f"{source}: the tensors need more than {_gb(budget)} (this machine's budget, "
+        f"{MAX_BYTES_ENV} to change it); {key!r} alone has shape {tuple(shape)}"
+    )
+
+
 def check_tensors(sd: Any, source: str, budget: int | None = None) -> dict[str, torch.Tensor]:
     """The state dict as a plain dict after checking that it is a mapping of string keys to tensors,
     that no tensor claims more elements than the file stores (a one-element storage expanded to billions
@@ -104,10 +106,7 @@ def check_tensors(sd: Any, source: str, budget: int | None = None) -> dict[str, 
             )
         total += need
         if total > budget:
-            raise ModelTooLargeError(
-                f"{source}: the tensors need more than {_gb(budget)} (this machine's budget, "
-                f"{MAX_BYTES_ENV} to change it); {k!r} alone has shape {tuple(v.shape)}"
-            )
+            raise tensors_too_large(source, budget, k, v.shape)
         out[k] = v
     return out
 
@@ -127,13 +126,15 @@ def check_config_size(
     _check_probe_size(probe, source, training, memory_budget() if budget is None else budget)
 
 
-def _meta_build(ctor: Callable[[], M], source: str) -> M:
+def _meta_build(ctor: Callable[[], M], source: str, error: type[ValueError] = ValueError) -> M:
+    """``ctor()`` on the meta device; settings that cannot build a model are one ``error`` naming ``source``
+    (a plain ``ValueError`` for a configuration, :class:`MalformedCheckpointError` for a file's settings)."""
     try:
         with torch.device("meta"):
             return ctor()
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError) as e:
         msg = " ".join(str(e).split())[:300]
-        raise ValueError(f"{source}: the settings do not describe a buildable model: {type(e).__name__}: {msg}") from e
+        raise error(f"{source}: the settings do not describe a buildable model: {type(e).__name__}: {msg}") from e
 
 
 def _check_probe_size(probe: nn.Module, source: str, training: bool, budget: int) -> None:
@@ -147,6 +148,53 @@ def _check_probe_size(probe: nn.Module, source: str, training: bool, budget: int
         )
 
 
+def check_loadable(
+    ctor: Callable[[], M],
+    sd: Mapping[str, Any],
+    source: str,
+    *,
+    budget: int | None = None,
+    allow_nonfinite: bool | None = None,
+) -> tuple[dict[str, torch.Tensor], M]:
+    """Every check of :func:`build_checked` without the real build (what a converter needs before it
+    writes): :func:`check_tensors`, the finite check, ``ctor()`` on the meta device, its size against the
+    budget, keys and shapes against ``sd``. Returns the checked tensors and the meta-device model."""
+    budget = memory_budget() if budget is None else budget
+    tensors = check_tensors(sd, source, budget)
+    check_finite(tensors, source, allow_nonfinite)
+    probe = _meta_build(ctor, source, MalformedCheckpointError)
+    try:  # settings that disagree with the tensors are a mismatch, whatever size they describe
+        check_state_dict(probe.state_dict(), tensors)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    _check_probe_size(probe, source, False, budget)
+    return tensors, probe
+
+
+def _adopt(probe: M, tensors: Mapping[str, torch.Tensor]) -> M | None:
+    """``probe`` (built on the meta device) holding ``tensors`` (cast to its dtypes, one storage each),
+    or ``None`` where that would not give the model ``ctor()`` builds: tied weights (one parameter under
+    two names), or something left on the meta device (a buffer no state dict holds)."""
+    for named in (probe.named_parameters, probe.named_buffers):
+        if len(list(named(remove_duplicate=False))) != len(list(named())):
+            return None
+    target = probe.state_dict()
+    seen: set[int] = set()
+    own = {}
+    for k, v in tensors.items():
+        v = v.to(target[k].dtype) if v.dtype != target[k].dtype else v
+        v = v.contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen and v.numel():
+            v = v.clone()
+        seen.add(ptr)
+        own[k] = v
+    probe.load_state_dict(own, strict=True, assign=True)
+    if any(t.is_meta for t in (*probe.parameters(), *probe.buffers())):
+        return None
+    return probe
+
+
 def build_checked(
     ctor: Callable[[], M],
     sd: Mapping[str, Any],
@@ -154,19 +202,18 @@ def build_checked(
     *,
     budget: int | None = None,
     allow_nonfinite: bool | None = None,
+    assign: bool = False,
 ) -> M:
     """The last steps of every loading path: :func:`check_tensors`, the finite check, ``ctor()`` on the
     meta device compared key by key and shape by shape with ``sd``, then ``ctor()`` for real with ``sd``
-    loaded strictly. Nothing of the model's size is allocated before every check passed."""
-    budget = memory_budget() if budget is None else budget
-    tensors = check_tensors(sd, source, budget)
-    check_finite(tensors, source, allow_nonfinite)
-    probe = _meta_build(ctor, source)
-    _check_probe_size(probe, source, False, budget)
-    try:
-        check_state_dict(probe.state_dict(), tensors)
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{source}: {e}") from None
+    loaded strictly. Nothing of the model's size is allocated before every check passed.
+
+    ``assign=True`` skips the random initialisation: the meta-device model takes the checked tensors
+    (as its own dtypes) instead; models with tied weights or buffers outside the state dict are built
+    for real as without it."""
+    tensors, probe = check_loadable(ctor, sd, source, budget=budget, allow_nonfinite=allow_nonfinite)
+    if assign and (model := _adopt(probe, tensors)) is not None:
+        return model
     model = ctor()
     model.load_state_dict(tensors, strict=True)
     return model

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .errors import CheckpointMismatchError, MalformedCheckpointError
+
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "unwrap_state_dict", "rename_key", "rename_keys"]
 
 LAYOUTS = ("original", "timm", "transformers")
@@ -22,19 +24,25 @@ _TIMM_CONV_LINEARS = re.compile(r"\.(modulation\.f|modulation\.proj|mlp\.fc1|mlp
 
 def unwrap_state_dict(obj: object) -> StateDict:
     """The tensor dict inside a loaded checkpoint: ``{"model": sd}``, ``{"state_dict": sd}``, bare ``sd``,
-    with ``module.`` (DDP) prefixes removed. Raises ``ValueError`` naming what was found otherwise."""
+    with ``module.`` (DDP) prefixes removed. Raises :class:`MalformedCheckpointError` naming what was
+    found otherwise (no mapping, keys that are not strings, entries that are not tensors)."""
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"checkpoint holds no state dict (found {type(obj).__name__})")
+        raise MalformedCheckpointError(f"checkpoint holds no state dict (found {type(obj).__name__})")
+    keys = [k for k in obj if not isinstance(k, str)]
+    if keys:
+        raise MalformedCheckpointError(
+            f"checkpoint is not a state dict: keys {keys[:5]!r} are {type(keys[0]).__name__}, not strings"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(
+        raise MalformedCheckpointError(
             f"checkpoint is not a state dict: entries {bad[:5]} are not tensors "
-            "(expected a bare state dict or one under 'model' or 'state_dict')"
+            f"({type(obj[bad[0]]).__name__}; expected a bare state dict or one under 'model' or 'state_dict')"
         )
     sd = dict(obj)
     if all(k.startswith("module.") for k in sd):
@@ -74,7 +82,7 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
         return "timm"
     if any(k.startswith(("patch_embed.proj", "backbone.patch_embed.proj")) for k in keys):
         return "original"
-    raise ValueError(
+    raise CheckpointMismatchError(
         "unrecognized checkpoint layout: expected FocalNet keys such as 'patch_embed.proj.weight' "
         f"(original), 'stem.proj.weight' (timm) or 'focalnet.embeddings...' (transformers); first keys: {keys[:5]}"
     )

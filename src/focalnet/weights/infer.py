@@ -12,9 +12,14 @@ import torch
 
 from ..models.focalnet import FocalNetConfig
 from ..models.registry import match_variant
+from .errors import CheckpointMismatchError, MalformedCheckpointError, NonFiniteWeightsError
 
 __all__ = [
     "infer_config",
+    "infer_structure",
+    "stored_config",
+    "tensor_shape",
+    "dense_backbone_config",
     "CheckpointMismatchError",
     "NonFiniteWeightsError",
     "check_state_dict",
@@ -23,14 +28,6 @@ __all__ = [
 ]
 
 ALLOW_NONFINITE_ENV = "FOCALNET_ALLOW_NONFINITE"
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict does not fit a model: lists missing/unexpected keys and shape differences."""
-
-
-class NonFiniteWeightsError(ValueError):
-    """A checkpoint holds NaN or infinite weights."""
 
 
 def check_finite(sd: Mapping[str, Any], source: str, allow: bool | None = None) -> None:
@@ -69,36 +66,56 @@ def check_buildable(ctor: Callable[[], torch.nn.Module], sd: Mapping[str, Any], 
 
 def _get(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in sd:
-        raise ValueError(f"not a FocalNet checkpoint: key {key!r} is missing (first keys: {list(sd)[:5]})")
+        raise CheckpointMismatchError(f"not a FocalNet checkpoint: key {key!r} is missing (first keys: {list(sd)[:5]})")
     return sd[key]
 
 
+def tensor_shape(sd: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must be a tensor of ``ndim`` dimensions, none of them empty."""
+    t = _get(sd, key)
+    shape = tuple(getattr(t, "shape", ()))
+    if not isinstance(t, torch.Tensor) or len(shape) != ndim or 0 in shape:
+        got = f"shape {shape}" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
+        raise CheckpointMismatchError(f"{key!r} is {got}; a FocalNet has a non-empty {ndim}-D tensor there")
+    return shape
+
+
 def infer_structure(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Every setting a state dict shows: dims, depths, patch, levels, windows, stem, layer scale, ..."""
-    w = _get(sd, "patch_embed.proj.weight")
-    embed_dim, in_chans, k = int(w.shape[0]), int(w.shape[1]), int(w.shape[-1])
+    """Every setting a state dict shows: dims, depths, patch, levels, windows, stem, layer scale, ...
+
+    Raises :class:`CheckpointMismatchError` naming the key where a tensor is missing or has a number of
+    dimensions no FocalNet has there (a 1-D patch embedding, a 0-d norm)."""
+    embed_dim, in_chans, _, k = tensor_shape(sd, "patch_embed.proj.weight", 4)
     use_conv_embed = k == 7
     patch_size = 4 if use_conv_embed else k
     stages = sorted({int(m.group(1)) for key in sd if (m := re.match(r"layers\.(\d+)\.blocks\.", key))})
     if stages != list(range(len(stages))) or not stages:
-        raise ValueError(f"not a FocalNet checkpoint: stage indices {stages} (keys 'layers.<i>.blocks.<j>...')")
+        raise CheckpointMismatchError(
+            f"not a FocalNet checkpoint: stage indices {stages} (keys 'layers.<i>.blocks.<j>...')"
+        )
     depths, levels, windows, factors = [], [], [], []
     for i in stages:
         blocks = {int(m.group(1)) for key in sd if (m := re.match(rf"layers\.{i}\.blocks\.(\d+)\.", key))}
         depths.append(max(blocks) + 1)
         kernels = []
         while (key := f"layers.{i}.blocks.0.modulation.focal_layers.{len(kernels)}.0.weight") in sd:
-            kernels.append(int(sd[key].shape[-1]))
+            kernels.append(tensor_shape(sd, key, 4)[-1])
         if not kernels:
-            raise ValueError(f"not a FocalNet checkpoint: stage {i} has no focal layers")
+            raise CheckpointMismatchError(f"not a FocalNet checkpoint: stage {i} has no focal layers")
         levels.append(len(kernels))
         windows.append(kernels[0])
         factors.append(kernels[1] - kernels[0] if len(kernels) > 1 else 2)
-        dim = int(_get(sd, f"layers.{i}.blocks.0.norm1.weight").shape[0])
+        (dim,) = tensor_shape(sd, f"layers.{i}.blocks.0.norm1.weight", 1)
         if dim != embed_dim * 2**i:
-            raise ValueError(f"stage {i} has width {dim}, expected {embed_dim * 2**i} (embed_dim * 2**{i})")
-    fc1 = _get(sd, "layers.0.blocks.0.mlp.fc1.weight")
-    head = sd.get("head.weight")
+            raise CheckpointMismatchError(
+                f"stage {i} has width {dim}, expected {embed_dim * 2**i} (embed_dim * 2**{i})"
+            )
+    hidden, fc1_in = tensor_shape(sd, "layers.0.blocks.0.mlp.fc1.weight", 2)
+    if fc1_in != embed_dim:
+        raise CheckpointMismatchError(
+            f"'layers.0.blocks.0.mlp.fc1.weight' takes {fc1_in} inputs, expected embed_dim {embed_dim}"
+        )
+    num_classes = tensor_shape(sd, "head.weight", 2)[0] if "head.weight" in sd else 0
     return dict(
         embed_dim=embed_dim,
         in_chans=in_chans,
@@ -108,11 +125,23 @@ def infer_structure(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         focal_levels=tuple(levels),
         focal_windows=tuple(windows),
         focal_factor=factors[0],
-        mlp_ratio=fc1.shape[0] / fc1.shape[1],
+        mlp_ratio=hidden / fc1_in,
         use_layerscale="layers.0.blocks.0.gamma_1" in sd,
         use_postln_in_modulation="layers.0.blocks.0.modulation.ln.weight" in sd,
-        num_classes=int(head.shape[0]) if head is not None else 0,
+        num_classes=num_classes,
     )
+
+
+def stored_config(value: Any, source: str, key: str = "focalnet_config") -> FocalNetConfig:
+    """The :class:`FocalNetConfig` a file stores under ``key``; :class:`MalformedCheckpointError` naming
+    the key when it is not a mapping of valid settings (a list, unknown fields, a string depth)."""
+    if not isinstance(value, Mapping):
+        raise MalformedCheckpointError(f"{source}: stored {key!r} must be a mapping, got {type(value).__name__}")
+    try:
+        return FocalNetConfig.from_dict(dict(value))
+    except (TypeError, ValueError) as e:
+        msg = " ".join(str(e).split())[:200]
+        raise MalformedCheckpointError(f"{source}: stored {key!r} is not a valid FocalNet config: {msg}") from None
 
 
 def infer_config(
@@ -131,10 +160,10 @@ def infer_config(
     found = infer_structure(sd)
     cfg = FocalNetConfig(**found)
     if stored:
-        stored_cfg = FocalNetConfig.from_dict(dict(stored))
+        stored_cfg = stored_config(stored, "checkpoint")
         diff = {k: (getattr(stored_cfg, k), v) for k, v in found.items() if getattr(stored_cfg, k) != v}
         if diff:
-            raise ValueError(f"the config stored with the checkpoint disagrees with its weights: {diff}")
+            raise CheckpointMismatchError(f"the config stored with the checkpoint disagrees with its weights: {diff}")
         return stored_cfg
     variant = match_variant(cfg)
     if variant is None and backbone:
@@ -152,6 +181,20 @@ def infer_config(
             stacklevel=2,
         )
     return cfg
+
+
+def dense_backbone_config(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """``(variant name, backbone fields)`` of the FocalNet under ``backbone.`` in a detection or
+    segmentation state dict (mmdetection, mmsegmentation): the structure read off the keys, the flags
+    keys cannot show from the registered variant of that structure (focal windows aside, which dense
+    models enlarge), ``drop_path_rate`` 0 (inference)."""
+    body = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    cfg = infer_config(body, backbone=True, warn=False)
+    variant = match_variant(cfg, ignore=("focal_windows",))
+    fields = cfg.to_dict()
+    fields.pop("num_classes")
+    fields["drop_path_rate"] = 0.0
+    return (variant.name if variant else "focalnet_tiny_srf"), fields
 
 
 def _fit_hint(sd: Mapping[str, torch.Tensor]) -> str:
@@ -189,7 +232,7 @@ def check_state_dict(
         if not items:
             return ""
         more = f" ... and {len(items) - 10} more" if len(items) > 10 else ""
-        return f"\n  {title} ({len(items)}): " + ", ".join(items[:10]) + more
+        return f" {title} ({len(items)}): " + ", ".join(items[:10]) + more + ";"
 
     raise CheckpointMismatchError(
         "checkpoint does not fit the model:"

@@ -13,9 +13,20 @@ from typing import Any
 
 import torch
 
+from .checks import check_tensors, memory_budget, tensors_too_large
 from .convert import detect_layout, unwrap_state_dict
+from .errors import MalformedCheckpointError
+from .infer import check_finite
 
-__all__ = ["Checkpoint", "read_checkpoint", "save_safetensors", "atomic_save", "load_error_reason", "safe_torch_load"]
+__all__ = [
+    "Checkpoint",
+    "read_checkpoint",
+    "checkpoint_from_object",
+    "save_safetensors",
+    "atomic_save",
+    "load_error_reason",
+    "safe_torch_load",
+]
 
 _FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 
@@ -109,9 +120,42 @@ def _load_torch(path: Path) -> Any:
     return safe_torch_load(path)
 
 
+def _safetensors_bytes(dtype: str, shape: list[int]) -> int:
+    bits = re.search(r"\d+", dtype)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * max(1, (int(bits.group()) if bits else 8) // 8)
+
+
+def _safetensors_sizes(path: Path) -> list[tuple[str, list[int], int]]:
+    """``(key, shape, bytes)`` of each tensor a safetensors header declares, read without mapping the file
+    (a sparse file can declare terabytes, more than the address space allows to map); ``[]`` where the
+    header is not well-formed (safetensors then says why)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n <= 100 << 20 else {}
+        out = []
+        for k, v in header.items():
+            if k != "__metadata__":
+                shape = [int(d) for d in v["shape"]]
+                out.append((k, shape, _safetensors_bytes(str(v["dtype"]), shape)))
+        return out
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; the sizes its header declares are checked against the
+    memory budget before the file is opened."""
     from safetensors import safe_open
 
+    budget, total = memory_budget(), 0
+    for k, shape, nbytes in _safetensors_sizes(path):
+        total += nbytes
+        if total > budget:
+            raise tensors_too_large(str(path), budget, k, shape)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -121,28 +165,109 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return sd, meta
 
 
-def _folder_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
-    """(flags, variant, extra) from a transformers or timm ``config.json``."""
+def _names(value: Any, source: str, key: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise MalformedCheckpointError(f"{source}: {key} must be a list of class names, got {type(value).__name__}")
+    return list(value)
+
+
+def _folder_config(config: Any, source: str) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
+    """(flags, variant, extra) from a transformers or timm ``config.json``; class names are kept as
+    found (checked against the head when the model is built)."""
+    if not isinstance(config, Mapping):
+        raise MalformedCheckpointError(f"{source} must hold a JSON object, got {type(config).__name__}")
     extra: dict[str, Any] = {}
     if config.get("model_type") == "focalnet":  # transformers
-        flags = {
-            "use_postln": bool(config.get("use_post_layernorm", False)),
-            "normalize_modulator": bool(config.get("normalize_modulator", False)),
-            "layerscale_value": float(config.get("layerscale_value", 1e-4)),
-        }
+        try:
+            flags = {
+                "use_postln": bool(config.get("use_post_layernorm", False)),
+                "normalize_modulator": bool(config.get("normalize_modulator", False)),
+                "layerscale_value": float(config.get("layerscale_value", 1e-4)),
+            }
+        except (TypeError, ValueError):
+            raise MalformedCheckpointError(f"{source}: layerscale_value must be a number") from None
         id2label = config.get("id2label")
+        if id2label is not None and not isinstance(id2label, Mapping):
+            raise MalformedCheckpointError(f"{source}: id2label must be an object, got {type(id2label).__name__}")
         if id2label and len(id2label) > 2:
+            missing = [i for i in range(len(id2label)) if str(i) not in id2label and i not in id2label]
+            if missing:
+                raise MalformedCheckpointError(f"{source}: id2label has no entry {missing[0]} (0..{len(id2label) - 1})")
             extra["class_names"] = [
                 id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))
             ]
         return flags, None, extra
     arch = config.get("architecture")
     if arch:
-        extra["pretrained_cfg"] = config.get("pretrained_cfg", {})
+        if not isinstance(arch, str):
+            raise MalformedCheckpointError(f"{source}: architecture must be a name, got {type(arch).__name__}")
+        pc = config.get("pretrained_cfg", {})
+        if not isinstance(pc, Mapping):
+            raise MalformedCheckpointError(f"{source}: pretrained_cfg must be an object, got {type(pc).__name__}")
+        extra["pretrained_cfg"] = dict(pc)
         if "label_names" in config:
-            extra["class_names"] = config["label_names"]
-        return None, str(arch), extra
+            extra["class_names"] = _names(config["label_names"], source, "label_names")
+        return None, arch, extra
     return None, None, extra
+
+
+def _stored_mapping(value: Any, source: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedCheckpointError(f"{source}: stored {key!r} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def checkpoint_from_object(
+    obj: Any,
+    source: str,
+    file_format: str = "torch",
+    *,
+    metadata: Mapping[str, str] | None = None,
+    weights_key: str | None = None,
+    allow_nonfinite: bool | None = None,
+) -> Checkpoint:
+    """A :class:`Checkpoint` from what a file held: a loaded torch object (or the tensors of a
+    safetensors file with its ``metadata``). ``weights_key`` takes the state dict from that entry (a
+    training checkpoint's ``"ema"``). The tensors are checked (:func:`~focalnet.weights.checks.check_tensors`:
+    string keys, tensors, no expanded storage, within the memory budget) before anything else touches
+    them, then for NaN/inf unless ``allow_nonfinite``; stored metadata of the wrong type is a
+    :class:`MalformedCheckpointError` naming the key."""
+    config: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
+    if metadata is not None:  # safetensors: every value is a string, JSON for ours
+        for k, v in metadata.items():
+            if k == "focalnet_config":
+                try:
+                    config = _stored_mapping(json.loads(v), source, k)
+                except json.JSONDecodeError:
+                    raise MalformedCheckpointError(f"{source}: stored {k!r} is not JSON") from None
+            elif k != "format":
+                try:
+                    extra[k] = json.loads(v)
+                except json.JSONDecodeError:
+                    extra[k] = v
+    elif isinstance(obj, Mapping):
+        if obj.get("focalnet_config") is not None:
+            config = _stored_mapping(obj["focalnet_config"], source, "focalnet_config")
+        if obj.get("class_names") is not None:
+            extra["class_names"] = _names(obj["class_names"], source, "class_names")
+    if weights_key is not None:
+        if not isinstance(obj, Mapping) or weights_key not in obj:
+            raise MalformedCheckpointError(f"{source}: no {weights_key!r} weights in the file")
+        obj = obj[weights_key]
+    try:
+        sd = check_tensors(unwrap_state_dict(obj), source)
+    except MalformedCheckpointError as e:  # the message names the file
+        raise MalformedCheckpointError(e if str(e).startswith(source) else f"{source}: {e}") from None
+    backbone = False
+    if any(k.startswith("backbone.") for k in sd):
+        # mmdetection / mmsegmentation file: keep the backbone, ignore neck/heads
+        extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        backbone = True
+    check_finite(sd, source, allow_nonfinite)
+    layout = detect_layout(sd)
+    return Checkpoint(sd, layout, source, file_format, config, None, extra, backbone)
 
 
 def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None) -> Checkpoint:
@@ -151,27 +276,28 @@ def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None
     ``path`` may be a ``.pth``/``.pt``/``.bin`` file (``{"model": sd}``, ``{"state_dict": sd}`` with
     ``backbone.`` prefixes, or bare, possibly with ``module.`` prefixes), a ``.safetensors`` file (ours
     carries the model config in its metadata), or a model folder with ``config.json`` and weights
-    (timm or transformers hub layout). Weights holding NaN/inf are refused
-    (:class:`~focalnet.weights.infer.NonFiniteWeightsError`) unless ``allow_nonfinite`` (default: the
+    (timm or transformers hub layout). The tensors are checked before anything else (see
+    :func:`checkpoint_from_object`); weights holding NaN/inf are refused
+    (:class:`~focalnet.weights.errors.NonFiniteWeightsError`) unless ``allow_nonfinite`` (default: the
     ``FOCALNET_ALLOW_NONFINITE`` environment variable).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    config: dict[str, Any] | None = None
-    variant: str | None = None
-    extra: dict[str, Any] = {}
     if path.is_dir():
         weights = next((path / n for n in _FOLDER_WEIGHTS if (path / n).exists()), None)
         if weights is None:
             raise FileNotFoundError(f"model folder {path} has none of {', '.join(_FOLDER_WEIGHTS)}")
         cfg_file = path / "config.json"
+        config: dict[str, Any] | None = None
+        variant: str | None = None
+        extra: dict[str, Any] = {}
         if cfg_file.exists():
             try:
                 config_json = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
-            config, variant, extra = _folder_config(config_json)
+            config, variant, extra = _folder_config(config_json, str(cfg_file))
         inner = read_checkpoint(weights, allow_nonfinite)
         return Checkpoint(
             inner.state_dict,
@@ -184,33 +310,5 @@ def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None
         )
     if path.suffix == ".safetensors":
         raw, meta = _load_safetensors(path)
-        fmt = "safetensors"
-        if "focalnet_config" in meta:
-            config = json.loads(meta["focalnet_config"])
-        for k, v in meta.items():
-            if k not in ("focalnet_config", "format"):
-                try:
-                    extra[k] = json.loads(v)
-                except json.JSONDecodeError:
-                    extra[k] = v
-        obj: Any = raw
-    else:
-        obj = _load_torch(path)
-        fmt = "torch"
-        if isinstance(obj, Mapping):
-            if isinstance(obj.get("focalnet_config"), Mapping):
-                config = dict(obj["focalnet_config"])
-            if isinstance(obj.get("class_names"), list):
-                extra["class_names"] = obj["class_names"]
-    sd = unwrap_state_dict(obj)
-    backbone = False
-    if any(k.startswith("backbone.") for k in sd):
-        # mmdetection / mmsegmentation file: keep the backbone, ignore neck/heads
-        extra["ignored_prefixes"] = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
-        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-        backbone = True
-    from .infer import check_finite
-
-    check_finite(sd, str(path), allow_nonfinite)
-    layout = detect_layout(sd)
-    return Checkpoint(sd, layout, str(path), fmt, config, variant, extra, backbone)
+        return checkpoint_from_object(raw, str(path), "safetensors", metadata=meta, allow_nonfinite=allow_nonfinite)
+    return checkpoint_from_object(_load_torch(path), str(path), "torch", allow_nonfinite=allow_nonfinite)

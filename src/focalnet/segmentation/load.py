@@ -1,0 +1,249 @@
+"""Segmentation files -> models: the one loading path of every segmentation layout, and our file format.
+
+Every file takes the same road::
+
+    safe_torch_load (weights_only)
+    -> recognise_layout: ours (model.pt), a training checkpoint, an original mmsegmentation UPerNet
+    -> (meta, canonical state dict, extra): meta = backbone config, classes, head settings; the state
+       dict under today's keys (older files' numbered ConvModule keys renamed)
+    -> check_meta: types of every stored setting, class names (strings, one per class), the backbone
+       config against what the tensors show (no model is built from settings the weights contradict)
+    -> build_checked: tensors (types, expanded storage, memory budget), finite, meta-device build
+       compared key by key and shape by shape, strict load
+
+:func:`load_segmentor` runs it all; :func:`read_segmentor` stops before the build (checked meta and
+state dict), :func:`check_segmentor` runs every check without the real build (what ``convert`` needs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from ..weights.checks import build_checked, check_loadable, check_tensors, expect_mapping, expect_names
+from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
+from ..weights.infer import infer_structure, stored_config
+from ..weights.io import atomic_save, safe_torch_load
+from ..weights.layouts import Layout, recognise_layout
+from .mmseg import is_mmseg_segmentor, mmseg_to_focalnet
+from .model import HeadConfig, UPerNet, upernet_from_meta
+
+__all__ = [
+    "FORMAT",
+    "LAYOUTS",
+    "save_segmentor",
+    "read_segmentor",
+    "check_meta",
+    "check_segmentor",
+    "build_segmentor",
+    "load_segmentor",
+    "upgrade_state_dict",
+]
+
+FORMAT = "focalnet-segmentation"
+Read = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
+
+
+def save_segmentor(model: UPerNet, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
+    """Save weights plus everything needed to rebuild the model (backbone config, classes, head,
+    preprocessing/test settings in ``extra``) as one ``torch.save`` file loadable with ``weights_only=True``."""
+    model = getattr(model, "module", model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "meta": dict(model.meta), "extra": dict(extra or {}), "state_dict": state}, path)
+
+
+# ConvModule children were numbered (0 conv, 1 bn) before they took mmcv's names
+_LEGACY_KEY = re.compile(
+    r"^(decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_convs\.\d+|fpn_convs\.\d+|fpn_bottleneck)"
+    r"|auxiliary_head\.convs\.\d+)\.([01])\.(.+)$"
+)
+
+
+def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our files written before the ConvModules took mmcv's child names (``.0.`` -> ``.conv.``,
+    ``.1.`` -> ``.bn.``): the same weights under today's keys (other keys unchanged)."""
+    out = {}
+    for k, v in sd.items():
+        m = _LEGACY_KEY.match(k)
+        out[f"{m.group(1)}.{'conv' if m.group(2) == '0' else 'bn'}.{m.group(3)}" if m else k] = v
+    return out
+
+
+def _extra(obj: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    return expect_mapping(obj, key, source) if obj.get(key) is not None else {}
+
+
+def _read_ours(obj: Mapping[str, Any], source: str) -> Read:
+    meta = expect_mapping(obj, "meta", source)
+    sd = check_tensors(obj.get("state_dict"), source)
+    return meta, upgrade_state_dict(sd), _extra(obj, "extra", source)
+
+
+def _read_training(obj: Mapping[str, Any], source: str) -> Read:
+    meta = expect_mapping(obj, "segmentation_meta", source)
+    sd = check_tensors(obj.get("model"), source)
+    return meta, upgrade_state_dict(sd), _extra(obj, "segmentation_extra", source)
+
+
+def _read_mmseg(obj: Mapping[str, Any], source: str) -> Read:
+    check_tensors(obj["state_dict"], source)  # string keys, tensors, sizes: before any shape is read
+    try:
+        return mmseg_to_focalnet(obj, source)
+    except (CheckpointMismatchError, MalformedCheckpointError) as e:
+        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
+        raise type(e)(msg) from None
+
+
+LAYOUTS: tuple[Layout[Read], ...] = (
+    Layout(
+        "focalnet",
+        "{'format': 'focalnet-segmentation', 'meta', 'extra', 'state_dict'} (OUTPUT/model.pt)",
+        lambda obj: obj.get("format") == FORMAT,
+        _read_ours,
+    ),
+    Layout(
+        "training checkpoint",
+        "{'segmentation_meta', 'model', ...} (OUTPUT/checkpoints/checkpoint-*.pt)",
+        lambda obj: "segmentation_meta" in obj and "model" in obj and "format" not in obj,
+        _read_training,
+    ),
+    Layout(
+        "mmsegmentation",
+        "{'meta', 'state_dict'} with backbone./decode_head. keys (an original mmseg 0.x UPerNet)",
+        lambda obj: (
+            "format" not in obj
+            and "segmentation_meta" not in obj
+            and isinstance(obj.get("state_dict"), Mapping)
+            and is_mmseg_segmentor(obj["state_dict"])
+        ),
+        _read_mmseg,
+    ),
+)
+
+_HEAD_FIELDS = {f.name: f.type for f in fields(HeadConfig)}
+_BOUNDED = ("pool_scales",)  # sequences whose length decides how many modules are built
+
+
+def _head(meta: Mapping[str, Any], source: str) -> HeadConfig:
+    head = _extra(meta, "head", source)
+    unknown = sorted(set(head) - set(_HEAD_FIELDS))
+    if unknown:
+        raise MalformedCheckpointError(f"{source}: stored head settings {unknown} are not HeadConfig fields")
+    try:
+        cfg = HeadConfig(**{k: tuple(v) if k in _BOUNDED else v for k, v in head.items()})
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise MalformedCheckpointError(f"{source}: stored head settings are invalid: {e}") from None
+    for k in ("channels", "aux_in_index", "aux_channels", "aux_num_convs"):
+        if not isinstance(getattr(cfg, k), int) or isinstance(getattr(cfg, k), bool):
+            raise MalformedCheckpointError(f"{source}: stored head {k!r} must be an integer")
+    if not all(isinstance(s, int) for s in cfg.pool_scales):
+        raise MalformedCheckpointError(f"{source}: stored head 'pool_scales' must be integers")
+    return cfg
+
+
+def _count(sd: Mapping[str, Any], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in sd if (m := pat.match(k))})
+
+
+def check_meta(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """``meta`` after checking every setting a model is built from, without building one: the backbone
+    config (a valid :class:`~focalnet.FocalNetConfig` whose structure the backbone tensors show), the head
+    settings (:class:`HeadConfig` fields of the right types, as many pool scales and aux convs as the
+    tensors have), ``num_classes`` (a positive integer) and ``class_names`` (``None`` or one string per
+    class). Raises :class:`MalformedCheckpointError` or :class:`CheckpointMismatchError` naming the key."""
+    meta = dict(meta)
+    cfg = stored_config(meta.get("backbone_config"), source, "backbone_config")
+    body = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    try:
+        found = infer_structure(body)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    diff = {k: (getattr(cfg, k), v) for k, v in found.items() if k != "num_classes" and getattr(cfg, k) != v}
+    if diff:
+        raise CheckpointMismatchError(
+            f"{source}: the stored backbone_config disagrees with the backbone tensors (stored, tensors): {diff}"
+        )
+    head = _head(meta, source)
+    for what, n_stored, prefix in (
+        ("pool scales", len(head.pool_scales), "decode_head.psp_modules."),
+        ("auxiliary convs", head.aux_num_convs if head.aux else 0, "auxiliary_head.convs."),
+    ):
+        if n_stored != _count(sd, prefix):
+            raise CheckpointMismatchError(
+                f"{source}: the stored head has {n_stored} {what}, the tensors {_count(sd, prefix)} ({prefix}*)"
+            )
+    n = meta.get("num_classes")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise MalformedCheckpointError(f"{source}: stored num_classes must be a positive integer, got {n!r:.40}")
+    if meta.get("class_names") is not None:
+        meta["class_names"] = expect_names(meta["class_names"], n, source)
+    return meta
+
+
+def _check_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """``extra``'s preprocessing and test settings, where present, of the types evaluate/predict use."""
+    for k in ("mean", "std"):
+        v = extra.get(k)
+        if v is not None and not (
+            isinstance(v, (list, tuple))
+            and v
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
+            raise MalformedCheckpointError(f"{source}: stored extra {k!r} must be a list of numbers")
+    for k in ("test", "data", "config"):
+        if extra.get(k) is not None:
+            expect_mapping(extra, k, source)
+    return extra
+
+
+def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(meta, state_dict, extra)`` of a segmentation file in any layout of :data:`LAYOUTS`, checked
+    (:func:`check_meta`, tensor types and sizes) but without building the model: ours
+    (:func:`save_segmentor`, training checkpoints) or an original mmsegmentation 0.x FocalNet UPerNet
+    (converted, see :mod:`focalnet.segmentation.mmseg`)."""
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"checkpoint not found: {source}")
+    obj = safe_torch_load(source, "segmentation checkpoint")
+    layout = recognise_layout(obj, LAYOUTS, source, "focalnet segmentation model")
+    meta, sd, extra = layout.read(obj, source)
+    return check_meta(meta, sd, source), sd, _check_extra(extra, source)
+
+
+def check_segmentor(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Every check of :func:`build_segmentor` (meta, tensors, finite, keys and shapes on the meta device)
+    without building the model."""
+    meta = check_meta(meta, sd, source)
+    check_loadable(lambda: upernet_from_meta(meta), sd, source)
+
+
+def build_segmentor(
+    meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint", **backbone_overrides: Any
+) -> UPerNet:
+    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly, after every
+    check (:func:`check_meta`, then :func:`~focalnet.weights.checks.build_checked`: tensors, finite,
+    keys and shapes compared on the meta device before anything is allocated). ``backbone_overrides``
+    change backbone settings the weights do not fix (``drop_path_rate``)."""
+    meta = check_meta(meta, sd, source)
+    return build_checked(lambda: upernet_from_meta(meta, **backbone_overrides), sd, source, assign=True)
+
+
+def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[UPerNet, dict[str, Any]]:
+    """Rebuild a :class:`UPerNet` from a file written by :func:`save_segmentor`, a training checkpoint
+    (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``) or an original mmsegmentation
+    0.x FocalNet UPerNet file (``{"meta", "state_dict"}``: backbone and head read off the keys, ADE20K
+    class names for 150 classes); returns ``(model in eval mode, extra)``. Loads with
+    ``weights_only=True`` and strictly, after every check of the module docstring: a file that does not
+    fit names the missing, unexpected and mis-shaped keys."""
+    meta, sd, extra = read_segmentor(path)
+    model = build_segmentor(meta, sd, os.fspath(path))
+    model.to(map_location)
+    model.eval()
+    return model, extra
