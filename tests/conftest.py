@@ -1,9 +1,12 @@
 import contextlib
 import io
+import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +43,39 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
                 base = 1.0 if ("norm" in k or ".ln." in k or "layernorm" in k) and k.endswith("weight") else 0.0
                 p.copy_(torch.randn(p.shape, generator=g) * scale + base)
     return model
+
+
+def seeded_state_dict(
+    keys: Sequence[tuple[str, Sequence[int]]], aliases: Sequence[Sequence[str]] = ()
+) -> dict[str, torch.Tensor]:
+    """Known values for a ``[key, shape]`` list (the reference READMEs' recipe, which the original outputs
+    were computed with): keys sorted, one ``RandomState(0)``, ``z = standard_normal(shape)`` (float32) per
+    key, then 1-D or scalar ``*weight`` / ``*scale`` -> ``1 + 0.1 z``; ``*bias`` -> ``0.02 z``; keys with
+    ``gamma`` -> ``0.3 + 0.1 z``; else ``z / sqrt(fan_in)`` (``prod(shape[1:])``, the length for 1-D).
+    ``running_var`` -> ``|v| + 0.5``; ``num_batches_tracked`` -> 0 (no draw). Each ``aliases`` group takes
+    its first key's value. Returned in the order of ``keys``."""
+    rs = np.random.RandomState(0)
+    out: dict[str, torch.Tensor] = {}
+    for k, shape in sorted(keys, key=lambda kv: kv[0]):
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(0)
+            continue
+        z = np.asarray(rs.standard_normal(shape), dtype=np.float32)
+        if len(shape) <= 1 and k.endswith(("weight", "scale")):
+            v = 1 + 0.1 * z
+        elif k.endswith("bias"):
+            v = 0.02 * z
+        elif "gamma" in k:
+            v = 0.3 + 0.1 * z
+        else:
+            v = z / np.float32(math.sqrt(math.prod(shape[1:]) if len(shape) > 1 else max(math.prod(shape), 1)))
+        if k.endswith("running_var"):
+            v = np.abs(v) + 0.5
+        out[k] = torch.from_numpy(np.array(v, dtype=np.float32))  # 0-d stays 0-d
+    for group in aliases:
+        for k in group[1:]:
+            out[k] = out[group[0]]
+    return {k: out[k] for k, _ in keys}
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

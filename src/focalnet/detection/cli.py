@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DETECTORS
-
 __all__ = ["register", "resolve_config"]
 
 _REF_MIN_SIZE = 800
@@ -30,18 +28,25 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the ``detection`` subcommand and its sub-subcommands to the ``focalnet`` parser."""
-    det = subparsers.add_parser("detection", help="object detection / instance segmentation (Mask R-CNN, Faster R-CNN)")
+    det = subparsers.add_parser("detection", help="object detection / instance segmentation (see train --detector)")
     sub = det.add_subparsers(dest="detection_command", required=True)
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet Mask R-CNN / Faster R-CNN / DINO on COCO-format data",
+        help="train a FocalNet detector (--detector) on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP.",
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
+    from .registry import DETECTORS  # the detectors' own summaries
+
+    p.add_argument(
+        "--detector",
+        choices=list(DETECTORS),
+        help="which detector (default: mask_rcnn; unset settings are its released recipe's): "
+        + "; ".join(f"{s.name}: {s.title}, {s.summary}" for s in DETECTORS.values()),
+    )
     _add_data_args(p, train=True)
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics.json, model.pt, ...)")
     p.add_argument("--epochs", type=int)
@@ -104,8 +109,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "convert",
-        help="convert an mmdetection FocalNet Mask R-CNN or an original FocalNet-DINO checkpoint to a focalnet "
-        "model.pt (FocalNet-DINO: --to original converts back)",
+        help="convert an original checkpoint (mmdetection, FocalNet-DINO, ...) to a focalnet detection file, "
+        "or a detector back to its original layout (--to original)",
     )
     p.add_argument("input")
     p.add_argument("output")
@@ -113,7 +118,7 @@ def register(subparsers: Any) -> None:
         "--to",
         choices=["focalnet", "original"],
         default="focalnet",
-        help="FocalNet-DINO files: our format (default) or back to the original {'model': state_dict}",
+        help="focalnet: this package's format (default); original: the detector's original layout",
     )
     p.set_defaults(func=cmd_convert)
 
@@ -151,6 +156,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
         data = loaded
+    if args.detector:  # the detector decides which options the file's model section may hold
+        data["model"] = {**(data.get("model") or {}), "detector": args.detector}
     base = build_config(DetectionConfig, data)  # defaults + file, to rescale sizes below
     flags: dict[str, Any] = {"model": {}, "data": {}, "optim": {}}
     m, d = flags["model"], flags["data"]
@@ -217,9 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import write_json
     from .config import DataConfig
-    from .convert import load_detector
     from .data import CocoInstances
     from .evaluate import evaluate_detector
+    from .load import load_detector
     from .transforms import eval_transforms
 
     if not args.data and not (args.val_ann and args.val_images):
@@ -230,8 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
-    with_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
-    ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
+    ds = CocoInstances(ann, img, eval_transforms(), with_masks=meta["masks"], train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(
         model,
@@ -242,6 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_images=args.max_images,
         category_ids=meta["category_ids"],
+        masks=meta["masks"],
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
@@ -269,7 +276,7 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .convert import load_detector
+    from .load import load_detector
     from .predict import predict_images
 
     missing = [p for p in args.images if not Path(p).exists()]
@@ -298,37 +305,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights.io import atomic_save
-    from .convert import _load, load_detector
-    from .dino.convert import convert_file, is_dino_checkpoint
+    from .load import convert_detector
 
-    if is_dino_checkpoint(_load(args.input)):
-        print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
-        return 0
-    if getattr(args, "to", "focalnet") == "original":
-        raise ValueError("--to original writes FocalNet-DINO files only; other detectors convert to focalnet")
-    model, meta = load_detector(args.input, "cpu")
-    if meta["source"] != "mmdetection":
-        raise ValueError(f"{args.input} is already a focalnet detection checkpoint")
-    from ..engine.config import config_to_dict
-    from .config import DetectionConfig, ModelConfig
-
-    mc = ModelConfig(**meta["detection_config"]["model"])
-    cfg = DetectionConfig(model=mc)
-    atomic_save(
-        {
-            "model": model.state_dict(),
-            "detection_config": config_to_dict(cfg),
-            "class_names": meta["class_names"],
-            "category_ids": meta["category_ids"],
-            "num_classes": len(meta["class_names"]) + 1,
-        },
-        args.output,
-    )
-    print(
-        f"wrote {args.output} ({mc.detector}, backbone {mc.backbone}, {len(meta['class_names'])} classes, "
-        f"mmdet_compat={mc.mmdet_compat})"
-    )
+    print(convert_detector(args.input, args.output, to=getattr(args, "to", "focalnet")))
     return 0
 
 

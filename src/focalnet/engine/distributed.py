@@ -21,6 +21,7 @@ __all__ = [
     "init_distributed",
     "cleanup_distributed",
     "all_reduce",
+    "mean_over_processes",
     "ResumableSampler",
     "SeededSamples",
     "barrier",
@@ -110,6 +111,16 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """Sum (or max) a tensor over ranks in place; a no-op in a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t
+
+
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks (a new tensor; ``t`` itself in a single process), e.g. the
+    number of positives that normalises a loss, as mmdetection's ``reduce_mean``."""
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t = t / dist.get_world_size()
     return t
 
 

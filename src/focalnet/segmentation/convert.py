@@ -9,7 +9,7 @@ statistics included. :class:`~focalnet.segmentation.UPerNet` has the same module
 architecture off the keys and carrying the metadata:
 
 * backbone: variant, depths, widths, focal levels and windows from the kernels (as for mmdetection
-  files, :func:`focalnet.detection.convert.mmdet_backbone_config`);
+  files, :func:`focalnet.weights.infer.mmdet_backbone_config`);
 * head: classes and channels from ``conv_seg``, the number of pyramid-pooling branches, the auxiliary
   head's channels, number of convs and input level (from its input width); pool scales, ``align_corners``,
   dropout and the normalisation come from the config text mmseg stores in ``meta["config"]`` where
@@ -123,7 +123,7 @@ def _plain(v: Any) -> Any:
 def mmseg_to_focalnet(obj: Mapping[str, Any]) -> tuple[dict[str, Any], StateDict, dict[str, Any]]:
     """``(meta, state_dict, extra)`` in this package's terms for a loaded mmseg file
     (``{"meta": ..., "state_dict": ...}``); the weights are the file's tensors, unchanged."""
-    from ..detection.convert import mmdet_backbone_config
+    from ..weights.infer import mmdet_backbone_config
     from ..models.focalnet import FocalNetConfig
 
     sd = dict(obj["state_dict"])

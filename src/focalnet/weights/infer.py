@@ -20,6 +20,7 @@ __all__ = [
     "check_state_dict",
     "check_finite",
     "check_buildable",
+    "mmdet_backbone_config",
 ]
 
 ALLOW_NONFINITE_ENV = "FOCALNET_ALLOW_NONFINITE"
@@ -152,6 +153,18 @@ def infer_config(
             stacklevel=2,
         )
     return cfg
+
+
+def mmdet_backbone_config(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """(variant name, backbone overrides) reproducing the FocalNet under ``backbone.`` of an mmdetection /
+    mmsegmentation state dict (structure read off the keys, flags from the variant of that structure)."""
+    body = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    cfg = infer_config(body, backbone=True, warn=False)
+    variant = match_variant(cfg, ignore=("focal_windows",))
+    fields = cfg.to_dict()
+    fields.pop("num_classes")
+    fields["drop_path_rate"] = 0.0
+    return (variant.name if variant else "focalnet_tiny_srf"), fields
 
 
 def _fit_hint(sd: Mapping[str, torch.Tensor]) -> str:
