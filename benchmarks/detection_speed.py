@@ -8,9 +8,8 @@ Mask R-CNN: seconds per training iteration and per inference image, and their ra
 ``--detectors`` takes any names :func:`focalnet.detection.build_detector` knows (default: the paper's four
 FocalNet-T detectors; unknown names are skipped with a message); FocalNet Mask R-CNN and torchvision's ``maskrcnn_resnet50_fpn(weights=None,
 weights_backbone=None)`` are always timed in the same run as the baselines of the ratios. Each FocalNet
-detector is built from its packaged ``<detector>_focalnet_tiny_lrf_3x`` config where one exists (the
-released settings: focal windows, proposals, heads), else from the default model config, with
-``--backbone`` swapped in. Synthetic images (random pixels) with 4 random boxes/masks per image; the first
+detector is built from the packaged recipe its spec names (``DETECTORS[name].recipe``: the released
+settings: focal windows, proposals, heads), with ``--backbone`` swapped in. Synthetic images (random pixels) with 4 random boxes/masks per image; the first
 iteration of each measurement is a warm-up and is not timed. Prints a table and writes JSON (``--json``).
 """
 
@@ -31,7 +30,7 @@ PAPER_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn")  # t
 
 def known_detectors() -> list[str]:
     """The detector names ``build_detector`` accepts."""
-    from focalnet.detection.config import DETECTORS
+    from focalnet.detection import DETECTORS
 
     return list(DETECTORS)
 
@@ -42,15 +41,13 @@ def build(name: str, backbone: str, h: int, w: int) -> nn.Module:
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
         return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=h, max_size=w)
-    from focalnet.detection import DetectionConfig, ModelConfig, config_path, list_configs
-    from focalnet.detection.model import build_detector, detector_kwargs_from_config
+    from focalnet.detection import DetectionConfig, build_from_config, config_path, get_detector
     from focalnet.engine import load_config
 
-    packaged = f"{name}_focalnet_tiny_lrf_3x"
-    mc = load_config(DetectionConfig, config_path(packaged)).model if packaged in list_configs() else ModelConfig()
-    mc.detector, mc.backbone, mc.backbone_checkpoint = name, backbone, ""
+    mc = load_config(DetectionConfig, config_path(get_detector(name).recipe)).model  # the released settings
+    mc.backbone, mc.backbone_checkpoint = backbone, ""
     mc.min_size, mc.max_size = h, w
-    return build_detector(**detector_kwargs_from_config(mc, 81))
+    return build_from_config(mc, 81)
 
 
 def _targets(n: int, h: int, w: int, device: torch.device, g: torch.Generator) -> list[dict[str, torch.Tensor]]:

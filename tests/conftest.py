@@ -1,9 +1,12 @@
 import contextlib
 import io
+import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +45,39 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
     return model
 
 
+def seeded_state_dict(
+    keys: Sequence[tuple[str, Sequence[int]]], aliases: Sequence[Sequence[str]] = ()
+) -> dict[str, torch.Tensor]:
+    """Known values for a ``[key, shape]`` list (the reference READMEs' recipe, which the original outputs
+    were computed with): keys sorted, one ``RandomState(0)``, ``z = standard_normal(shape)`` (float32) per
+    key, then 1-D or scalar ``*weight`` / ``*scale`` -> ``1 + 0.1 z``; ``*bias`` -> ``0.02 z``; keys with
+    ``gamma`` -> ``0.3 + 0.1 z``; else ``z / sqrt(fan_in)`` (``prod(shape[1:])``, the length for 1-D).
+    ``running_var`` -> ``|v| + 0.5``; ``num_batches_tracked`` -> 0 (no draw). Each ``aliases`` group takes
+    its first key's value. Returned in the order of ``keys``."""
+    rs = np.random.RandomState(0)
+    out: dict[str, torch.Tensor] = {}
+    for k, shape in sorted(keys, key=lambda kv: kv[0]):
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(0)
+            continue
+        z = np.asarray(rs.standard_normal(shape), dtype=np.float32)
+        if len(shape) <= 1 and k.endswith(("weight", "scale")):
+            v = 1 + 0.1 * z
+        elif k.endswith("bias"):
+            v = 0.02 * z
+        elif "gamma" in k:
+            v = 0.3 + 0.1 * z
+        else:
+            v = z / np.float32(math.sqrt(math.prod(shape[1:]) if len(shape) > 1 else max(math.prod(shape), 1)))
+        if k.endswith("running_var"):
+            v = np.abs(v) + 0.5
+        out[k] = torch.from_numpy(np.array(v, dtype=np.float32))  # 0-d stays 0-d
+    for group in aliases:
+        for k in group[1:]:
+            out[k] = out[group[0]]
+    return {k: out[k] for k, _ in keys}
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """``focalnet`` in-process: (exit code, stdout, stderr)."""
     from focalnet.cli import main
@@ -50,39 +86,3 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(list(argv))
     return rc, out.getvalue(), err.getvalue()
-
-
-def seeded_state_dict(
-    keys: list[tuple[str, list[int]]], *, seed: int = 0, gamma: bool = False, one_d_fan_in: str = "length"
-) -> dict[str, torch.Tensor]:
-    """Tensors for ``keys`` (``(name, shape)`` pairs) by the recipe of ``../shared/reference``: one
-    ``numpy.random.RandomState(seed)``, keys in sorted order, ``z = standard_normal(shape)`` as float32;
-    1-D ``*weight`` -> ``1 + 0.1 z``, ``*bias`` -> ``0.02 z``, (``gamma=True``, DINO's recipe) keys containing
-    ``gamma`` -> ``0.3 + 0.1 z``, otherwise ``z / sqrt(fan_in)`` with ``fan_in = prod(shape[1:])`` (for other
-    1-D tensors, e.g. ``running_mean``, the length, or 1 with ``one_d_fan_in="one"``). BatchNorm statistics
-    as the segmentation reference: ``running_var`` -> ``|v| + 0.5``; 0-d keys (``num_batches_tracked``)
-    -> ``tensor(0)`` without drawing. Returned in the order of ``keys``."""
-    import math
-
-    import numpy as np
-
-    rs = np.random.RandomState(seed)
-    out: dict[str, torch.Tensor] = {}
-    for k, shape in sorted(keys):
-        if not shape:
-            out[k] = torch.tensor(0)
-            continue
-        z = rs.standard_normal(shape).astype(np.float32)
-        if len(shape) == 1 and k.endswith("weight"):
-            v = 1 + 0.1 * z
-        elif k.endswith("bias"):
-            v = 0.02 * z
-        elif gamma and "gamma" in k:
-            v = 0.3 + 0.1 * z
-        else:
-            fan_in = math.prod(shape[1:]) if len(shape) > 1 else (shape[0] if one_d_fan_in == "length" else 1)
-            v = z / np.float32(math.sqrt(fan_in))
-        if k.endswith("running_var"):
-            v = np.abs(v) + 0.5
-        out[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-    return {k: out[k] for k, _ in keys}

@@ -57,9 +57,8 @@ def _one_thread():
 def files(tmp_path_factory) -> dict[str, Path]:
     """The three tiny models, a demo run folder and the examples."""
     from focalnet.demo import build_demo_model
-    from focalnet.detection import build_model
+    from focalnet.detection import build_model, save_detector
     from focalnet.detection.config import DetectionConfig, ModelConfig
-    from focalnet.detection.train import save_detector
     from focalnet.segmentation import save_segmentor, upernet
 
     d = tmp_path_factory.mktemp("app")
@@ -77,7 +76,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         max_size=160,
     )
     cfg = DetectionConfig(model=mc)
-    save_detector(build_model(cfg, 4), d / "det.pt", cfg, ["cat", "dog", "cup"], [1, 2, 5])
+    save_detector(d / "det.pt", build_model(cfg, 4), cfg, ["cat", "dog", "cup"], [1, 2, 5])
     seg = upernet(
         "focalnet_tiny_srf",
         num_classes=3,

@@ -371,7 +371,7 @@ def test_model_structure_matches_the_original_settings():
     assert max(images.image_sizes[0]) <= 160 and min(images.image_sizes[0]) == 123  # 128 short side, 160 cap
     m = build_detector("faster_rcnn", "focalnet_tiny_srf", 5, **{**TINY, "drop_path_rate": 0.2, "focal_levels": 3})
     assert m.backbone.body.cfg.drop_path_rate == 0.2 and m.backbone.body.cfg.focal_levels == (3, 3, 3, 3)
-    with pytest.raises(TypeError, match="unknown detector option"):
+    with pytest.raises(TypeError, match=r"unknown Faster R-CNN option\(s\)"):
         build_detector("faster_rcnn", "focalnet_tiny_srf", 5, box_nms=0.3)
     with pytest.raises(ValueError, match="detector must be"):
         build_detector("retinanet", "focalnet_tiny_srf", 5)

@@ -321,7 +321,7 @@ def test_backbone_lr_multiplier_groups():
 
 
 def test_dino_config_keys_checked():
-    with pytest.raises(ValueError, match=r"unknown model.dino key\(s\) \['num_querys'\]"):
+    with pytest.raises(ValueError, match=r"model.dino: unknown key\(s\) \['num_querys'\]"):
         build_config(DetectionConfig, {"model": {"detector": "dino", "dino": {"num_querys": 300}}})
 
 

@@ -202,9 +202,8 @@ def test_segmentation_file_settings_checked_before_building(tmp_path, change, me
 
 
 def test_detection_file_settings_checked_before_building(tmp_path):
-    from focalnet.detection import build_detector, load_detector
+    from focalnet.detection import build_from_config, load_detector
     from focalnet.detection.config import DetectionConfig, ModelConfig
-    from focalnet.detection.model import detector_kwargs_from_config
     from focalnet.engine import config_to_dict
 
     mc = ModelConfig(
@@ -217,7 +216,7 @@ def test_detection_file_settings_checked_before_building(tmp_path):
         min_size=64,
         max_size=96,
     )
-    model = build_detector(**detector_kwargs_from_config(mc, 3))
+    model = build_from_config(mc, 3)
     obj = {
         "model": model.state_dict(),
         "detection_config": config_to_dict(DetectionConfig(model=mc)),
@@ -227,7 +226,7 @@ def test_detection_file_settings_checked_before_building(tmp_path):
     }
     obj["detection_config"]["model"]["fpn_channels"] = 10**6
     torch.save(obj, tmp_path / "big.pt")
-    with pytest.raises(ValueError, match="do not match the tensors"):
+    with pytest.raises(ValueError, match="does not fit the model"):
         load_detector(tmp_path / "big.pt")
     obj["detection_config"]["model"]["fpn_channels"] = 16
     obj["model"]["roi_heads.box_predictor.cls_score.weight"][0, 0] = float("inf")

@@ -29,33 +29,38 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import (
-    FeaturePyramidNetwork,
-    batched_nms,
-    box_iou,
-    clip_boxes_to_image,
-    generalized_box_iou_loss,
-    sigmoid_focal_loss,
-)
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..models.focalnet import FocalNetBackbone
-from ..weights.convert import rename_key, rename_keys
+from ..engine.distributed import mean_over_processes
+from .backbone import build_backbone, check_num_classes, pop_backbone_options
+from .image_transform import detection_transform
+from .mmdet import (
+    BACKBONE_RULES,
+    backbone_fields,
+    count_indexed,
+    has_key,
+    mmdet_file,
+    mmdet_meta,
+    rename_keeping_unknown,
+    reverse_namer,
+    state_dict_of,
+)
+from .necks import FocalNetFPNP3P7, LastLevelP6P7OnOutput
+from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
 
 __all__ = [
     "ATSS",
     "ATSSHead",
     "ATSS_DEFAULTS",
+    "ATSS_SPEC",
+    "MMDET_ATSS",
     "FocalNetFPNP3P7",
     "LastLevelP6P7OnOutput",
     "Scale",
@@ -67,11 +72,11 @@ __all__ = [
     "convert_mmdet_atss_state_dict",
     "grid_anchors",
     "is_mmdet_atss",
-    "load_mmdet_atss",
 ]
 
-# the original config's settings (atss_focalnet_tiny_patch4_fpn_3x_coco_lrf)
+# the original config's settings (atss_focalnet_tiny_patch4_fpn_3x_coco_lrf): every option of the builder
 ATSS_DEFAULTS: dict[str, Any] = dict(
+    fpn_channels=256,
     min_size=800,
     max_size=1333,
     strides=(8, 16, 32, 64, 128),
@@ -89,50 +94,19 @@ ATSS_DEFAULTS: dict[str, Any] = dict(
     nms_thresh=0.6,
     pre_nms_top_n=1000,
     detections_per_img=100,
+    image_mean=None,  # None: ImageNet's
+    image_std=None,
 )
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # 1 / target_stds (0.1, 0.1, 0.2, 0.2)
-BACKBONE_DEFAULTS: dict[str, Any] = {"focal_windows": (11, 9, 9, 7), "drop_path_rate": 0.3}
+BACKBONE_DEFAULTS: dict[str, Any] = {
+    "backbone": "focalnet_tiny_lrf",
+    "focal_windows": (11, 9, 9, 7),
+    "drop_path_rate": 0.3,
+}
 OUT_INDICES = (1, 2, 3)
 
 
 # ---------------------------------------------------------------------------------------------------- modules
-class LastLevelP6P7OnOutput(ExtraFPNBlock):
-    """P6 = conv3x3/2(P5 output), P7 = conv3x3/2(P6) (ReLU before P7 only if ``relu_before_extra_convs``):
-    mmdet's ``add_extra_convs="on_output"``. torchvision's ``LastLevelP6P7`` always puts a ReLU there."""
-
-    def __init__(self, channels: int, relu_before_extra_convs: bool = False) -> None:
-        super().__init__()
-        self.p6 = nn.Conv2d(channels, channels, 3, 2, 1)
-        self.p7 = nn.Conv2d(channels, channels, 3, 2, 1)
-        self.relu_before_extra_convs = relu_before_extra_convs
-
-    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
-        p6 = self.p6(results[-1])
-        p7 = self.p7(F.relu(p6) if self.relu_before_extra_convs else p6)
-        return [*results, p6, p7], [*names, "p6", "p7"]
-
-
-class FocalNetFPNP3P7(nn.Module):
-    """FocalNet stages 1-3 + FPN + P6/P7 on the output: ``forward(x)`` gives ``OrderedDict`` ``"0", "1",
-    "2", "p6", "p7"`` (strides 8-128), each with ``out_channels`` channels."""
-
-    def __init__(self, body: FocalNetBackbone, out_channels: int = 256, relu_before_extra_convs: bool = False) -> None:
-        super().__init__()
-        self.body = body
-        extra = LastLevelP6P7OnOutput(out_channels, relu_before_extra_convs)
-        self.fpn = FeaturePyramidNetwork(list(body.out_channels), out_channels, extra_blocks=extra)
-        for m in self.fpn.modules():  # mmdet's FPN init: Xavier (uniform), zero bias
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.out_channels = out_channels
-        self.strides = [*body.strides, body.strides[-1] * 2, body.strides[-1] * 4]
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        feats = self.body(x)
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
-
-
 class Scale(nn.Module):
     """A learnable scalar multiplier (mmcv's ``Scale``; state-dict key ``scale``, shape ``[]``)."""
 
@@ -291,13 +265,6 @@ def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     return torch.sqrt(lr.amin(1) / lr.amax(1) * (tb.amin(1) / tb.amax(1)))
 
 
-def _reduce_mean(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        t = t.clone()
-        dist.all_reduce(t.div_(dist.get_world_size()))
-    return t
-
-
 def atss_loss_terms(
     cls_logits: Tensor,
     box_deltas: Tensor,
@@ -329,7 +296,7 @@ def atss_loss_terms(
     cls_logits, box_deltas, ctr_logits = cls_logits.float(), box_deltas.float(), ctr_logits.float()
     pos = labels >= 0
     n_pos = pos.sum(1).clamp(min=1).sum().to(cls_logits)
-    num_samples = _reduce_mean(n_pos).clamp(min=1.0)
+    num_samples = mean_over_processes(n_pos).clamp(min=1.0)
     onehot = torch.zeros_like(cls_logits)
     b_idx, a_idx = pos.nonzero(as_tuple=True)
     onehot[b_idx, a_idx, labels[b_idx, a_idx]] = 1.0
@@ -349,7 +316,7 @@ def atss_loss_terms(
         loss_bbox_sum = box_deltas.sum() * 0
         loss_ctr = ctr_logits.sum() * 0
         ctr_sum = box_deltas.new_zeros(())
-    bbox_norm = _reduce_mean(ctr_sum.detach()).clamp(min=1.0)
+    bbox_norm = mean_over_processes(ctr_sum.detach()).clamp(min=1.0)
     return {
         "loss_cls": cls_weight * loss_cls,
         "loss_bbox": bbox_weight * loss_bbox_sum / bbox_norm,
@@ -386,8 +353,7 @@ class ATSS(nn.Module):
         detections_per_img: int = 100,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        check_num_classes(num_classes)
         if list(strides) != list(backbone.strides):
             raise ValueError(f"anchor strides {list(strides)} differ from the feature strides {backbone.strides}")
         self.transform = transform
@@ -410,7 +376,6 @@ class ATSS(nn.Module):
         self.nms_thresh = nms_thresh
         self.pre_nms_top_n = pre_nms_top_n
         self.detections_per_img = detections_per_img
-        self.detector_kind = "atss"
 
     @property
     def num_classes(self) -> int:
@@ -538,72 +503,29 @@ class ATSS(nn.Module):
 
 # ------------------------------------------------------------------------------------------------- builders
 def build_atss(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     *,
-    backbone_checkpoint: str | os.PathLike | None = None,
-    frozen_stages: int = -1,
-    fpn_channels: int = 256,
-    grad_checkpointing: bool = False,
     train_resize: bool = False,
-    backbone_overrides: dict[str, Any] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> ATSS:
-    """FocalNet ATSS with the original settings (:data:`ATSS_DEFAULTS`); ``num_classes`` includes the
-    background (COCO: 81, i.e. 80 sigmoid outputs as the original head).
+    """FocalNet ATSS with the original settings; ``num_classes`` includes the background (COCO: 81, i.e.
+    80 sigmoid outputs as the original head).
 
-    ``backbone_overrides`` (and ``overrides`` that are :class:`~focalnet.FocalNetConfig` fields) go to
-    :func:`focalnet.create_backbone` (default ``focal_windows=(11, 9, 9, 7)``, ``drop_path_rate=0.3``, the
-    released 3x config); other ``overrides`` are :data:`ATSS_DEFAULTS` keys, or the R-CNN names that
-    :func:`~focalnet.detection.model.detector_kwargs_from_config` passes (``box_score_thresh``,
-    ``box_nms_thresh``, ``box_detections_per_img``), or ``image_mean`` / ``image_std``.
-    """
-    from ..factory import create_backbone
-    from ..models.focalnet import FocalNetConfig
-    from .model import DetectionTransform
-
-    for rcnn, ours in (
-        ("box_score_thresh", "score_thresh"),
-        ("box_nms_thresh", "nms_thresh"),
-        ("box_detections_per_img", "detections_per_img"),
-    ):
-        if rcnn in overrides:
-            overrides[ours] = overrides.pop(rcnn)
-    for ignored in ("representation_size", "mask_head_channels", "mmdet_compat"):  # R-CNN settings
-        overrides.pop(ignored, None)
-    backbone_fields = set(FocalNetConfig.__dataclass_fields__) - {"num_classes"}
-    direct = {k: overrides.pop(k) for k in list(overrides) if k in backbone_fields}
-    bb = {**BACKBONE_DEFAULTS, **(backbone_overrides or {}), **direct}
-    for k in ("focal_windows", "depths", "focal_levels"):
-        if isinstance(bb.get(k), list):
-            bb[k] = tuple(bb[k])
-    settings = {**ATSS_DEFAULTS, **overrides}
-    image_mean = settings.pop("image_mean", [0.485, 0.456, 0.406])
-    image_std = settings.pop("image_std", [0.229, 0.224, 0.225])
-    unknown = set(settings) - set(ATSS_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown ATSS option(s) {sorted(unknown)}; valid: {sorted(ATSS_DEFAULTS)}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-    body = create_backbone(
-        backbone, out_indices=OUT_INDICES, checkpoint_path=backbone_checkpoint, frozen_stages=frozen_stages, **bb
+    ``options``: backbone keywords as for :func:`~focalnet.detection.rcnn.build_rcnn` (defaults: focal
+    windows (11, 9, 9, 7), drop path 0.3, the released 3x config; backbone stages 1-3) and the keys of
+    :data:`ATSS_DEFAULTS`."""
+    body = build_backbone(backbone, BACKBONE_DEFAULTS, out_indices=OUT_INDICES, **pop_backbone_options(options))
+    s = resolve_options("ATSS", ATSS_DEFAULTS, options)
+    neck = FocalNetFPNP3P7(body, s.pop("fpn_channels"), s.pop("relu_before_extra_convs"))
+    transform = detection_transform(
+        s.pop("min_size"), s.pop("max_size"), s.pop("image_mean"), s.pop("image_std"), train_resize
     )
-    if grad_checkpointing:
-        body.set_grad_checkpointing(True)
-    neck = FocalNetFPNP3P7(body, fpn_channels, settings.pop("relu_before_extra_convs"))
-    transform = DetectionTransform(
-        settings.pop("min_size"),
-        settings.pop("max_size"),
-        image_mean,
-        image_std,
-        size_divisible=32,
-        train_resize=train_resize,
-    )
-    return ATSS(neck, num_classes, transform, **settings)
+    return ATSS(neck, num_classes, transform, **s)
 
 
 def atss(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     backbone_checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
@@ -613,15 +535,15 @@ def atss(
 
 
 # ------------------------------------------------------------------------------------------- mmdet weights
-def is_mmdet_atss(sd: Mapping[str, Any]) -> bool:
+def is_mmdet_atss(sd: Any) -> bool:
     """Whether a state dict is an mmdetection ATSS detector (``bbox_head.atss_cls.*`` keys)."""
-    return any(k.startswith("bbox_head.atss_cls.") for k in sd)
+    return has_key(sd, r"bbox_head\.atss_cls\.")
 
 
 def _rules(num_inputs: int) -> list[tuple[str, str]]:
     """(mmdet pattern, ours) pairs; ``neck.fpn_convs.{n}`` / ``{n+1}`` are the P6 / P7 convs."""
     return [
-        (r"^backbone\.(.+)$", r"backbone.body.\1"),
+        *BACKBONE_RULES,
         (r"^neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.inner_blocks.\1.0.\2"),
         (rf"^neck\.fpn_convs\.{num_inputs}\.conv\.(weight|bias)$", r"backbone.fpn.extra_blocks.p6.\1"),
         (rf"^neck\.fpn_convs\.{num_inputs + 1}\.conv\.(weight|bias)$", r"backbone.fpn.extra_blocks.p7.\1"),
@@ -630,72 +552,42 @@ def _rules(num_inputs: int) -> list[tuple[str, str]]:
     ]
 
 
-def _num_fpn_inputs(sd: Mapping[str, Any], prefix: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(rf"^{re.escape(prefix)}(\d+)\.", k))}
-    return max(found) + 1 if found else 0
-
-
-def convert_mmdet_atss_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert_mmdet_atss_state_dict(sd: Any) -> dict[str, Tensor]:
     """Map an mmdetection 2.x ATSS state dict onto :class:`ATSS` (a renaming: the sigmoid head has no
-    background row in either). Raises ``ValueError`` naming the keys it does not know."""
+    background row in either); keys outside the mapping keep their names (a strict load names them)."""
     if not is_mmdet_atss(sd):
         raise ValueError("not an mmdetection ATSS state dict (no bbox_head.atss_cls. keys)")
-    rules = _rules(_num_fpn_inputs(sd, "neck.lateral_convs."))
-    return rename_keys(sd, rules, "an mmdetection ATSS with FPN")
+    return rename_keeping_unknown(sd, _rules(count_indexed(sd, "neck.lateral_convs.")))
 
 
-def _to_mmdet_key(key: str, num_inputs: int) -> str:
-    """Our key -> the mmdetection key it comes from (for error messages in the file's own names)."""
-    rules = (
-        (r"^backbone\.body\.(.+)$", r"backbone.\1"),
-        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.lateral_convs.\1.conv.\2"),
-        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.fpn_convs.\1.conv.\2"),
-        (r"^backbone\.fpn\.extra_blocks\.p6\.(weight|bias)$", rf"neck.fpn_convs.{num_inputs}.conv.\1"),
-        (r"^backbone\.fpn\.extra_blocks\.p7\.(weight|bias)$", rf"neck.fpn_convs.{num_inputs + 1}.conv.\1"),
-        (r"^head\.(.+)$", r"bbox_head.\1"),
-    )
-    return rename_key(key, rules) or key
-
-
-def load_mmdet_atss(sd: Mapping[str, Tensor], **model_fields: Any) -> tuple[ATSS, dict[str, Any]]:
-    """Build the ATSS an mmdetection state dict describes (backbone read off its keys, stages 1-3; classes
-    from ``atss_cls``) and load it strictly. Returns ``(model, ModelConfig fields)``; ``model_fields`` are
-    :class:`~focalnet.detection.config.ModelConfig` overrides (``min_size``, ``score_thresh``, ...).
-    A file that does not fit raises :class:`~focalnet.weights.infer.CheckpointMismatchError` naming the
-    missing, unexpected and mis-shaped keys in the file's own (mmdetection) names."""
-    from ..engine.config import build_config
-    from ..weights.infer import check_state_dict
-    from .config import ModelConfig
-    from .convert import mmdet_backbone_config
-    from .model import detector_kwargs_from_config
-
-    converted = convert_mmdet_atss_state_dict(sd)
+def _read(obj: Any, source: str) -> LayoutRead:
+    sd = state_dict_of(obj)
+    rules = _rules(count_indexed(sd, "neck.lateral_convs."))
     num_classes = int(sd["bbox_head.atss_cls.weight"].shape[0]) + 1
-    name, bb = mmdet_backbone_config(sd)
-    fpn = int(sd["neck.fpn_convs.0.conv.weight"].shape[0]) if "neck.fpn_convs.0.conv.weight" in sd else 256
-    fields: dict[str, Any] = {
-        "detector": "atss",
-        "backbone": name,
-        "backbone_overrides": bb,
-        "focal_windows": list(bb["focal_windows"]),
-        "drop_path_rate": 0.0,
-        "fpn_channels": fpn,
-        "mmdet_compat": True,
-        **model_fields,
-    }
-    mc = build_config(ModelConfig, fields)
-    model = build_atss_from_kwargs(detector_kwargs_from_config(mc, num_classes))
-    n_in = len(model.backbone.body.out_indices)
-    expected = {_to_mmdet_key(k, n_in): v for k, v in model.state_dict().items()}
-    check_state_dict(expected, sd)
-    model.load_state_dict(converted, strict=True)
-    return model, {k: v for k, v in vars(mc).items()}
+    fields = {"detector": "atss", **backbone_fields(sd)}
+    fields["detector_overrides"] = {"stacked_convs": count_indexed(sd, "bbox_head.cls_convs.")}
+    return LayoutRead(fields, rename_keeping_unknown(sd, rules), mmdet_meta(num_classes), reverse_namer(rules))
 
 
-def build_atss_from_kwargs(kwargs: dict[str, Any]) -> ATSS:
-    """:func:`build_atss` from :func:`~focalnet.detection.model.detector_kwargs_from_config`'s arguments."""
-    kwargs = dict(kwargs)
-    detector = kwargs.pop("detector", "atss")
-    if detector != "atss":
-        raise ValueError(f"not an ATSS config: detector {detector!r}")
-    return build_atss(**kwargs)
+MMDET_ATSS = Layout(
+    name="mmdet-atss",
+    describe="mmdetection 2.x ATSS (state_dict with bbox_head.atss_* keys)",
+    recognise=is_mmdet_atss,
+    weights=state_dict_of,
+    read=_read,
+    write=lambda sd: mmdet_file(sd, _rules(count_indexed(sd, "backbone.fpn.inner_blocks."))),
+)
+
+ATSS_SPEC = DetectorSpec(
+    name="atss",
+    title="ATSS",
+    summary="one-stage anchor detector with adaptive training-sample selection, focal loss and centerness",
+    build=build_atss,
+    backbone_defaults=BACKBONE_DEFAULTS,
+    head_defaults=ATSS_DEFAULTS,
+    config_fields={
+        k: k for k in ("fpn_channels", "min_size", "max_size", "score_thresh", "nms_thresh", "detections_per_img")
+    },
+    layouts=(MMDET_ATSS,),
+    recipe="atss_focalnet_tiny_lrf_3x",
+)

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
@@ -45,20 +43,36 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from ..weights.convert import rename_key
-from .model import (
-    ANCHOR_SIZES,
-    ASPECT_RATIOS,
-    DETECTION_DEFAULTS,
-    AlignedMultiScaleRoIAlign,
-    DetectionTransform,
-    FocalNetFPN,
-    UnroundedAnchorGenerator,
-    _build_body,
+from .backbone import build_backbone, check_num_classes, pop_backbone_options
+from .image_transform import detection_transform
+from .mmdet import (
+    BACKBONE_RULES,
+    FPN_RULES,
+    RPN_RULES,
+    backbone_fields,
+    count_indexed,
+    has_key,
+    mmdet_file,
+    mmdet_meta,
+    rename_keeping_unknown,
+    reverse_namer,
+    state_dict_of,
 )
+from .necks import FocalNetFPN
+from .rcnn_parts import (
+    DETECTION_DEFAULTS,
+    RCNN_CONFIG_FIELDS,
+    RCNN_HEAD_DEFAULTS,
+    anchor_generator,
+    multiscale_roi_align,
+)
+from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
 
 __all__ = [
     "CASCADE_DEFAULTS",
+    "CASCADE_HEAD_DEFAULTS",
+    "CASCADE_MASK_RCNN",
+    "MMDET_CASCADE",
     "CascadeMaskRCNN",
     "CascadeRoIHeads",
     "ConvFCBoxHead",
@@ -82,7 +96,16 @@ CASCADE_DEFAULTS: dict[str, Any] = dict(
     giou_loss_weight=10.0,
     box_num_convs=4,
 )
-BACKBONE_DEFAULTS: dict[str, Any] = {"focal_windows": (11, 9, 9, 7), "drop_path_rate": 0.3}
+# every head option of the builder: the R-CNN widths and mmdet_compat, then the cascade's settings
+CASCADE_HEAD_DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in RCNN_HEAD_DEFAULTS.items() if k not in DETECTION_DEFAULTS},
+    **CASCADE_DEFAULTS,
+}
+BACKBONE_DEFAULTS: dict[str, Any] = {
+    "backbone": "focalnet_tiny_lrf",
+    "focal_windows": (11, 9, 9, 7),
+    "drop_path_rate": 0.3,
+}
 BOX_CLIP = math.log(1000.0 / 16)  # mmdet's wh_ratio_clip = 16 / 1000 (torchvision's default too)
 
 
@@ -357,8 +380,6 @@ class CascadeMaskRCNN(GeneralizedRCNN):
     :class:`CascadeRoIHeads`; list of images in, list of dicts (``boxes``, ``labels``, ``scores``, ``masks``)
     out in eval mode, a dict of losses in training."""
 
-    detector_kind = "cascade_mask_rcnn"
-
 
 def _stage_tuple(v: Any, n: int, name: str) -> tuple:
     v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
@@ -368,48 +389,32 @@ def _stage_tuple(v: Any, n: int, name: str) -> tuple:
 
 
 def build_cascade_mask_rcnn(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     *,
-    backbone_checkpoint: str | os.PathLike | None = None,
-    frozen_stages: int = -1,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_head_channels: int = 256,
-    mmdet_compat: bool = False,
     train_resize: bool = False,
-    grad_checkpointing: bool = False,
-    backbone_overrides: dict[str, Any] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> CascadeMaskRCNN:
-    """Build a FocalNet Cascade Mask R-CNN; the arguments are those of
-    :func:`focalnet.detection.build_detector` (``representation_size`` is the box heads' fc width, their
-    convs have ``fpn_channels``). Detector ``overrides``: the RPN/test settings of
-    :data:`CASCADE_DEFAULTS` plus ``stage_iou_thresholds``, ``stage_loss_weights``, ``stage_box_stds``
-    (one per stage), ``giou_loss_weight`` and ``box_num_convs``. Backbone defaults: focal windows
-    (11, 9, 9, 7), drop path 0.3 (the released config)."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-    from ..models.focalnet import FocalNetConfig
+    """Build a FocalNet Cascade Mask R-CNN; ``num_classes`` includes the background.
 
-    backbone_fields = set(FocalNetConfig.__dataclass_fields__) - {"num_classes"}
-    direct = {k: overrides.pop(k) for k in list(overrides) if k in backbone_fields}
-    s = {**CASCADE_DEFAULTS, **overrides}
-    unknown = set(s) - set(CASCADE_DEFAULTS) - {"image_mean", "image_std", "rpn_score_thresh"}
-    if unknown:
-        raise TypeError(f"unknown Cascade Mask R-CNN option(s) {sorted(unknown)}; valid: {sorted(CASCADE_DEFAULTS)}")
+    ``options``: backbone keywords as for :func:`~focalnet.detection.rcnn.build_rcnn` (defaults: focal
+    windows (11, 9, 9, 7), drop path 0.3, the released config) and the keys of
+    :data:`CASCADE_HEAD_DEFAULTS`: ``fpn_channels``, ``representation_size`` (the box heads' fc width; their
+    convs have ``fpn_channels``), ``mask_head_channels``, ``mmdet_compat``, the RPN/test settings of
+    :data:`CASCADE_DEFAULTS` plus ``stage_iou_thresholds``, ``stage_loss_weights``, ``stage_box_stds``
+    (one per stage), ``giou_loss_weight`` and ``box_num_convs``."""
+    check_num_classes(num_classes)
+    body = build_backbone(backbone, BACKBONE_DEFAULTS, **pop_backbone_options(options))
+    s = resolve_options("Cascade Mask R-CNN", CASCADE_HEAD_DEFAULTS, options)
     n = len(s["stage_iou_thresholds"])
     stage_weights = _stage_tuple(s["stage_loss_weights"], n, "stage_loss_weights")
     stage_stds = _stage_tuple(s["stage_box_stds"], n, "stage_box_stds")
-    bb_over = {**BACKBONE_DEFAULTS, **(backbone_overrides or {}), **direct}
-    body = _build_body(backbone, backbone_checkpoint, frozen_stages, bb_over)
-    if grad_checkpointing:
-        body.set_grad_checkpointing(True)
-    neck = FocalNetFPN(body, fpn_channels)
-    anchors = (UnroundedAnchorGenerator if mmdet_compat else AnchorGenerator)(ANCHOR_SIZES, ASPECT_RATIOS)
+    fpn, compat = s["fpn_channels"], s["mmdet_compat"]
+    neck = FocalNetFPN(body, fpn)
+    anchors = anchor_generator(compat)
     rpn = RegionProposalNetwork(
         anchors,
-        RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        RPNHead(fpn, anchors.num_anchors_per_location()[0]),
         s["rpn_fg_iou_thresh"],
         s["rpn_bg_iou_thresh"],
         s["rpn_batch_size_per_image"],
@@ -417,19 +422,15 @@ def build_cascade_mask_rcnn(
         {"training": s["rpn_pre_nms_top_n_train"], "testing": s["rpn_pre_nms_top_n_test"]},
         {"training": s["rpn_post_nms_top_n_train"], "testing": s["rpn_post_nms_top_n_test"]},
         s["rpn_nms_thresh"],
-        score_thresh=s.get("rpn_score_thresh", 0.0),
+        score_thresh=s["rpn_score_thresh"],
     )
-    sampling = 0 if mmdet_compat else 2
-    levels = ["0", "1", "2", "3"]
+    mask_ch = s["mask_head_channels"]
     roi_heads = CascadeRoIHeads(
-        AlignedMultiScaleRoIAlign(levels, 7, sampling, aligned=mmdet_compat),
-        [
-            ConvFCBoxHead(fpn_channels, num_classes, fpn_channels, s["box_num_convs"], representation_size)
-            for _ in range(n)
-        ],
-        AlignedMultiScaleRoIAlign(levels, 14, sampling, aligned=mmdet_compat),
-        [MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1) for _ in range(n)],
-        [MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes - 1) for _ in range(n)],
+        multiscale_roi_align(7, compat),
+        [ConvFCBoxHead(fpn, num_classes, fpn, s["box_num_convs"], s["representation_size"]) for _ in range(n)],
+        multiscale_roi_align(14, compat),
+        [MaskRCNNHeads(fpn, [mask_ch] * 4, 1) for _ in range(n)],
+        [MaskRCNNPredictor(mask_ch, mask_ch, num_classes - 1) for _ in range(n)],
         stage_iou_thresholds=s["stage_iou_thresholds"],
         stage_loss_weights=stage_weights,
         stage_box_stds=stage_stds,
@@ -440,19 +441,12 @@ def build_cascade_mask_rcnn(
         nms_thresh=s["box_nms_thresh"],
         detections_per_img=s["box_detections_per_img"],
     )
-    transform = DetectionTransform(
-        s["min_size"],
-        s["max_size"],
-        s.get("image_mean", [0.485, 0.456, 0.406]),
-        s.get("image_std", [0.229, 0.224, 0.225]),
-        size_divisible=32,
-        train_resize=train_resize,
-    )
+    transform = detection_transform(s["min_size"], s["max_size"], s["image_mean"], s["image_std"], train_resize)
     return CascadeMaskRCNN(neck, rpn, roi_heads, transform)
 
 
 def cascade_mask_rcnn(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     backbone_checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
@@ -464,7 +458,10 @@ def cascade_mask_rcnn(
 
 
 # ---------------------------------------------------------------------------------------------- mmdet files
-_CASCADE_RULES = [
+_RULES = [
+    *BACKBONE_RULES,
+    *FPN_RULES,
+    *RPN_RULES,
     (
         r"^roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.conv\.weight$",
         r"roi_heads.box_heads.\1.shared_convs.\2.0.weight",
@@ -474,51 +471,77 @@ _CASCADE_RULES = [
         r"roi_heads.box_heads.\1.shared_convs.\2.1.\3",
     ),
     (r"^roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.(weight|bias)$", r"roi_heads.box_heads.\1.shared_fc.\2"),
+    (r"^roi_head\.bbox_head\.(\d+)\.fc_cls\.(weight|bias)$", r"roi_heads.box_heads.\1.cls_score.\2"),
     (r"^roi_head\.bbox_head\.(\d+)\.fc_reg\.(weight|bias)$", r"roi_heads.box_heads.\1.bbox_pred.\2"),
     (r"^roi_head\.mask_head\.(\d+)\.convs\.(\d+)\.conv\.(weight|bias)$", r"roi_heads.mask_heads.\1.\2.0.\3"),
     (r"^roi_head\.mask_head\.(\d+)\.upsample\.(weight|bias)$", r"roi_heads.mask_predictors.\1.conv5_mask.\2"),
     (r"^roi_head\.mask_head\.(\d+)\.conv_logits\.(weight|bias)$", r"roi_heads.mask_predictors.\1.mask_fcn_logits.\2"),
 ]
-_FC_CLS = re.compile(r"^roi_head\.bbox_head\.(\d+)\.fc_cls\.(weight|bias)$")
 
 
-def is_mmdet_cascade(sd: Mapping[str, Any]) -> bool:
-    """Whether an mmdetection state dict is a Cascade R-CNN (per-stage ``roi_head.bbox_head.{i}.`` keys)."""
-    return any(re.match(r"^roi_head\.bbox_head\.\d+\.", k) for k in sd)
+def is_mmdet_cascade(sd: Any) -> bool:
+    """Whether an mmdetection state dict is a Cascade R-CNN (an RPN and per-stage ``roi_head.bbox_head.{i}.`` keys)."""
+    return has_key(sd, r"rpn_head\.rpn_") and has_key(sd, r"roi_head\.bbox_head\.\d+\.")
 
 
-def convert_mmdet_cascade_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def _from_mmdet(sd: Any) -> dict[str, Tensor]:
+    out = rename_keeping_unknown(sd, _RULES)
+    for k, v in out.items():
+        if ".cls_score." in k:  # background moves from last to first
+            out[k] = torch.cat([v[-1:], v[:-1]])
+    return out
+
+
+def convert_mmdet_cascade_state_dict(sd: Any) -> dict[str, Tensor]:
     """Map an mmdetection 2.x Cascade (Mask) R-CNN state dict onto :func:`cascade_mask_rcnn`'s keys.
 
-    Backbone, neck and RPN as for Mask R-CNN (:func:`~focalnet.detection.convert_mmdet_state_dict`);
+    Backbone, neck and RPN as for Mask R-CNN (:func:`~focalnet.detection.rcnn.convert_mmdet_state_dict`);
     ``roi_head.bbox_head.{i}.shared_convs.{j}.{conv,bn}`` -> ``roi_heads.box_heads.{i}.shared_convs.{j}.{0,1}``,
     ``shared_fcs.0`` -> ``shared_fc``, ``fc_cls`` -> ``cls_score`` (background moved from last to first),
     ``fc_reg`` -> ``bbox_pred`` (same 4K rows), ``roi_head.mask_head.{i}.convs.{j}.conv`` ->
     ``roi_heads.mask_heads.{i}.{j}.0``, ``upsample`` / ``conv_logits`` ->
     ``roi_heads.mask_predictors.{i}.conv5_mask`` / ``mask_fcn_logits`` (K rows, no background).
     Raises ``ValueError`` naming the keys it does not know."""
-    from .convert import _RULES
+    from ..weights.convert import rename_key
 
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for k, v in sd.items():
-        m = _FC_CLS.match(k)
-        if m:
-            out[f"roi_heads.box_heads.{m[1]}.cls_score.{m[2]}"] = torch.cat([v[-1:], v[:-1]])
-            continue
-        new = rename_key(k, _CASCADE_RULES if k.startswith("roi_head.") else _RULES)
-        if new is None:
-            unknown.append(k)
-        else:
-            out[new] = v
+    unknown = [k for k in sd if rename_key(k, _RULES) is None]
     if unknown:
         raise ValueError(f"unknown mmdetection keys (not a Cascade Mask R-CNN with FPN?): {unknown[:10]}")
-    return out
+    return _from_mmdet(sd)
 
 
-def mmdet_cascade_num_classes(sd: Mapping[str, Tensor]) -> int:
-    """Classes (with the background) of an mmdetection cascade state dict."""
-    key = "roi_head.bbox_head.0.fc_cls.weight"
-    if key not in sd:
-        raise ValueError(f"not a Cascade R-CNN state dict: no {key}")
-    return int(sd[key].shape[0])
+def _read(obj: Any, source: str) -> LayoutRead:
+    sd = state_dict_of(obj)
+    fields = {"detector": "cascade_mask_rcnn", **backbone_fields(sd), "mmdet_compat": True}
+    fields["representation_size"] = int(sd["roi_head.bbox_head.0.shared_fcs.0.weight"].shape[0])
+    fields["mask_head_channels"] = int(sd["roi_head.mask_head.0.convs.0.conv.weight"].shape[0])
+    fields["detector_overrides"] = {"box_num_convs": count_indexed(sd, "roi_head.bbox_head.0.shared_convs.")}
+    num_classes = int(sd["roi_head.bbox_head.0.fc_cls.weight"].shape[0])
+    return LayoutRead(fields, _from_mmdet(sd), mmdet_meta(num_classes), reverse_namer(_RULES))
+
+
+def _to_mmdet(key: str, v: Tensor) -> Tensor:
+    return torch.cat([v[1:], v[:1]]) if ".cls_score." in key else v
+
+
+MMDET_CASCADE = Layout(
+    name="mmdet-cascade",
+    describe="mmdetection 2.x Cascade (Mask) R-CNN (state_dict with rpn_head.rpn_* and roi_head.bbox_head.{i}.* keys)",
+    recognise=is_mmdet_cascade,
+    weights=state_dict_of,
+    read=_read,
+    write=lambda sd: mmdet_file(sd, _RULES, _to_mmdet),
+)
+
+CASCADE_MASK_RCNN = DetectorSpec(
+    name="cascade_mask_rcnn",
+    title="Cascade Mask R-CNN",
+    summary="three-stage cascade of box heads (IoU 0.5/0.6/0.7) with a mask head per stage",
+    build=build_cascade_mask_rcnn,
+    backbone_defaults=BACKBONE_DEFAULTS,
+    head_defaults=CASCADE_HEAD_DEFAULTS,
+    config_fields=RCNN_CONFIG_FIELDS,
+    masks=True,
+    layouts=(MMDET_CASCADE,),
+    recipe="cascade_mask_rcnn_focalnet_tiny_lrf_3x",
+)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.options import FlagTable, add_shared_options, config_from_args, off
-from .config import DETECTORS
 
 __all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
@@ -74,13 +73,20 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "train",
-        help=f"train a FocalNet detector ({', '.join(DETECTORS)}) on COCO-format data",
+        help="train a FocalNet detector (--detector: see `focalnet detection train --help`) on COCO-format data",
         description="Train on COCO-format data. Single process, or torchrun --nproc_per_node N -m "
         "focalnet detection train ... for DDP. Settings: defaults < --config < options < --set key=value.",
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=list(DETECTORS), help="which detector (default: mask_rcnn)")
+    from .registry import DETECTORS  # the detectors' own summaries
+
+    p.add_argument(
+        "--detector",
+        choices=list(DETECTORS),
+        help="which detector (default: mask_rcnn; unset settings are its released recipe's): "
+        + "; ".join(f"{s.name}: {s.title}, {s.summary}" for s in DETECTORS.values()),
+    )
     _add_data_args(p, train=True)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
@@ -122,8 +128,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "convert",
-        help="convert an mmdetection FocalNet detector or an original FocalNet-DINO checkpoint to a focalnet "
-        "model.pt (FocalNet-DINO: --to original converts back)",
+        help="convert an original checkpoint (mmdetection, FocalNet-DINO, ...) to a focalnet detection file, "
+        "or a detector back to its original layout (--to original)",
     )
     p.add_argument("input")
     p.add_argument("output")
@@ -131,7 +137,7 @@ def register(subparsers: Any) -> None:
         "--to",
         choices=["focalnet", "original"],
         default="focalnet",
-        help="FocalNet-DINO files: our format (default) or back to the original {'model': state_dict}",
+        help="focalnet: this package's format (default); original: the detector's original layout",
     )
     p.set_defaults(func=cmd_convert)
 
@@ -170,9 +176,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
     from .config import DataConfig
-    from .convert import load_detector
     from .data import CocoInstances
     from .evaluate import evaluate_detector
+    from .load import load_detector
     from .transforms import eval_transforms
 
     if not args.data and not (args.val_ann and args.val_images):
@@ -183,8 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
-    with_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
-    ds = CocoInstances(ann, img, eval_transforms(), with_masks=with_masks, train=False)
+    ds = CocoInstances(ann, img, eval_transforms(), with_masks=meta["masks"], train=False)
     _check_categories(ds, meta)
     metrics = evaluate_detector(
         model,
@@ -196,6 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_images=args.max_images or 0,
         category_ids=meta["category_ids"],
         progress=not args.no_progress,
+        masks=meta["masks"],
     )
     metrics["checkpoint"] = str(args.checkpoint)
     metrics["data_problems"] = ds.problems_report()
@@ -224,7 +230,7 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device
-    from .convert import load_detector
+    from .load import load_detector
     from .predict import predict_images
 
     missing = [p for p in args.images if not Path(p).exists()]
@@ -255,41 +261,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..engine.outputs import refuse_input_overwrite
-    from ..weights.io import atomic_save, safe_torch_load
-    from .convert import load_detector
-    from .dino.convert import convert_file, is_dino_checkpoint
+    from .load import convert_detector
 
-    if not Path(args.input).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {args.input}")
-    refuse_input_overwrite(args.output, [args.input])
-    if is_dino_checkpoint(safe_torch_load(args.input)):
-        print(convert_file(args.input, args.output, to=getattr(args, "to", "focalnet")))
-        return 0
-    if getattr(args, "to", "focalnet") == "original":
-        raise ValueError("--to original writes FocalNet-DINO files only; other detectors convert to focalnet")
-    model, meta = load_detector(args.input, "cpu")
-    if meta["source"] != "mmdetection":
-        raise ValueError(f"{args.input} is already a focalnet detection checkpoint")
-    from ..engine.config import config_to_dict
-    from .config import DetectionConfig, ModelConfig
-
-    mc = ModelConfig(**meta["detection_config"]["model"])
-    cfg = DetectionConfig(model=mc)
-    atomic_save(
-        {
-            "model": model.state_dict(),
-            "detection_config": config_to_dict(cfg),
-            "class_names": meta["class_names"],
-            "category_ids": meta["category_ids"],
-            "num_classes": len(meta["class_names"]) + 1,
-        },
-        args.output,
-    )
-    print(
-        f"wrote {args.output} ({mc.detector}, backbone {mc.backbone}, {len(meta['class_names'])} classes, "
-        f"mmdet_compat={mc.mmdet_compat})"
-    )
+    print(convert_detector(args.input, args.output, to=getattr(args, "to", "focalnet")))
     return 0
 
 

@@ -6,15 +6,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..engine.config import load_config, packaged_config, packaged_configs
 
-# every detector of the package (``ModelConfig.detector``, ``--detector``)
-DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "dino")
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
 
 __all__ = [
-    "DETECTORS",
     "ModelConfig",
     "DataConfig",
     "OptimConfig",
@@ -25,48 +23,63 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "DETECTORS":  # the registry (which imports every detector) on first use only
+        from .registry import DETECTORS
+
+        return DETECTORS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass
 class ModelConfig:
-    """The detector. ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields."""
+    """The detector: one of :data:`~focalnet.detection.registry.DETECTORS`.
 
-    detector: Literal["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "dino"] = "mask_rcnn"
-    backbone: str = "focalnet_tiny_lrf"
+    Fields left ``None`` are the detector's own (its released recipe's; filled in by ``validate()``, so a
+    saved config says what was built); head fields a detector does not take stay ``None``.
+    ``backbone_overrides`` are extra :class:`~focalnet.FocalNetConfig` fields; ``detector_overrides``
+    (DINO: ``dino``) further options of the detector's builder (its spec's ``head_defaults``, e.g.
+    ``num_proposals``, ``rpn_post_nms_top_n_test``, ``num_queries``)."""
+
+    detector: str = "mask_rcnn"
+    backbone: str | None = None
     backbone_checkpoint: str = ""
-    focal_windows: list[int] = field(default_factory=lambda: [9, 9, 9, 9])
-    drop_path_rate: float = 0.1
+    focal_windows: list[int] | None = None
+    drop_path_rate: float | None = None
     frozen_stages: int = -1
     grad_checkpointing: bool = False
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
-    fpn_channels: int = 256
-    representation_size: int = 1024
-    mask_head_channels: int = 256
-    min_size: int = 800  # test-time short side
-    max_size: int = 1333  # test-time long side
-    score_thresh: float = 0.05
-    nms_thresh: float | None = None  # None: the detector's own (0.5 Mask/Faster R-CNN, 0.6 ATSS)
-    detections_per_img: int = 100
-    mmdet_compat: bool = False  # aligned RoIAlign + adaptive sampling, unrounded anchors
-    # torchvision MaskRCNN arguments, or the detector's own defaults: ATSS_DEFAULTS, CASCADE_DEFAULTS,
-    # SPARSE_RCNN_DEFAULTS keys (e.g. num_proposals, num_stages)
+    fpn_channels: int | None = None
+    representation_size: int | None = None
+    mask_head_channels: int | None = None
+    min_size: int | None = None  # test-time short side
+    max_size: int | None = None  # test-time long side
+    score_thresh: float | None = None
+    nms_thresh: float | None = None
+    detections_per_img: int | None = None
+    mmdet_compat: bool | None = None  # aligned RoIAlign + adaptive sampling, unrounded anchors (R-CNNs)
     detector_overrides: dict[str, Any] = field(default_factory=dict)
-    # detector "dino": DINOConfig fields (num_feature_levels, num_queries, enc_layers, dn_number, ...)
     dino: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows):
-            raise ValueError(f"focal_windows must be positive, got {self.focal_windows}")
-        if self.min_size < 32 or self.max_size < self.min_size:
-            raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
-        if not 0 <= self.score_thresh < 1 or not (self.nms_thresh is None or 0 < self.nms_thresh <= 1):
-            raise ValueError("score_thresh must be in [0, 1) and nms_thresh in (0, 1]")
-        if self.dino:
-            from .dino.model import DINOConfig
+        from .registry import DETECTORS, check_model_config, resolve_model_config
 
-            valid = set(DINOConfig.__dataclass_fields__) - {"backbone", "backbone_overrides", "num_classes"}
-            valid -= {"min_size", "max_size"}  # model.min_size / model.max_size
-            unknown = sorted(set(self.dino) - valid)
-            if unknown:
-                raise ValueError(f"unknown model.dino key(s) {unknown}; valid: {sorted(valid)}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"model.detector: {self.detector!r} is not one of {list(DETECTORS)}")
+        resolve_model_config(self)
+        check_model_config(self)
+        if self.focal_windows is not None and (len(self.focal_windows) < 1 or any(w < 1 for w in self.focal_windows)):
+            raise ValueError(f"focal_windows must be positive, got {self.focal_windows}")
+        if self.min_size is not None and (self.min_size < 32 or self.max_size is None or self.max_size < self.min_size):
+            raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
+        if self.score_thresh is not None and not 0 <= self.score_thresh < 1:
+            raise ValueError("score_thresh must be in [0, 1)")
+        if self.nms_thresh is not None and not 0 < self.nms_thresh <= 1:
+            raise ValueError("nms_thresh must be in (0, 1]")
+        for name in ("fpn_channels", "representation_size", "mask_head_channels", "detections_per_img"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 @dataclass

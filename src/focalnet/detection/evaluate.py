@@ -207,9 +207,10 @@ def evaluate_detector(
     progress: bool = True,
     max_images: int = 0,
     category_ids: Sequence[int] | None = None,
+    masks: bool | None = None,
 ) -> dict[str, Any]:
-    """Inference (split over the torchrun processes, if any) and COCO bbox (+ segm for Mask R-CNN)
-    metrics. Every process gets the metrics; rank 0 writes ``results.json`` (COCO format, original
+    """Inference (split over the torchrun processes, if any) and COCO bbox (+ segm for detectors that
+    predict masks: ``masks``, its spec's; ``None``: when the results hold masks) metrics. Every process gets the metrics; rank 0 writes ``results.json`` (COCO format, original
     category ids, masks as RLE) into ``output_dir`` if given. ``max_images`` > 0: only the first N images
     (scored against their own ground truth only)."""
     device = torch.device(device)
@@ -231,11 +232,7 @@ def evaluate_detector(
     results = _gather(results)
     metrics: dict[str, Any] = {}
     if rank == 0:
-        has_masks = (
-            any("segmentation" in r for r in results)
-            or getattr(model, "roi_heads", None) is not None
-            and getattr(model.roi_heads, "has_mask", lambda: False)()
-        )
+        has_masks = any("segmentation" in r for r in results) if masks is None else masks
         iou_types = ("bbox", "segm") if has_masks else ("bbox",)
         n = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
         img_ids = [dataset.ids[i] for i in range(n)] if n < len(dataset) else None

@@ -29,8 +29,9 @@ Labels follow the rest of the package: ``num_classes`` counts the background (CO
 outputs use labels ``1..num_classes - 1``; the classifier itself has ``num_classes - 1`` sigmoid outputs
 (mmdet's 80), class ``k`` of the head is label ``k + 1``.
 
-Original checkpoints: :func:`convert_mmdet_sparse_rcnn` maps the mmdetection keys (table below) and
-:func:`load_mmdet_sparse_rcnn` builds the model the file describes and loads it strictly.
+Original checkpoints (:data:`MMDET_SPARSE_RCNN`, read by :func:`~focalnet.detection.load_detector`):
+:func:`convert_mmdet_sparse_rcnn` maps the mmdetection keys (table below); the head's settings are read
+off the keys.
 
 ==========================================  ==================================================
 ``backbone.*``                              ``backbone.body.*``
@@ -50,19 +51,35 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..models.focalnet import FocalNetBackbone
-from ..weights.convert import rename_key
+from ..engine.distributed import mean_over_processes
+from .backbone import build_backbone, check_num_classes, pop_backbone_options
+from .image_transform import detection_transform
 from .matcher import HungarianMatcher
-from .model import AlignedMultiScaleRoIAlign, DetectionTransform, FocalNetFPN, _build_body
+from .mmdet import (
+    BACKBONE_RULES,
+    FPN_RULES,
+    backbone_fields,
+    count_indexed,
+    has_key,
+    mmdet_file,
+    mmdet_meta,
+    rename_keeping_unknown,
+    reverse_namer,
+    state_dict_of,
+)
+from .necks import SparseRCNNFPN
+from .rcnn_parts import FPN_LEVELS, AlignedMultiScaleRoIAlign
+from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
 
 __all__ = [
     "SPARSE_RCNN_DEFAULTS",
+    "SPARSE_RCNN",
+    "MMDET_SPARSE_RCNN",
     "SparseRCNN",
     "SparseRCNNFPN",
     "EmbeddingProposals",
@@ -74,11 +91,11 @@ __all__ = [
     "build_sparse_rcnn",
     "is_mmdet_sparse_rcnn",
     "convert_mmdet_sparse_rcnn",
-    "load_mmdet_sparse_rcnn",
 ]
 
-# the released config (``sparse_rcnn_focalnet_tiny_..._3x_coco_lrf``): heads, losses, test settings
+# the released config (``sparse_rcnn_focalnet_tiny_..._3x_coco_lrf``): every option of the builder
 SPARSE_RCNN_DEFAULTS: dict[str, Any] = dict(
+    fpn_channels=256,
     num_proposals=300,
     num_stages=6,
     num_heads=8,
@@ -95,27 +112,20 @@ SPARSE_RCNN_DEFAULTS: dict[str, Any] = dict(
     focal_alpha=0.25,
     focal_gamma=2.0,
     bbox_stds=(0.5, 0.5, 1.0, 1.0),
+    stage_loss_weights=None,  # None: 1 for every stage
     min_size=800,
     max_size=1333,
     score_thresh=0.0,
     detections_per_img=300,
+    image_mean=None,  # None: ImageNet's
+    image_std=None,
 )
-_BACKBONE_DEFAULTS: dict[str, Any] = {"focal_windows": (11, 9, 9, 7), "drop_path_rate": 0.3}
+BACKBONE_DEFAULTS: dict[str, Any] = {
+    "backbone": "focalnet_tiny_lrf",
+    "focal_windows": (11, 9, 9, 7),
+    "drop_path_rate": 0.3,
+}
 _WH_RATIO_CLIP = 16 / 1000  # mmdet's DeltaXYWHBBoxCoder: |log scale| <= log(1000 / 16)
-
-
-class SparseRCNNFPN(FocalNetFPN):
-    """FocalNet + FPN with exactly one output per backbone stage (``"0".."3"``, strides 4-32), as mmdet's
-    ``FPN(start_level=0, num_outs=4)``: with as many outputs as inputs no extra level is made."""
-
-    def __init__(self, body: FocalNetBackbone, out_channels: int = 256) -> None:
-        super().__init__(body, out_channels)
-        self.fpn.extra_blocks = None  # the max-pooled level of Mask R-CNN (no parameters)
-        self.strides = list(body.strides)
-        for m in self.fpn.modules():  # mmdet FPN init: Xavier (uniform) convs, zero biases
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
 
 
 class EmbeddingProposals(nn.Module):
@@ -258,14 +268,6 @@ class DIIStage(nn.Module):
         return self.fc_cls(cls).view(b, q, -1), self.fc_reg(reg).view(b, q, 4), obj.view(b, q, -1)
 
 
-def _mean_over_processes(x: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x = x / dist.get_world_size()
-    return x
-
-
 def set_prediction_losses(
     logits: Tensor,
     boxes: Tensor,
@@ -303,7 +305,7 @@ def set_prediction_losses(
         pred_idx.append(rows + i * logits.shape[1])
         gt_boxes.append(targets[i]["boxes"].float()[cols])
     num_pos = torch.as_tensor(float(sum(len(r) for r, _ in matches)), device=logits.device)
-    avg = _mean_over_processes(num_pos).clamp(min=1.0).item()
+    avg = mean_over_processes(num_pos).clamp(min=1.0).item()
     losses = {
         "loss_cls": cls_weight
         * sigmoid_focal_loss(logits.reshape(-1, k), onehot.reshape(-1, k), focal_alpha, focal_gamma, "sum")
@@ -351,7 +353,7 @@ class SparseRoIHeads(nn.Module):
         super().__init__()
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-        self.box_roi_pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], pooler_size, sampling_ratio, aligned=True)
+        self.box_roi_pool = AlignedMultiScaleRoIAlign(FPN_LEVELS, pooler_size, sampling_ratio, aligned=True)
         self.stages = nn.ModuleList(
             DIIStage(
                 num_classes,
@@ -444,23 +446,14 @@ class SparseRCNN(nn.Module):
         **head_kwargs: Any,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        check_num_classes(num_classes)
         if num_proposals < 1:
             raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
-        self.transform = DetectionTransform(
-            min_size,
-            max_size,
-            image_mean or [0.485, 0.456, 0.406],
-            image_std or [0.229, 0.224, 0.225],
-            size_divisible=32,
-            train_resize=train_resize,
-        )
+        self.transform = detection_transform(min_size, max_size, image_mean, image_std, train_resize)
         self.backbone = backbone
         self.rpn = EmbeddingProposals(num_proposals, backbone.out_channels)
         self.roi_heads = SparseRoIHeads(num_classes - 1, backbone.out_channels, **head_kwargs)
         self.num_classes = num_classes
-        self.detector_kind = "sparse_rcnn"
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -490,40 +483,24 @@ class SparseRCNN(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- builders
 def build_sparse_rcnn(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     *,
-    backbone_checkpoint: str | os.PathLike | None = None,
-    frozen_stages: int = -1,
-    fpn_channels: int = 256,
     train_resize: bool = False,
-    grad_checkpointing: bool = False,
-    backbone_overrides: dict[str, Any] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> SparseRCNN:
-    """Build a FocalNet Sparse R-CNN. ``backbone_overrides`` (and any ``overrides`` that are
-    :class:`~focalnet.FocalNetConfig` fields) go to :func:`focalnet.create_backbone` (default
-    ``focal_windows=(11, 9, 9, 7)``, ``drop_path_rate=0.3``); the other ``overrides`` are
-    :data:`SPARSE_RCNN_DEFAULTS` keys (``num_proposals``, ``num_stages``, ``detections_per_img``, ...)."""
-    from ..models.focalnet import FocalNetConfig
-
-    backbone_fields = set(FocalNetConfig.__dataclass_fields__) - {"num_classes"}
-    direct = {k: overrides.pop(k) for k in list(overrides) if k in backbone_fields}
-    unknown = set(overrides) - set(SPARSE_RCNN_DEFAULTS) - {"image_mean", "image_std", "stage_loss_weights"}
-    if unknown:
-        raise TypeError(f"unknown Sparse R-CNN option(s) {sorted(unknown)}; valid: {sorted(SPARSE_RCNN_DEFAULTS)}")
-    settings = {**SPARSE_RCNN_DEFAULTS, **overrides}
-    settings["bbox_stds"] = tuple(settings["bbox_stds"])
-    body = _build_body(
-        backbone, backbone_checkpoint, frozen_stages, {**_BACKBONE_DEFAULTS, **(backbone_overrides or {}), **direct}
-    )
-    if grad_checkpointing:
-        body.set_grad_checkpointing(True)
-    return SparseRCNN(SparseRCNNFPN(body, fpn_channels), num_classes, train_resize=train_resize, **settings)
+    """Build a FocalNet Sparse R-CNN. ``options``: backbone keywords as for
+    :func:`~focalnet.detection.rcnn.build_rcnn` (defaults: focal windows (11, 9, 9, 7), drop path 0.3) and
+    the keys of :data:`SPARSE_RCNN_DEFAULTS` (``num_proposals``, ``num_stages``, ``detections_per_img``, ...)."""
+    body = build_backbone(backbone, BACKBONE_DEFAULTS, **pop_backbone_options(options))
+    s = resolve_options("Sparse R-CNN", SPARSE_RCNN_DEFAULTS, options)
+    s["bbox_stds"] = tuple(s["bbox_stds"])
+    neck = SparseRCNNFPN(body, s.pop("fpn_channels"))
+    return SparseRCNN(neck, num_classes, train_resize=train_resize, **s)
 
 
 def sparse_rcnn(
-    backbone: str = "focalnet_tiny_lrf",
+    backbone: str | None = None,
     num_classes: int = 81,
     backbone_checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
@@ -534,45 +511,32 @@ def sparse_rcnn(
 
 
 # ---------------------------------------------------------------------------------------------- mmdetection files
-_TO_OURS = [
-    (r"^backbone\.(.+)$", r"backbone.body.\1"),
-    (r"^neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.inner_blocks.\1.0.\2"),
-    (r"^neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.layer_blocks.\1.0.\2"),
+_RULES = [
+    *BACKBONE_RULES,
+    *FPN_RULES,
     (r"^rpn_head\.(init_proposal_bboxes|init_proposal_features)\.weight$", r"rpn.\1.weight"),
     (r"^roi_head\.bbox_head\.(\d+)\.(.+)$", r"roi_heads.stages.\1.\2"),
-]
-_TO_MMDET = [
-    (r"^backbone\.body\.(.+)$", r"backbone.\1"),
-    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.lateral_convs.\1.conv.\2"),
-    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$", r"neck.fpn_convs.\1.conv.\2"),
-    (r"^rpn\.(init_proposal_bboxes|init_proposal_features)\.weight$", r"rpn_head.\1.weight"),
-    (r"^roi_heads\.stages\.(\d+)\.(.+)$", r"roi_head.bbox_head.\1.\2"),
 ]
 
 
 def is_mmdet_sparse_rcnn(sd: Any) -> bool:
     """Whether a state dict is an mmdetection Sparse R-CNN (``rpn_head.init_proposal_*`` keys)."""
-    return isinstance(sd, Mapping) and any(str(k).startswith("rpn_head.init_proposal_") for k in sd)
+    return has_key(sd, r"rpn_head\.init_proposal_")
 
 
 def convert_mmdet_sparse_rcnn(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Map an mmdetection Sparse R-CNN state dict onto :class:`SparseRCNN` keys (table in the module
     docstring). Keys outside the table are kept under their original names, so that a strict load names
     them as unexpected."""
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        out[rename_key(k, _TO_OURS) or k] = v
-    return out
+    return rename_keeping_unknown(sd, _RULES)
 
 
 def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
-    """The head settings a Sparse R-CNN state dict implies (defaults where a key is absent)."""
-    d = dict(SPARSE_RCNN_DEFAULTS)
+    """The head settings a Sparse R-CNN state dict implies (absent keys: the defaults)."""
     arch: dict[str, Any] = {}
     if "rpn_head.init_proposal_bboxes.weight" in sd:
         arch["num_proposals"] = int(sd["rpn_head.init_proposal_bboxes.weight"].shape[0])
-    stages = {int(m.group(1)) for k in sd if (m := re.match(r"^roi_head\.bbox_head\.(\d+)\.", k))}
-    arch["num_stages"] = max(stages) + 1 if stages else d["num_stages"]
+    arch["num_stages"] = count_indexed(sd, "roi_head.bbox_head.") or SPARSE_RCNN_DEFAULTS["num_stages"]
     p = "roi_head.bbox_head.0."
     if p + "ffn.layers.0.0.weight" in sd:
         arch["feedforward_channels"] = int(sd[p + "ffn.layers.0.0.weight"].shape[0])
@@ -590,52 +554,32 @@ def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     return arch
 
 
-def load_mmdet_sparse_rcnn(
-    sd: Mapping[str, Tensor], source: str | os.PathLike = "state dict", **overrides: Any
-) -> tuple[SparseRCNN, dict[str, Any]]:
-    """Build the Sparse R-CNN an mmdetection state dict describes (backbone read off its keys) and load
-    it strictly: a file that does not fit raises ``ValueError`` naming the missing, unexpected and
-    mis-shaped keys (original names). ``overrides`` are ``ModelConfig`` fields (``min_size``, ...).
-    Returns ``(model in train mode, ModelConfig fields)``; :func:`focalnet.detection.load_detector` adds
-    the class names."""
-    from ..engine.config import build_config
-    from ..weights.infer import CheckpointMismatchError, check_state_dict
-    from .config import ModelConfig
-    from .convert import mmdet_backbone_config
-    from .model import detector_kwargs_from_config
+def _read(obj: Any, source: str) -> LayoutRead:
+    sd = state_dict_of(obj)
+    num_classes = int(sd["roi_head.bbox_head.0.fc_cls.weight"].shape[0]) + 1
+    fields = {"detector": "sparse_rcnn", **backbone_fields(sd), "detector_overrides": _architecture(sd)}
+    if "rpn_head.init_proposal_features.weight" in sd:
+        fields["fpn_channels"] = int(sd["rpn_head.init_proposal_features.weight"].shape[1])
+    return LayoutRead(fields, convert_mmdet_sparse_rcnn(sd), mmdet_meta(num_classes), reverse_namer(_RULES))
 
-    cls_key = "roi_head.bbox_head.0.fc_cls.weight"
-    if cls_key not in sd:
-        raise ValueError(f"{source}: not a complete mmdetection Sparse R-CNN file (no {cls_key})")
-    num_classes = int(sd[cls_key].shape[0]) + 1
-    channels = (
-        int(sd["rpn_head.init_proposal_features.weight"].shape[1])
-        if "rpn_head.init_proposal_features.weight" in sd
-        else 256
-    )
-    name, bb = mmdet_backbone_config(sd)
-    mc = build_config(
-        ModelConfig,
-        {
-            "detector": "sparse_rcnn",
-            "backbone": name,
-            "backbone_overrides": bb,
-            "focal_windows": list(bb["focal_windows"]),
-            "drop_path_rate": 0.0,
-            "fpn_channels": channels,
-            "score_thresh": 0.0,
-            "detections_per_img": SPARSE_RCNN_DEFAULTS["detections_per_img"],
-            "detector_overrides": _architecture(sd),
-            **overrides,
-        },
-    )
-    model = build_sparse_rcnn(
-        **{k: v for k, v in detector_kwargs_from_config(mc, num_classes).items() if k != "detector"}
-    )
-    own = {rename_key(k, _TO_MMDET) or k: v for k, v in model.state_dict().items()}
-    try:
-        check_state_dict(own, sd)
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{source}: mmdetection Sparse R-CNN weights: {e}") from None
-    model.load_state_dict(convert_mmdet_sparse_rcnn(sd), strict=True)
-    return model, dict(vars(mc))
+
+MMDET_SPARSE_RCNN = Layout(
+    name="mmdet-sparse-rcnn",
+    describe="mmdetection 2.x Sparse R-CNN (state_dict with rpn_head.init_proposal_* keys)",
+    recognise=is_mmdet_sparse_rcnn,
+    weights=state_dict_of,
+    read=_read,
+    write=lambda sd: mmdet_file(sd, _RULES),
+)
+
+SPARSE_RCNN = DetectorSpec(
+    name="sparse_rcnn",
+    title="Sparse R-CNN",
+    summary="300 learned proposals refined by 6 dynamic-interaction stages, set prediction without NMS",
+    build=build_sparse_rcnn,
+    backbone_defaults=BACKBONE_DEFAULTS,
+    head_defaults=SPARSE_RCNN_DEFAULTS,
+    config_fields={k: k for k in ("fpn_channels", "min_size", "max_size", "score_thresh", "detections_per_img")},
+    layouts=(MMDET_SPARSE_RCNN,),
+    recipe="sparse_rcnn_focalnet_tiny_lrf_3x",
+)

@@ -1,4 +1,4 @@
-"""Training a FocalNet Mask R-CNN / Faster R-CNN with the shared engine (single process or torchrun).
+"""Training any registered detector with the shared engine (single process or torchrun).
 
 The run writes into ``output_dir``: ``config.yaml`` (resolved), ``checkpoints/`` (atomic, auto-resume),
 ``metrics.json`` (history + final COCO metrics at the top level), ``results.json`` (COCO-format detections
@@ -24,7 +24,6 @@ from ..engine import (
     Trainer,
     TrainerConfig,
     build_adamw,
-    config_to_dict,
     init_distributed,
     prepare_run_folder,
     run_folder_lock,
@@ -32,16 +31,15 @@ from ..engine import (
     setup_logging,
     write_json,
 )
-from ..weights.io import atomic_save
 from .config import DetectionConfig
 from .data import CocoInstances, detection_collate
 from .evaluate import evaluate_detector
-from .model import build_detector, detector_kwargs_from_config
+from .load import detector_file_meta, save_detector
+from .registry import build_from_config, get_detector
 from .transforms import eval_transforms, train_transforms
 
 __all__ = [
     "DetectionTrainer",
-    "save_detector",
     "train",
     "build_datasets",
     "build_model",
@@ -73,7 +71,7 @@ def build_datasets(cfg: DetectionConfig, need_train: bool = True) -> tuple[CocoI
     """Training set (augmented) and validation set (``None`` where no validation json exists)."""
     d = cfg.data
     train_set = None
-    with_masks = cfg.model.detector in ("mask_rcnn", "cascade_mask_rcnn")
+    with_masks = get_detector(cfg.model.detector).masks
     if need_train:
         ann, img = d.paths("train")
         tf = train_transforms(d.scales, d.max_size, d.crop_branch, d.crop_resize_scales, d.crop_range, d.flip_prob)
@@ -120,31 +118,9 @@ def build_optimizer(cfg: DetectionConfig, model: nn.Module) -> torch.optim.AdamW
 
 
 def build_model(cfg: DetectionConfig, num_classes: int) -> nn.Module:
-    """The detector a config describes (``num_classes`` includes the background)."""
-    return build_detector(**detector_kwargs_from_config(cfg.model, num_classes))
-
-
-def save_detector(
-    model: nn.Module,
-    path: str | os.PathLike,
-    cfg: DetectionConfig,
-    class_names: list[str],
-    category_ids: list[int],
-) -> Path:
-    """Write ``model.pt`` as ``focalnet detection train`` does (weights, the run config, class names and
-    COCO category ids), atomically; :func:`~focalnet.detection.load_detector` reads it back."""
-    model = getattr(model, "module", model)
-    atomic_save(
-        {
-            "model": model.state_dict(),
-            "detection_config": config_to_dict(cfg),
-            "class_names": list(class_names),
-            "category_ids": [int(c) for c in category_ids],
-            "num_classes": len(class_names) + 1,
-        },
-        path,
-    )
-    return Path(path)
+    """The detector a config describes, for training (``num_classes`` includes the background): refused
+    in one line before anything is allocated when training it would not fit the memory budget."""
+    return build_from_config(cfg.model, num_classes, training=True)
 
 
 def to_device(
@@ -254,12 +230,9 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
         progress=cfg.progress,
         device=cfg.device,
     )
-    meta = {
-        "detection_config": config_to_dict(cfg),
-        "class_names": list(train_set.class_names),
-        "category_ids": list(train_set.category_ids),
-        "num_classes": train_set.num_classes,
-    }
+    # what every checkpoint and model.pt carry besides the weights (the format load_detector reads)
+    meta = detector_file_meta(cfg, train_set.class_names, train_set.category_ids, train_set.num_classes)
+    masks = get_detector(cfg.model.detector).masks
 
     def eval_fn(m: nn.Module, trainer: Trainer) -> dict[str, Any]:
         if val_set is None:
@@ -272,6 +245,7 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
             num_workers=cfg.data.num_workers,
             max_images=cfg.eval_max_images,
             progress=cfg.progress,
+            masks=masks,
         )
 
     trainer = DetectionTrainer(
@@ -289,7 +263,13 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
     final = trainer.fit()
     if dist_info.is_main:
         if not final.get("interrupted"):
-            save_detector(trainer.model, out / "model.pt", cfg, meta["class_names"], meta["category_ids"])
+            save_detector(
+                out / "model.pt",
+                getattr(trainer.model, "module", trainer.model),
+                cfg,
+                meta["class_names"],
+                meta["category_ids"],
+            )
             log.info("wrote %s", out / "model.pt")
         problems = train_set.problems_report() + (val_set.problems_report() if val_set is not None else [])
         write_json(out / "data_problems.json", problems)

@@ -25,6 +25,7 @@ __all__ = [
     "cleanup_distributed",
     "all_reduce",
     "gather_names",
+    "mean_over_processes",
     "ResumableSampler",
     "SeededSamples",
     "barrier",
@@ -147,6 +148,16 @@ def gather_names(names: list[str]) -> list[str]:
         dist.all_gather_object(parts, names)
         names = [n for p in parts for n in p]
     return sorted(set(names))
+
+
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks (a new tensor; ``t`` itself in a single process), e.g. the
+    number of positives that normalises a loss, as mmdetection's ``reduce_mean``."""
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t = t / dist.get_world_size()
+    return t
 
 
 class ResumableSampler(Sampler[int]):

@@ -155,6 +155,7 @@ def check_loadable(
     *,
     budget: int | None = None,
     allow_nonfinite: bool | None = None,
+    key_name: Callable[[str], str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], M]:
     """Every check of :func:`build_checked` without the real build (what a converter needs before it
     writes): :func:`check_tensors`, the finite check, ``ctor()`` on the meta device, its size against the
@@ -163,12 +164,41 @@ def check_loadable(
     tensors = check_tensors(sd, source, budget)
     check_finite(tensors, source, allow_nonfinite)
     probe = _meta_build(ctor, source, MalformedCheckpointError)
+    probe_sd = probe.state_dict()
     try:  # settings that disagree with the tensors are a mismatch, whatever size they describe
-        check_state_dict(probe.state_dict(), tensors)
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{source}: {e}") from None
+        check_state_dict(probe_sd, tensors)
+    except CheckpointMismatchError as err:
+        message = str(err)
+        if key_name is not None:  # the same comparison in the file's own key names
+            try:
+                check_state_dict(
+                    {key_name(k): v for k, v in probe_sd.items()}, {key_name(k): v for k, v in tensors.items()}
+                )
+            except CheckpointMismatchError as named:
+                message = str(named)
+        raise CheckpointMismatchError(f"{source}: " + " ".join(message.split())) from None
+    _check_shared(probe, tensors, source, key_name or str)
     _check_probe_size(probe, source, False, budget)
     return tensors, probe
+
+
+def _check_shared(
+    probe: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, name: Callable[[str], str]
+) -> None:
+    """Names of one shared tensor of the model (e.g. decoder heads reachable under several paths) must
+    hold one value in the file, else a strict load would keep whichever came last."""
+    groups: dict[int, list[str]] = {}
+    for k, t in probe.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(k)
+    for keys in groups.values():
+        first = tensors[keys[0]]
+        for k in keys[1:]:
+            t = tensors[k]
+            same = t.data_ptr() == first.data_ptr() and t.shape == first.shape and t.stride() == first.stride()
+            if not same and not torch.equal(t, first):
+                raise CheckpointMismatchError(
+                    f"{source}: {name(k)!r} differs from {name(keys[0])!r} (one tensor shared under both names)"
+                )
 
 
 def _adopt(probe: M, tensors: Mapping[str, torch.Tensor]) -> M | None:
@@ -203,6 +233,7 @@ def build_checked(
     budget: int | None = None,
     allow_nonfinite: bool | None = None,
     assign: bool = False,
+    key_name: Callable[[str], str] | None = None,
 ) -> M:
     """The last steps of every loading path: :func:`check_tensors`, the finite check, ``ctor()`` on the
     meta device compared key by key and shape by shape with ``sd``, then ``ctor()`` for real with ``sd``
@@ -210,13 +241,33 @@ def build_checked(
 
     ``assign=True`` skips the random initialisation: the meta-device model takes the checked tensors
     (as its own dtypes) instead; models with tied weights or buffers outside the state dict are built
-    for real as without it."""
-    tensors, probe = check_loadable(ctor, sd, source, budget=budget, allow_nonfinite=allow_nonfinite)
+    for real as without it. ``key_name`` maps the model's key names to the file's own in messages (a
+    converted layout)."""
+    tensors, probe = check_loadable(ctor, sd, source, budget=budget, allow_nonfinite=allow_nonfinite, key_name=key_name)
     if assign and (model := _adopt(probe, tensors)) is not None:
         return model
     model = ctor()
     model.load_state_dict(tensors, strict=True)
     return model
+
+
+def _check_shared(
+    probe: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, name: Callable[[str], str]
+) -> None:
+    """Names of one shared tensor of the model (e.g. decoder heads reachable under several paths) must
+    hold one value in the file, else a strict load would keep whichever came last."""
+    groups: dict[int, list[str]] = {}
+    for k, t in probe.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(k)
+    for keys in groups.values():
+        first = tensors[keys[0]]
+        for k in keys[1:]:
+            t = tensors[k]
+            same = t.data_ptr() == first.data_ptr() and t.shape == first.shape and t.stride() == first.stride()
+            if not same and not torch.equal(t, first):
+                raise CheckpointMismatchError(
+                    f"{source}: {name(k)!r} differs from {name(keys[0])!r} (one tensor shared under both names in the model)"
+                )
 
 
 def expect_mapping(obj: Any, key: str, source: str) -> dict[str, Any]:

@@ -13,7 +13,15 @@ import torch
 
 from .errors import CheckpointMismatchError, MalformedCheckpointError
 
-__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "unwrap_state_dict", "rename_key", "rename_keys"]
+__all__ = [
+    "LAYOUTS",
+    "detect_layout",
+    "convert_state_dict",
+    "unwrap_state_dict",
+    "rename_key",
+    "rename_keys",
+    "invert_rules",
+]
 
 LAYOUTS = ("original", "timm", "transformers")
 StateDict = dict[str, torch.Tensor]
@@ -70,6 +78,36 @@ def rename_keys(sd: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]
             out[new] = v
     if unknown:
         raise ValueError(f"unknown keys for {what}: {unknown[:10]}")
+    return out
+
+
+_GROUP = re.compile(r"\(((?:[^()\\]|\\.)*)\)")
+
+
+def invert_rules(rules: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    r"""The ``(pattern, replacement)`` rules that map :func:`rename_key`'s output back to its input.
+
+    Each pattern must be ``^literal(group)literal...$`` with flat groups, every group used once in its
+    replacement (``r"^neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$"`` -> ``r"backbone.fpn.layer_blocks.\1.0.\2"``
+    inverts to ``r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$"`` -> ``r"neck.fpn_convs.\1.conv.\2"``)."""
+    out = []
+    for pattern, template in rules:
+        body = pattern[1:] if pattern.startswith("^") else pattern
+        body = body[:-1] if body.endswith("$") else body
+        segments = _GROUP.split(body)  # literal, group, literal, ..., literal
+        groups = segments[1::2]
+        parts = re.split(r"\\(\d+)", template)  # literal, group number, literal, ...
+        order = [int(n) for n in parts[1::2]]
+        if sorted(order) != list(range(1, len(groups) + 1)):
+            raise ValueError(f"rule {pattern!r} -> {template!r} does not use each group once: cannot invert it")
+        inv_pattern = "^" + "".join(
+            re.escape(part) if i % 2 == 0 else f"({groups[int(part) - 1]})" for i, part in enumerate(parts)
+        )
+        inv_template = "".join(
+            re.sub(r"\\(.)", r"\1", seg) if i % 2 == 0 else "\\" + str(order.index(i // 2 + 1) + 1)
+            for i, seg in enumerate(segments)
+        )
+        out.append((inv_pattern + "$", inv_template))
     return out
 
 

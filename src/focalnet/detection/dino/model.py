@@ -15,17 +15,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from ...factory import create_backbone
 from ...models.focalnet import FocalNetBackbone
+from ..backbone import BACKBONE_KEYWORDS, build_backbone, pop_backbone_options
+from ..spec import resolve_options
 from .transformer import MLP, DeformableTransformer, inverse_sigmoid
 
-__all__ = ["DINO", "DINOConfig", "PositionEmbeddingSine", "build_dino", "dino", "resized_size"]
+__all__ = [
+    "BACKBONE_DEFAULTS",
+    "DINO",
+    "DINOConfig",
+    "DINO_DEFAULTS",
+    "PositionEmbeddingSine",
+    "build_dino",
+    "dino",
+    "resized_size",
+]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the released DINO_5scale_focalnet_large_fl4 backbone; focal windows: the variant's own
+BACKBONE_DEFAULTS: dict[str, Any] = {"backbone": "focalnet_large_fl4", "focal_windows": None, "drop_path_rate": 0.3}
 
 
 @dataclass
@@ -55,8 +66,8 @@ class DINOConfig:
     num_select: int = 300
     min_size: int = 800
     max_size: int = 1333
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
+    image_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    image_std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     def __post_init__(self) -> None:
         if self.out_indices is None:
@@ -368,36 +379,41 @@ class DINO(nn.Module):
         return self.postprocess(out, originals)
 
 
+# every DINOConfig field a builder option may set (``model.dino`` in a run config), with its default
+DINO_DEFAULTS: dict[str, Any] = {
+    k: DINOConfig.__dataclass_fields__[k].default
+    for k in DINOConfig.__dataclass_fields__
+    if k not in ("backbone", "backbone_overrides", "num_classes")
+}
+
+
 def dino(
-    backbone: str = "focalnet_large_fl4",
+    backbone: str | None = None,
     num_feature_levels: int = 5,
     num_classes: int = 91,
-    *,
-    backbone_checkpoint: str | None = None,
-    frozen_stages: int = -1,
-    grad_checkpointing: bool = False,
-    backbone_overrides: dict[str, Any] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> DINO:
     """Build FocalNet-DINO on any FocalNet variant.
 
     Defaults are the released ``DINO_5scale_focalnet_large_fl4`` (FocalNet-L, 4 focal levels, kernels
     3/5/7/9, stages 0-3 + 1 extra level); ``dino("focalnet_large_fl3", 4)`` is ``DINO_4scale_focalnet_large_fl3``
-    (kernels 5/7/9, stages 1-3 + 1). ``overrides`` are :class:`DINOConfig` fields (``num_queries=300``,
-    ``enc_layers=2``, ...); ``backbone_overrides`` :class:`~focalnet.FocalNetConfig` fields (default
-    ``drop_path_rate=0.3`` as the original). ``backbone_checkpoint`` loads ImageNet or detection weights
-    into the backbone (see :func:`focalnet.create_backbone`).
+    (kernels 5/7/9, stages 1-3 + 1). ``options``: :class:`DINOConfig` fields (``num_queries=300``,
+    ``enc_layers=2``, ...) and backbone keywords (``backbone_checkpoint``, ``frozen_stages``,
+    ``grad_checkpointing``, ``backbone_overrides`` or any :class:`~focalnet.FocalNetConfig` field; default
+    ``drop_path_rate=0.3`` as the original and the variant's focal windows). ``backbone_checkpoint`` loads
+    ImageNet or detection weights into the backbone (see :func:`focalnet.create_backbone`).
     """
+    bb = pop_backbone_options(options)
+    fields = {k: bb.pop(k) for k in list(bb) if k not in BACKBONE_KEYWORDS}
+    overrides = {**(bb.pop("backbone_overrides", None) or {}), **fields}
+    settings = resolve_options("DINO", DINO_DEFAULTS, {"num_feature_levels": num_feature_levels, **options})
     cfg = DINOConfig(
-        backbone=backbone,
-        num_feature_levels=num_feature_levels,
+        backbone=backbone or BACKBONE_DEFAULTS["backbone"],
         num_classes=num_classes,
-        backbone_overrides=dict(backbone_overrides or {}),
-        **overrides,
+        backbone_overrides=overrides,
+        **settings,
     )
-    return build_dino(
-        cfg, backbone_checkpoint=backbone_checkpoint, frozen_stages=frozen_stages, grad_checkpointing=grad_checkpointing
-    )
+    return build_dino(cfg, **bb)
 
 
 def build_dino(
@@ -408,17 +424,13 @@ def build_dino(
     grad_checkpointing: bool = False,
 ) -> DINO:
     """:class:`DINO` from a :class:`DINOConfig`."""
-    bb = {"drop_path_rate": 0.3, **cfg.backbone_overrides}
-    for k in ("focal_windows", "depths", "focal_levels"):
-        if isinstance(bb.get(k), list):
-            bb[k] = tuple(bb[k])
-    body = create_backbone(
+    body = build_backbone(
         cfg.backbone,
+        BACKBONE_DEFAULTS,
         out_indices=cfg.out_indices,
-        checkpoint_path=backbone_checkpoint,
+        backbone_checkpoint=backbone_checkpoint,
         frozen_stages=frozen_stages,
-        **bb,
+        grad_checkpointing=grad_checkpointing,
+        backbone_overrides=cfg.backbone_overrides,
     )
-    if grad_checkpointing:
-        body.set_grad_checkpointing(True)
     return DINO(cfg, body)
