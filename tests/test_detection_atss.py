@@ -53,10 +53,6 @@ def _seeded_state_dict(ref: dict) -> dict[str, torch.Tensor]:
     return sd
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------- hand-checked parts
 def _iou(a: list[float], b: list[float]) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -158,11 +154,3 @@ def test_anchors_and_valid_flags_follow_mmdet():
 
 TINY_CONFIG = tiny_run_config({"detector": "atss", "detector_overrides": {"stacked_convs": 2, "gn_groups": 8}})
 STEPS = 50
-
-
-
-
-
-
-
-

@@ -31,10 +31,6 @@ def _seeded_state_dict(ref: dict) -> dict[str, torch.Tensor]:
     return sd
 
 
-
-
-
-
 # ---------------------------------------------------------------------------------------------- targets by hand
 def _tiny_heads(**kw) -> CascadeRoIHeads:
     torch.manual_seed(0)
@@ -145,10 +141,6 @@ TINY = tiny_run_config(
 def _shapes(root, n: int) -> None:
     make_shapes(root, n, 128, split="train")
     make_shapes(root, n, 128, split="val")  # the same images
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------- configs

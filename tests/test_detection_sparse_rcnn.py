@@ -66,8 +66,6 @@ def seeded_state_dict(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tens
 # ---------------------------------------------------------------------------------------------- original files
 
 
-
-
 # ---------------------------------------------------------------------------------------------- losses
 def _focal(p: float, positive: bool, alpha: float = 0.25, gamma: float = 2.0) -> float:
     return -alpha * (1 - p) ** gamma * math.log(p) if positive else -(1 - alpha) * p**gamma * math.log(1 - p)
@@ -177,7 +175,3 @@ TINY_CONFIG = tiny_run_config(
     {"weight_decay": 1e-4, "decay_all": True},
     grad_clip=1.0,
 )
-
-
-
-

@@ -178,10 +178,6 @@ def test_training_without_criterion_or_targets_is_clear(tiny):
         tiny.eval()
 
 
-
-
-
-
 # ---------------------------------------------------------------- the released configurations
 def seeded_state_dict(spec: dict) -> dict[str, torch.Tensor]:
     """The README recipe: sorted keys, one RandomState(0), aliases take their group's first key."""
