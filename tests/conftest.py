@@ -34,6 +34,16 @@ def _offline(monkeypatch):
     monkeypatch.setenv("FOCALNET_OFFLINE", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch compute thread for the test (tiny models run faster single-threaded on a shared 2-core
+    machine, and the app and command comparisons are exact with the commands' ``--threads 1``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Fill every tensor with random values (norm weights around 1) so that layouts cannot hide."""
     g = torch.Generator().manual_seed(seed)

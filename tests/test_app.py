@@ -44,13 +44,7 @@ BROWSER_FLAGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One compute thread here, as the commands (``--threads 1``) and the app: exact comparisons."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

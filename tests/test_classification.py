@@ -31,13 +31,7 @@ IMAGENETTE_IDX = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster than two on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_data(root: Path, per_class: int = 4, classes: int = 4, corrupt: bool = True, seed: int = 0) -> Path:

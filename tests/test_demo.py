@@ -15,15 +15,6 @@ from focalnet.cli import build_parser, main
 from test_visualize import _images_loaded_in_browser, _is_png
 
 
-@pytest.fixture
-def one_thread():
-    # the model is tiny: one thread is about as fast and much faster when other jobs share the CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_digits_split_is_fixed_and_disjoint():
     xtr, ytr, xte, yte = demo.load_digits_tensors(32)
     assert xtr.shape[1:] == (1, 32, 32) and len(xtr) + len(xte) == 1797 and len(xte) == 450

@@ -1,7 +1,6 @@
 """Warm-up and evaluation scaled to a run shorter than its recipe (issue 14)."""
 
 import pytest
-import torch
 
 from focalnet.classification import load_classification_config
 from focalnet.classification.train import TrainingRun
@@ -9,13 +8,7 @@ from focalnet.segmentation import load_segmentation_config
 from focalnet.segmentation.train import scaled_schedule
 from test_classification import TINY, make_data
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classification_config_records_the_recipe_length():

@@ -251,25 +251,6 @@ def build_checked(
     return model
 
 
-def _check_shared(
-    probe: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, name: Callable[[str], str]
-) -> None:
-    """Names of one shared tensor of the model (e.g. decoder heads reachable under several paths) must
-    hold one value in the file, else a strict load would keep whichever came last."""
-    groups: dict[int, list[str]] = {}
-    for k, t in probe.state_dict(keep_vars=True).items():
-        groups.setdefault(id(t), []).append(k)
-    for keys in groups.values():
-        first = tensors[keys[0]]
-        for k in keys[1:]:
-            t = tensors[k]
-            same = t.data_ptr() == first.data_ptr() and t.shape == first.shape and t.stride() == first.stride()
-            if not same and not torch.equal(t, first):
-                raise CheckpointMismatchError(
-                    f"{source}: {name(k)!r} differs from {name(keys[0])!r} (one tensor shared under both names in the model)"
-                )
-
-
 def expect_mapping(obj: Any, key: str, source: str) -> dict[str, Any]:
     """``obj[key]`` as a dict, or :class:`MalformedCheckpointError` naming the key and what it holds."""
     value = obj.get(key) if isinstance(obj, Mapping) else None
