@@ -10,6 +10,7 @@ from .focalnet import (
     PatchEmbed,
     PretrainedCfg,
     count_flops,
+    fuse_blocks,
     num_params,
 )
 from .registry import VARIANTS, Variant, get_variant, imagenet_class_names, list_models, match_variant
@@ -26,6 +27,7 @@ __all__ = [
     "PretrainedCfg",
     "Variant",
     "count_flops",
+    "fuse_blocks",
     "get_variant",
     "imagenet_class_names",
     "list_models",

@@ -512,10 +512,14 @@ def _check_size(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"input is too small: the feature map became empty at {name}")
 
 
-def _fuse(model: nn.Module) -> None:
+def fuse_blocks(model: nn.Module) -> nn.Module:
+    """Switch every FocalNet block inside ``model`` (a classifier, a backbone, a detector, a segmentor) to
+    the fused inference path (see :meth:`FocalNet.fuse`); returns ``model``. For evaluation and prediction
+    only: the folded weights are not the file's (do not save or train ``model`` afterwards)."""
     for m in model.modules():
         if isinstance(m, FocalNetBlock):
             m.fold_()
+    return model
 
 
 _FUSE_DOC = """Fold what can be folded for inference and switch the blocks to fused oneDNN kernels.
@@ -574,7 +578,7 @@ class FocalNet(nn.Module):
             stage.grad_checkpointing = enable
 
     def fuse(self) -> FocalNet:
-        _fuse(self)
+        fuse_blocks(self)
         return self
 
     fuse.__doc__ = _FUSE_DOC
@@ -660,7 +664,7 @@ class FocalNetBackbone(nn.Module):
             stage.grad_checkpointing = enable
 
     def fuse(self) -> FocalNetBackbone:
-        _fuse(self)
+        fuse_blocks(self)
         return self
 
     fuse.__doc__ = _FUSE_DOC
