@@ -45,13 +45,7 @@ NAMES = list(DETECTORS)
 SLOW = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny detection models are faster single-threaded (and the CI cores are shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny detection models are faster single-threaded
 
 
 def test_the_suite_covers_every_detector():
