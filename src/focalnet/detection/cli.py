@@ -15,6 +15,36 @@ from ..engine.options import FlagTable, add_shared_options, config_from_args, of
 __all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
 
+class _Detectors:
+    """``--detector`` choices: the registry's names, read when a name is checked (building the parser
+    imports no detector, hence neither torch nor torchvision)."""
+
+    def _names(self) -> list[str]:
+        from .registry import DETECTORS
+
+        return list(DETECTORS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._names())
+
+
+class _DetectorHelp(str):
+    """``--detector`` help from the detectors' own summaries, composed when help is printed."""
+
+    def __new__(cls) -> _DetectorHelp:
+        return super().__new__(cls, "which detector")
+
+    def __mod__(self, params: object) -> str:
+        from .registry import DETECTORS
+
+        return "which detector (default: mask_rcnn; unset settings are its released recipe's): " + "; ".join(
+            f"{s.name}: {s.title}, {s.summary}" for s in DETECTORS.values()
+        )
+
+
 def _rescaled_sizes(min_size: int, base: Callable[[], Any]) -> Mapping[str, Any]:
     """``--min-size``: the test short side, and the training scales, crop sizes and crop range rescaled by
     ``min_size`` / the config's test short side."""
@@ -79,14 +109,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    from .registry import DETECTORS  # the detectors' own summaries
-
-    p.add_argument(
-        "--detector",
-        choices=list(DETECTORS),
-        help="which detector (default: mask_rcnn; unset settings are its released recipe's): "
-        + "; ".join(f"{s.name}: {s.title}, {s.summary}" for s in DETECTORS.values()),
-    )
+    p.add_argument("--detector", choices=_Detectors(), metavar="NAME", help=_DetectorHelp())
     _add_data_args(p, train=True)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
