@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import focalnet
 from focalnet import visualize as viz
 from focalnet.cli import main
+from focalnet.visualize_page import save_maps
 
 from conftest import randomize_
 
@@ -162,7 +163,7 @@ def test_figures_are_valid_pngs(tmp_path):
         assert _is_png(p), p
     up = viz.upsample(maps.modulator_norm[0], (48, 64))
     assert up.shape == (48, 64)
-    npz = viz.save_maps(tmp_path / "maps.npz", [maps])
+    npz = save_maps(tmp_path / "maps.npz", [maps])
     with np.load(npz) as z:
         assert z["stage1_block0_gates"].shape == (3, 4, 6, 8)
         assert z["stage1_block0_modulator_norm"].shape == (3, 6, 8)

@@ -295,6 +295,8 @@ def run_demo(
     ImageNet photos section when the released weights can be had.
     """
     from . import visualize as viz
+    from . import visualize_page as page
+    from .engine import write_json
 
     t_start = time.perf_counter()
     out = Path(out) if out is not None else _default_out()
@@ -361,7 +363,7 @@ def run_demo(
         model, path=out / "kernels.png", title="Learned focal kernels (mean over channels), stages x levels"
     )
     _plot_training(history, confusion, test_acc, out / "training.png")
-    viz.save_maps(
+    page.save_maps(
         out / "maps.npz",
         list({id(m): m for m in [*stage_maps, maps, last]}.values()),
         extra={"images": xte[sel, 0].numpy(), "labels": yte[sel].numpy(), "probs": probs.numpy()},
@@ -414,8 +416,8 @@ def run_demo(
         "torch_threads": torch.get_num_threads(),
         "pretrained_section": bool(pretrained and not notes),
     }
-    viz.write_json(out / "metrics.json", metrics)
-    viz.write_index(
+    write_json(out / "metrics.json", metrics)
+    page.write_index(
         out,
         "FocalNet demo: handwritten digits",
         figures,

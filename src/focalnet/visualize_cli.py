@@ -92,6 +92,7 @@ def visualize_images(
     from PIL import Image
 
     from . import visualize as viz
+    from . import visualize_page as page
     from .engine.images import open_image
     from .models.focalnet import PretrainedCfg
 
@@ -141,8 +142,8 @@ def visualize_images(
             png = out / name
             if png.exists():
                 Image.fromarray(watermark(np.asarray(Image.open(png).convert("RGB")), above=True)).save(png)
-    viz.save_maps(out / "maps.npz", [maps], extra=extra)
-    viz.write_index(
+    page.save_maps(out / "maps.npz", [maps], extra=extra)
+    page.write_index(
         out,
         "FocalNet modulation maps",
         figures,

@@ -295,6 +295,7 @@ def classify_image(
     ``plot_modulator`` and ``plot_kernels``. ``npz_path``: also write the raw arrays there, as
     ``focalnet visualize``'s ``maps.npz`` (``stage{S}_block{B}_gates``, ..., ``image0``, ``probs``)."""
     from .. import visualize as viz
+    from .. import visualize_page as page
     from ..visualize_cli import prepare_images, top_classes
 
     model = loaded.model
@@ -322,7 +323,7 @@ def classify_image(
         extra = {"image0": crops[0]}
         if top:
             extra["probs"] = logits.float().cpu().softmax(-1).numpy()
-        viz.save_maps(npz_path, [maps], extra=extra)
+        page.save_maps(npz_path, [maps], extra=extra)
     return result
 
 
