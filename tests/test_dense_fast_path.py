@@ -40,3 +40,23 @@ def test_fused_upernet_logits_equal_the_regular_path():
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(fused.encode_decode(x), model.encode_decode(x), atol=1e-5, rtol=0)
+
+
+def test_inference_path_compiles_the_trunks_only_and_new_sizes_reuse_the_graph():
+    import torch._dynamo.utils as dynamo_utils
+
+    from focalnet.models.inference import compiled_modules, inference_path
+
+    _, model = tiny_model("mask_rcnn")
+    model.eval()
+    fast = inference_path(copy.deepcopy(model), compile=True, backend="eager")  # tracing, no code generation
+    assert compiled_modules(fast) == _bodies(fast), "exactly the FocalNet trunks are compiled"
+    (body,), (fbody,) = _bodies(model), _bodies(fast)
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    with torch.no_grad():
+        for hw in [(96, 128), (70, 90), (100, 124)]:  # 70x90 and 100x124 need padding to a multiple of 4/32
+            x = torch.randn(1, 3, *hw)
+            for a, b in zip(body(x), fbody(x), strict=True):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, "a new image size recompiled"

@@ -108,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     line) for a file that is none of them, ``FileNotFoundError`` for a missing one."""
     from ..classification import load_classifier
     from ..detection import load_detector
-    from ..models import fuse_blocks
+    from ..models.inference import inference_path
     from ..segmentation import load_segmentor
 
     p = Path(path)
@@ -117,13 +117,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     def segmentor() -> LoadedModel:
         model, extra = load_segmentor(p, device)
-        fuse_blocks(model)  # the inference path `segmentation predict` takes
+        inference_path(model)  # the inference path `segmentation predict` takes
         names = list(getattr(model, "class_names", None) or [str(i) for i in range(model.num_classes)])
         return LoadedModel("segmentor", model, f"segmentation model {p}", names, dict(extra))
 
     def detector() -> LoadedModel:
         model, meta = load_detector(p, device)
-        fuse_blocks(model)  # the inference path `detection predict` takes
+        inference_path(model)  # the inference path `detection predict` takes
         return LoadedModel("detector", model, f"detector {p}", list(meta["class_names"]), dict(meta))
 
     def classifier() -> LoadedModel:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_shared_options, config_from_args, off
+from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off
 
 __all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
@@ -137,6 +137,7 @@ def register(subparsers: Any) -> None:
         help="aligned RoIAlign / unrounded anchors as mmdetection (default for mmdet files)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_compile_arg(p)
     add_shared_options(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
@@ -146,6 +147,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
+    add_compile_arg(p)
     add_shared_options(p, "predict")
     p.set_defaults(func=cmd_predict)
 
@@ -198,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
-    from ..models import fuse_blocks
+    from ..models.inference import inference_path
     from .config import DataConfig
     from .data import CocoInstances
     from .evaluate import evaluate_detector
@@ -210,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, mmdet_compat=args.mmdet_compat, **overrides)
-    fuse_blocks(model)  # the fused inference path of the backbone (same outputs within 1e-5)
+    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     ann, img = DataConfig(root=args.data or "", val_ann=args.val_ann or "", val_images=args.val_images or "").paths(
         "val"
     )
@@ -255,7 +257,7 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device
-    from ..models import fuse_blocks
+    from ..models.inference import inference_path
     from .load import load_detector
     from .predict import predict_images
 
@@ -265,7 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, **overrides)
-    fuse_blocks(model)  # the fused inference path of the backbone (same outputs within 1e-5)
+    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     out = args.output or "predictions"
     records = predict_images(
         model,

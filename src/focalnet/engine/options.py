@@ -150,6 +150,17 @@ def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(*flags, **settings)
 
 
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    """The ``--compile`` option of the dense models' evaluate and predict commands
+    (:func:`focalnet.models.inference.inference_path`)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run the backbone through torch.compile (dynamic shapes: one compilation for every image "
+        "size; the first image waits for it, minutes on a small CPU; same outputs within 1e-5)",
+    )
+
+
 def add_shared_options(parser: argparse.ArgumentParser, kind: Kind) -> None:
     """Add the options every task's ``kind`` command takes (see the module's list)."""
     if kind not in COMMAND_KINDS:

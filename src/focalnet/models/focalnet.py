@@ -435,7 +435,7 @@ class PatchEmbed(nn.Module):
         if pad:
             H, W = x.shape[-2:]
             ph, pw = (-H) % self.stride, (-W) % self.stride
-            if ph or pw:
+            if torch.compiler.is_compiling() or ph or pw:  # compiled: no guard on the size, no recompile
                 x = F.pad(x, (0, pw, 0, ph))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 

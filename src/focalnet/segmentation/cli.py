@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_shared_options, config_from_args, off
+from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off
 
 __all__ = ["TRAIN_FLAGS", "register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
@@ -158,6 +158,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", choices=["train", "val"], default="val")
     _add_test_args(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_compile_arg(p)
     add_shared_options(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
@@ -165,6 +166,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
     _add_test_args(p)
+    add_compile_arg(p)
     add_shared_options(p, "predict")
     p.set_defaults(func=cmd_predict)
 
@@ -274,14 +276,14 @@ def _test_config(args: argparse.Namespace, stored: dict[str, Any] | None) -> Any
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import init_distributed, write_json
-    from ..models import fuse_blocks
+    from ..models.inference import inference_path
     from .data import DataConfig, build_dataset
     from .evaluate import evaluate
     from .load import load_segmentor
 
     dist = init_distributed(args.device or "auto")
     model, extra = load_segmentor(args.checkpoint)
-    fuse_blocks(model)  # the fused inference path of the backbone (same outputs within 1e-5)
+    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     model.to(dist.device)
     stored = dict(extra.get("data") or {})
     layout = args.layout or stored.get("layout", "ade20k")
@@ -347,14 +349,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
-    from ..models import fuse_blocks
+    from ..models.inference import inference_path
     from .load import load_segmentor
     from .predict import predict_images
 
     device = resolve_device(args.device)
     out = args.output or "predictions"
     model, extra = load_segmentor(args.checkpoint)
-    fuse_blocks(model)  # the fused inference path of the backbone (same outputs within 1e-5)
+    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     model.to(device)
     test_cfg = _test_config(args, extra.get("test"))
     records = predict_images(
