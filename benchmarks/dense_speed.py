@@ -20,7 +20,9 @@ Cases (``--cases``, comma-separated; default all but ``detectors``):
 
 Every repetition runs each path of a case once, in turn (interleaved), so that load on a shared machine
 slows all alike; figures are medians [min-max] of ``--reps`` repetitions after one warm-up, ratios are of
-medians (and, in brackets, of the fastest runs: the least disturbed on a shared machine). ``max|diff|`` compares a path's output with the regular path's (backbone features, UPerNet
+medians (and, in brackets, of the fastest runs: the least disturbed on a shared machine). glibc's malloc
+keeps freed memory (:func:`focalnet.engine.keep_freed_memory`, what the ``focalnet`` commands do) unless
+``--system-malloc``; it applies to every path alike. ``max|diff|`` compares a path's output with the regular path's (backbone features, UPerNet
 logits, the first detections' boxes). Random weights (seed 0), random pixels. Prints a table per case
 and writes every figure to ``--json``.
 """
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from focalnet.engine.resources import keep_freed_memory
 from focalnet.models import fuse_blocks
 
 DEFAULT_CASES = ("backbone", "maskrcnn_infer", "maskrcnn_train", "upernet")
@@ -231,6 +234,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(dynamic=True) of the fast path")
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as the focalnet commands do)",
+    )
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -239,9 +247,11 @@ def main() -> None:
         p.error(f"unknown case(s) {unknown}; known: {list(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = False if args.system_malloc else keep_freed_memory()
     info: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "malloc_keeps_freed_memory": kept,
         "reps": args.reps,
         "results": [],
     }

@@ -142,8 +142,9 @@ def _apply_threads(args: argparse.Namespace) -> None:
     hence their data-loader workers, is known)."""
     if not hasattr(args, "threads"):
         return
-    from .engine.resources import fit_workers, set_threads
+    from .engine.resources import fit_workers, keep_freed_memory, set_threads
 
+    keep_freed_memory()  # every command that computes: large activations reuse freed memory (see its doc)
     workers = getattr(args, "workers", None)
     set_threads(args.threads, workers=fit_workers(workers) if hasattr(args, "workers") else 0)
 

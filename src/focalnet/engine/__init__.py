@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     from .optim import build_adamw, layer_id, param_groups, set_group_lrs
     from .options import add_shared_options, add_threads_arg, check_device, config_from_args, flag_values, off
     from .outputs import OutputPathError, avoid_inputs, output_paths, refuse_input_overwrite
-    from .resources import available_cores, default_threads, fit_workers, set_threads
+    from .resources import available_cores, default_threads, fit_workers, keep_freed_memory, set_threads
     from .runs import lock_run_folder, prepare_run_folder, run_folder_lock, unlock_run_folder
     from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, setup_logging
 
@@ -77,6 +77,7 @@ __all__ = [
     "packaged_config",
     "packaged_configs",
     "param_groups",
+    "keep_freed_memory",
     "plot_curves",
     "prepare_run_folder",
     "resolve_device",

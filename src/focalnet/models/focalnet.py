@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .depthwise import DepthwiseConv2d
+
 __all__ = [
     "FocalNetConfig",
     "FocalModulation",
@@ -208,10 +210,7 @@ class FocalModulation(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.kernel_sizes = [focal_factor * k + focal_window for k in range(focal_level)]
-        self.focal_layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
-            for k in self.kernel_sizes
-        )
+        self.focal_layers = nn.ModuleList(nn.Sequential(DepthwiseConv2d(dim, k), nn.GELU()) for k in self.kernel_sizes)
         self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
         self.folded_normalize = False  # set when ``normalize_modulator`` is folded into ``h``
 
