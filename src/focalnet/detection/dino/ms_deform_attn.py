@@ -1,22 +1,45 @@
 """Multi-scale deformable attention (Deformable DETR) in plain PyTorch.
 
-:func:`ms_deform_attn` samples every level with one bilinear ``F.grid_sample`` call (zero padding,
-``align_corners=False``: the semantics of the original CUDA kernel) and accumulates the attention-weighted
-points level by level, so no ``[.., levels * points]`` stack is ever built. It is the same function on
-CPU and GPU, differentiable in the value, the sampling locations and the weights, and free of
-data-dependent Python control flow (the level shapes are Python ints), so ``torch.compile`` traces it.
+:func:`ms_deform_attn` reads all levels and points in one gather. The values of each image and head form one
+table of rows, every level zero-padded by two pixels on each side. A sampling location, clamped to
+``[-2, W] x [-2, H]`` pixels (further out, all four corners are padding either way), becomes the row of its
+top-left bilinear corner and four weights (attention weight times bilinear weight), and one weighted
+``F.embedding_bag`` sums the ``levels * points * 4`` corner rows of each query and head. That is bilinear
+``grid_sample`` with zero padding and ``align_corners=False`` (pixel centres: ``x = loc_x * W - 0.5``, with
+grid_sample's rounding, so the floors agree) summed over the points, the semantics of the original CUDA
+kernel, on CPU and GPU.
+
+The backward is a custom autograd function. Value gradient: the transposed gather, i.e. the locations sorted
+by row and one weighted ``F.embedding_bag`` over the output gradient per corner, shifted onto the corner
+rows. Corner-weight gradient: one dot product per corner (``torch.sparse.sampled_addmm``; while compiling,
+the ``embedding_bag`` per-sample-weight backward, as sparse tensors cannot be traced), from which the
+attention weight and location gradients follow in closed form (through the fractional parts of the pixel
+coordinates, as in grid_sample). No data-dependent Python control flow (the level shapes are Python ints),
+so ``torch.compile`` traces it as one graph.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+try:
+    from torch.compiler import is_compiling as _is_compiling
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling as _is_compiling
+
 __all__ = ["MSDeformAttn", "ms_deform_attn"]
+
+# zero padding of every level in the value table, pixels on each side: the four corners of a location clamped
+# to [-2, W] x [-2, H] are always rows of the table, and at and beyond the clamp bounds all four are padding
+# (value and location gradient zero, as grid_sample's out-of-bounds corners)
+_PAD = 2
 
 
 def ms_deform_attn(
@@ -30,28 +53,150 @@ def ms_deform_attn(
     ``value`` ``[N, S, M, D]`` (``S = sum(H_l * W_l)``, levels flattened row-major and concatenated),
     ``spatial_shapes`` the ``(H_l, W_l)`` of each level, ``sampling_locations`` ``[N, Lq, M, L, P, 2]``
     (normalised ``x, y`` in ``[0, 1]`` of each level; outside reads zeros), ``attention_weights``
-    ``[N, Lq, M, L, P]``. Returns ``[N, Lq, M * D]``.
+    ``[N, Lq, M, L, P]``. Returns ``[N, Lq, M * D]`` in the promoted dtype of the three (computed in float32
+    for half and bfloat16).
     """
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     if len(spatial_shapes) != L:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {L} levels of sampling locations")
-    # level-major [L, N*M, Lq, P, 2] grids in [-1, 1] and [L, N*M, 1, Lq, P] weights: one contiguous
-    # slice per level
-    grids = (2.0 * sampling_locations - 1.0).permute(3, 0, 2, 1, 4, 5).reshape(L, N * M, Lq, P, 2)
-    weights = attention_weights.permute(3, 0, 2, 1, 4).reshape(L, N * M, 1, Lq, P)
-    inplace = not torch.is_grad_enabled()
-    out: Tensor | None = None
-    for level, v in enumerate(value.split([h * w for h, w in spatial_shapes], dim=1)):
-        h, w = spatial_shapes[level]
-        v_l = v.permute(0, 2, 3, 1).reshape(N * M, D, h, w)  # each head's channels as an image batch
-        sampled = F.grid_sample(v_l, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False)
-        # [N*M, D, Lq, P] -> weighted sum over the points; in place when nothing needs the samples
-        sampled = sampled.mul_(weights[level]) if inplace else sampled * weights[level]
-        part = sampled.sum(-1)  # [N*M, D, Lq]
-        out = part if out is None else out + part
-    assert out is not None
-    return out.reshape(N, M * D, Lq).transpose(1, 2).contiguous()
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    device = value.device
+
+    # the table [N * M * rows, D]: per image and head, the zero-padded levels one after the other
+    levels = []
+    for v, (h, w) in zip(value.to(compute).split([h * w for h, w in shapes], dim=1), shapes):
+        v = v.view(N, h, w, M, D).permute(0, 3, 1, 2, 4)
+        levels.append(F.pad(v, (0, 0, _PAD, _PAD, _PAD, _PAD)).reshape(N, M, -1, D))
+    table = torch.cat(levels, 2).view(-1, D)
+
+    # pixel coordinates [B = N * Lq * M, 2 (x, y), J = L * P] as grid_sample computes them from the grid
+    # 2 * loc - 1: (grid + 1) * W / 2 - 0.5 rounded once (a fused multiply-add)
+    B, J = N * Lq * M, L * P
+    wide = torch.float64 if device.type != "mps" else compute
+    half = torch.tensor([[w / 2 for h, w in shapes for _ in range(P)], [h / 2 for h, w in shapes for _ in range(P)]])
+    grid = 2.0 * sampling_locations.to(compute) - 1.0
+    shifted = (grid + 1.0).view(B, J, 2).transpose(1, 2).to(wide, memory_format=torch.contiguous_format)
+    pix = (shifted * half.to(device, wide) - 0.5).to(compute)
+    out = _DeformableGather.apply(table, pix, attention_weights.to(compute).reshape(B, J), shapes, N, Lq, M, P)
+    return out.view(N, Lq, M * D).to(dtype)
+
+
+def _level_constants(shapes: tuple[tuple[int, int], ...], P: int, device: torch.device) -> dict[str, Tensor]:
+    """Per point ``j = (level, point)``: ``size`` ``[2, J]`` (W, H), ``width`` ``[J]`` the padded width,
+    ``origin`` ``[J]`` the row of pixel (0, 0) in a head's block, ``corners`` ``[4, J]`` the row offsets of the
+    four corners from the top-left one; per level: ``level_width``, ``level_rows`` (padded width and rows)."""
+    width = [w + 2 * _PAD for h, w in shapes]
+    rows = [(h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes]
+    origin = [sum(rows[:level]) + _PAD * (width[level] + 1) for level in range(len(shapes))]
+    per_point = torch.tensor(
+        [[w, h, width[level], origin[level]] for level, (h, w) in enumerate(shapes) for _ in range(P)]
+    ).t()
+    w_j = per_point[2]
+    return {
+        "size": per_point[:2].to(device),
+        "width": w_j.to(device),
+        "origin": per_point[3].to(device),
+        "corners": torch.stack([torch.zeros_like(w_j), torch.ones_like(w_j), w_j, w_j + 1]).to(device),
+        "level_width": torch.tensor(width, device=device),
+        "level_rows": torch.tensor(rows, device=device),
+    }
+
+
+class _DeformableGather(torch.autograd.Function):
+    """``out[b] = sum_j attw[b, j] * bilinear(table, pix[b, :, j])``: ``table`` ``[N * M * rows, D]`` (the
+    padded levels), ``pix`` ``[B, 2, J]`` pixel coordinates (x, y) of level ``j // P``, ``attw`` ``[B, J]``,
+    ``b = (n, q, m)``. Gradients for the table, the pixel coordinates and the attention weights."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        table: Tensor,
+        pix: Tensor,
+        attw: Tensor,
+        shapes: tuple[tuple[int, int], ...],
+        N: int,
+        Lq: int,
+        M: int,
+        P: int,
+    ) -> Tensor:
+        B, _, J = pix.shape
+        T = table.shape[0]
+        index = torch.int32 if T < 2**31 else torch.int64
+        const = _level_constants(shapes, P, pix.device)
+        # into [-2, W] x [-2, H]; NaN stays NaN (NaN weights on padding rows: NaN out, as grid_sample)
+        clamped = pix.clamp(min=-float(_PAD)).clamp_(max=const["size"].to(pix.dtype))
+        inside = clamped == pix  # where the location gradient passes (not clamped, not NaN)
+        floor = clamped.floor().nan_to_num_(-float(_PAD))
+        frac = clamped - floor
+        xy = floor.to(index)
+        # row of the top-left corner: head block + level origin + y * padded width + x
+        head = (torch.arange(N, device=pix.device).view(N, 1, 1) * M + torch.arange(M, device=pix.device)) * (
+            T // (N * M)
+        )
+        top_left = xy[:, 1] * const["width"].to(index) + xy[:, 0]
+        top_left += (const["origin"] + head.expand(N, Lq, M).reshape(B, 1)).to(index)
+        corners = top_left.unsqueeze(1) + const["corners"].to(index)  # [B, 4, J]
+        fx, fy = frac.unbind(1)
+        a1 = attw * fy
+        weights = torch.stack([attw - a1, a1], 1).unsqueeze(2) * torch.stack([1.0 - fx, fx], 1).unsqueeze(1)
+        ctx.save_for_backward(table, top_left, frac, attw, weights, inside)
+        ctx.geometry = (shapes, P, J)
+        return F.embedding_bag(corners.view(B, 4 * J), table, per_sample_weights=weights.view(B, 4 * J), mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        table, top_left, frac, attw, weights, inside = ctx.saved_tensors
+        shapes, P, J = ctx.geometry
+        B = top_left.shape[0]
+        T, D = table.shape
+        const = _level_constants(shapes, P, top_left.device)
+        grad_out = grad_out.contiguous()
+        grad_table = grad_pix = grad_attw = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # d out[b] / d weight of a corner = grad_out[b] . table[corner]: one dot product per corner
+            corners = (top_left.unsqueeze(1) + const["corners"].to(top_left.dtype)).view(-1)
+            if _is_compiling():  # sparse tensors cannot be traced
+                bag = torch.arange(B, device=corners.device).repeat_interleave(4 * J, output_size=4 * B * J)
+                starts = torch.arange(0, 4 * B * J, 4 * J, device=corners.device)
+                g = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    grad_out, table, corners.long(), starts, bag, 0
+                )
+            else:
+                crow = torch.arange(0, 4 * B * J + 1, 4 * J, device=corners.device, dtype=corners.dtype)
+                with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                    warnings.simplefilter("ignore", UserWarning)
+                    pattern = torch.sparse_csr_tensor(
+                        crow, corners, grad_out.new_ones(()).expand(4 * B * J), (B, T), check_invariants=False
+                    )
+                g = torch.sparse.sampled_addmm(pattern, grad_out, table.t(), beta=0.0).values()
+            g = g.view(B, 2, 2, J)  # [b, y corner, x corner, j]
+            fx, fy = frac.unbind(1)
+            row0, row1 = torch.lerp(g[:, 0, 0], g[:, 0, 1], fx), torch.lerp(g[:, 1, 0], g[:, 1, 1], fx)
+            col0, col1 = torch.lerp(g[:, 0, 0], g[:, 1, 0], fy), torch.lerp(g[:, 0, 1], g[:, 1, 1], fy)
+            grad_attw = torch.lerp(row0, row1, fy)
+            grad_pix = torch.stack([col1 - col0, row1 - row0], 1).mul_(attw.unsqueeze(1))
+            grad_pix = torch.where(inside, grad_pix, 0.0)
+        if ctx.needs_input_grad[0]:
+            # the transposed gather: per corner c, G_c[s] = sum over the locations whose top-left corner is
+            # row s of their corner weight times grad_out[b] (locations sorted by row, one embedding_bag for
+            # the four corners), then row s of G_c goes to row s + (its level's offset of corner c)
+            n = top_left.numel()
+            keys, order = top_left.view(-1).sort()
+            first = torch.searchsorted(keys, torch.arange(T, dtype=keys.dtype, device=keys.device))
+            offsets = (first + torch.arange(4, device=keys.device).unsqueeze(1) * n).view(-1)
+            bag = torch.div(order, J, rounding_mode="floor").repeat(4)
+            corner_weights = weights.view(B, 4, J).transpose(0, 1).reshape(4, n).index_select(1, order).view(-1)
+            shifted = F.embedding_bag(bag, grad_out, offsets, per_sample_weights=corner_weights, mode="sum")
+            rows = sum((h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes)  # of each head's block
+            width = const["level_width"].repeat_interleave(const["level_rows"], output_size=rows).repeat(T // rows)
+            shift = torch.stack([torch.zeros_like(width), torch.ones_like(width), width, width + 1])  # [4, T]
+            # rows whose shifted target leaves the table are never top-left corners (their G_c is zero)
+            targets = (torch.arange(T, device=keys.device) + shift).clamp_(max=T - 1).view(-1)
+            grad_table = torch.zeros_like(table).index_add_(0, targets, shifted)
+        return grad_table, grad_pix, grad_attw, None, None, None, None, None
 
 
 class MSDeformAttn(nn.Module):
