@@ -39,19 +39,9 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..engine.distributed import mean_over_processes
+from . import mmdet
 from .backbone import build_backbone, check_num_classes, pop_backbone_options
 from .image_transform import detection_transform
-from .mmdet import (
-    BACKBONE_RULES,
-    backbone_fields,
-    count_indexed,
-    has_key,
-    mmdet_file,
-    mmdet_meta,
-    rename_keeping_unknown,
-    reverse_namer,
-    state_dict_of,
-)
 from .necks import FocalNetFPNP3P7, LastLevelP6P7OnOutput
 from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
 
@@ -537,13 +527,13 @@ def atss(
 # ------------------------------------------------------------------------------------------- mmdet weights
 def is_mmdet_atss(sd: Any) -> bool:
     """Whether a state dict is an mmdetection ATSS detector (``bbox_head.atss_cls.*`` keys)."""
-    return has_key(sd, r"bbox_head\.atss_cls\.")
+    return mmdet.has_key(sd, r"bbox_head\.atss_cls\.")
 
 
 def _rules(num_inputs: int) -> list[tuple[str, str]]:
     """(mmdet pattern, ours) pairs; ``neck.fpn_convs.{n}`` / ``{n+1}`` are the P6 / P7 convs."""
     return [
-        *BACKBONE_RULES,
+        *mmdet.BACKBONE_RULES,
         (r"^neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.inner_blocks.\1.0.\2"),
         (rf"^neck\.fpn_convs\.{num_inputs}\.conv\.(weight|bias)$", r"backbone.fpn.extra_blocks.p6.\1"),
         (rf"^neck\.fpn_convs\.{num_inputs + 1}\.conv\.(weight|bias)$", r"backbone.fpn.extra_blocks.p7.\1"),
@@ -557,25 +547,27 @@ def convert_mmdet_atss_state_dict(sd: Any) -> dict[str, Tensor]:
     background row in either); keys outside the mapping keep their names (a strict load names them)."""
     if not is_mmdet_atss(sd):
         raise ValueError("not an mmdetection ATSS state dict (no bbox_head.atss_cls. keys)")
-    return rename_keeping_unknown(sd, _rules(count_indexed(sd, "neck.lateral_convs.")))
+    return mmdet.rename_keeping_unknown(sd, _rules(mmdet.count_indexed(sd, "neck.lateral_convs.")))
 
 
 def _read(obj: Any, source: str) -> LayoutRead:
-    sd = state_dict_of(obj)
-    rules = _rules(count_indexed(sd, "neck.lateral_convs."))
+    sd = mmdet.state_dict_of(obj)
+    rules = _rules(mmdet.count_indexed(sd, "neck.lateral_convs."))
     num_classes = int(sd["bbox_head.atss_cls.weight"].shape[0]) + 1
-    fields = {"detector": "atss", **backbone_fields(sd)}
-    fields["detector_overrides"] = {"stacked_convs": count_indexed(sd, "bbox_head.cls_convs.")}
-    return LayoutRead(fields, rename_keeping_unknown(sd, rules), mmdet_meta(num_classes), reverse_namer(rules))
+    fields = {"detector": "atss", **mmdet.backbone_fields(sd)}
+    fields["detector_overrides"] = {"stacked_convs": mmdet.count_indexed(sd, "bbox_head.cls_convs.")}
+    return LayoutRead(
+        fields, mmdet.rename_keeping_unknown(sd, rules), mmdet.mmdet_meta(num_classes), mmdet.reverse_namer(rules)
+    )
 
 
 MMDET_ATSS = Layout(
     name="mmdet-atss",
     describe="mmdetection 2.x ATSS (state_dict with bbox_head.atss_* keys)",
     recognise=is_mmdet_atss,
-    weights=state_dict_of,
+    weights=mmdet.state_dict_of,
     read=_read,
-    write=lambda sd: mmdet_file(sd, _rules(count_indexed(sd, "backbone.fpn.inner_blocks."))),
+    write=lambda sd: mmdet.mmdet_file(sd, _rules(mmdet.count_indexed(sd, "backbone.fpn.inner_blocks."))),
 )
 
 ATSS_SPEC = DetectorSpec(

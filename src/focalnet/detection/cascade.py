@@ -43,21 +43,9 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
+from . import mmdet
 from .backbone import build_backbone, check_num_classes, pop_backbone_options
 from .image_transform import detection_transform
-from .mmdet import (
-    BACKBONE_RULES,
-    FPN_RULES,
-    RPN_RULES,
-    backbone_fields,
-    count_indexed,
-    has_key,
-    mmdet_file,
-    mmdet_meta,
-    rename_keeping_unknown,
-    reverse_namer,
-    state_dict_of,
-)
 from .necks import FocalNetFPN
 from .rcnn_parts import (
     DETECTION_DEFAULTS,
@@ -459,9 +447,9 @@ def cascade_mask_rcnn(
 
 # ---------------------------------------------------------------------------------------------- mmdet files
 _RULES = [
-    *BACKBONE_RULES,
-    *FPN_RULES,
-    *RPN_RULES,
+    *mmdet.BACKBONE_RULES,
+    *mmdet.FPN_RULES,
+    *mmdet.RPN_RULES,
     (
         r"^roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.conv\.weight$",
         r"roi_heads.box_heads.\1.shared_convs.\2.0.weight",
@@ -481,11 +469,11 @@ _RULES = [
 
 def is_mmdet_cascade(sd: Any) -> bool:
     """Whether an mmdetection state dict is a Cascade R-CNN (an RPN and per-stage ``roi_head.bbox_head.{i}.`` keys)."""
-    return has_key(sd, r"rpn_head\.rpn_") and has_key(sd, r"roi_head\.bbox_head\.\d+\.")
+    return mmdet.has_key(sd, r"rpn_head\.rpn_") and mmdet.has_key(sd, r"roi_head\.bbox_head\.\d+\.")
 
 
 def _from_mmdet(sd: Any) -> dict[str, Tensor]:
-    out = rename_keeping_unknown(sd, _RULES)
+    out = mmdet.rename_keeping_unknown(sd, _RULES)
     for k, v in out.items():
         if ".cls_score." in k:  # background moves from last to first
             out[k] = torch.cat([v[-1:], v[:-1]])
@@ -511,13 +499,13 @@ def convert_mmdet_cascade_state_dict(sd: Any) -> dict[str, Tensor]:
 
 
 def _read(obj: Any, source: str) -> LayoutRead:
-    sd = state_dict_of(obj)
-    fields = {"detector": "cascade_mask_rcnn", **backbone_fields(sd), "mmdet_compat": True}
+    sd = mmdet.state_dict_of(obj)
+    fields = {"detector": "cascade_mask_rcnn", **mmdet.backbone_fields(sd), "mmdet_compat": True}
     fields["representation_size"] = int(sd["roi_head.bbox_head.0.shared_fcs.0.weight"].shape[0])
     fields["mask_head_channels"] = int(sd["roi_head.mask_head.0.convs.0.conv.weight"].shape[0])
-    fields["detector_overrides"] = {"box_num_convs": count_indexed(sd, "roi_head.bbox_head.0.shared_convs.")}
+    fields["detector_overrides"] = {"box_num_convs": mmdet.count_indexed(sd, "roi_head.bbox_head.0.shared_convs.")}
     num_classes = int(sd["roi_head.bbox_head.0.fc_cls.weight"].shape[0])
-    return LayoutRead(fields, _from_mmdet(sd), mmdet_meta(num_classes), reverse_namer(_RULES))
+    return LayoutRead(fields, _from_mmdet(sd), mmdet.mmdet_meta(num_classes), mmdet.reverse_namer(_RULES))
 
 
 def _to_mmdet(key: str, v: Tensor) -> Tensor:
@@ -528,9 +516,9 @@ MMDET_CASCADE = Layout(
     name="mmdet-cascade",
     describe="mmdetection 2.x Cascade (Mask) R-CNN (state_dict with rpn_head.rpn_* and roi_head.bbox_head.{i}.* keys)",
     recognise=is_mmdet_cascade,
-    weights=state_dict_of,
+    weights=mmdet.state_dict_of,
     read=_read,
-    write=lambda sd: mmdet_file(sd, _RULES, _to_mmdet),
+    write=lambda sd: mmdet.mmdet_file(sd, _RULES, _to_mmdet),
 )
 
 CASCADE_MASK_RCNN = DetectorSpec(

@@ -46,20 +46,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ..weights.convert import rename_key
+from . import mmdet
 from .backbone import build_backbone, check_num_classes, pop_backbone_options
 from .image_transform import detection_transform
-from .mmdet import (
-    BACKBONE_RULES,
-    FPN_RULES,
-    RPN_RULES,
-    backbone_fields,
-    has_key,
-    mmdet_file,
-    mmdet_meta,
-    rename_keeping_unknown,
-    reverse_namer,
-    state_dict_of,
-)
 from .necks import FocalNetFPN
 from .rcnn_parts import RCNN_CONFIG_FIELDS, RCNN_HEAD_DEFAULTS, anchor_generator, multiscale_roi_align
 from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
@@ -146,9 +135,9 @@ def faster_rcnn(
 
 # ---------------------------------------------------------------------------------------------- mmdet files
 _RULES = [
-    *BACKBONE_RULES,
-    *FPN_RULES,
-    *RPN_RULES,
+    *mmdet.BACKBONE_RULES,
+    *mmdet.FPN_RULES,
+    *mmdet.RPN_RULES,
     (r"^roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)$", r"roi_heads.box_head.fc6.\1"),
     (r"^roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)$", r"roi_heads.box_head.fc7.\1"),
     (r"^roi_head\.bbox_head\.fc_cls\.(weight|bias)$", r"roi_heads.box_predictor.cls_score.\1"),
@@ -161,13 +150,13 @@ _RULES = [
 
 def is_mmdet_detector(sd: Mapping[str, Any]) -> bool:
     """Whether a state dict is an mmdetection two-stage detector (``rpn_head.``/``roi_head.`` keys)."""
-    return has_key(sd, r"rpn_head\.") and has_key(sd, r"roi_head\.")
+    return mmdet.has_key(sd, r"rpn_head\.") and mmdet.has_key(sd, r"roi_head\.")
 
 
 def _from_mmdet(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The mmdetection Faster/Mask R-CNN tensors in torchvision's names and layout; unknown keys kept."""
     num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0]) - 1
-    out = rename_keeping_unknown(sd, _RULES)
+    out = mmdet.rename_keeping_unknown(sd, _RULES)
     for k, v in out.items():
         if ".box_predictor.cls_score." in k:  # mmdet: K classes then background; torchvision: background first
             out[k] = torch.cat([v[-1:], v[:-1]])
@@ -205,30 +194,30 @@ def convert_mmdet_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _recognise(obj: Any) -> bool:
     return (
-        has_key(obj, r"rpn_head\.rpn_")
-        and has_key(obj, r"roi_head\.")
-        and not has_key(obj, r"roi_head\.bbox_head\.\d+\.")
+        mmdet.has_key(obj, r"rpn_head\.rpn_")
+        and mmdet.has_key(obj, r"roi_head\.")
+        and not mmdet.has_key(obj, r"roi_head\.bbox_head\.\d+\.")
     )
 
 
 def _read(obj: Any, source: str) -> LayoutRead:
-    sd = state_dict_of(obj)
+    sd = mmdet.state_dict_of(obj)
     masks = any(k.startswith("roi_head.mask_head.") for k in sd)
-    fields = {"detector": "mask_rcnn" if masks else "faster_rcnn", **backbone_fields(sd), "mmdet_compat": True}
+    fields = {"detector": "mask_rcnn" if masks else "faster_rcnn", **mmdet.backbone_fields(sd), "mmdet_compat": True}
     fields["representation_size"] = int(sd["roi_head.bbox_head.shared_fcs.0.weight"].shape[0])
     if masks:
         fields["mask_head_channels"] = int(sd["roi_head.mask_head.convs.0.conv.weight"].shape[0])
     num_classes = int(sd["roi_head.bbox_head.fc_cls.weight"].shape[0])
-    return LayoutRead(fields, _from_mmdet(sd), mmdet_meta(num_classes), reverse_namer(_RULES))
+    return LayoutRead(fields, _from_mmdet(sd), mmdet.mmdet_meta(num_classes), mmdet.reverse_namer(_RULES))
 
 
 MMDET_RCNN = Layout(
     name="mmdet-rcnn",
     describe="mmdetection 2.x Mask / Faster R-CNN (state_dict with rpn_head.rpn_* and roi_head.bbox_head.fc_* keys)",
     recognise=_recognise,
-    weights=state_dict_of,
+    weights=mmdet.state_dict_of,
     read=_read,
-    write=lambda sd: mmdet_file(sd, _RULES, _to_mmdet),
+    write=lambda sd: mmdet.mmdet_file(sd, _RULES, _to_mmdet),
 )
 
 MASK_RCNN = DetectorSpec(

@@ -57,21 +57,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..engine.distributed import mean_over_processes
+from . import mmdet
 from .backbone import build_backbone, check_num_classes, pop_backbone_options
 from .image_transform import detection_transform
 from .matcher import HungarianMatcher
-from .mmdet import (
-    BACKBONE_RULES,
-    FPN_RULES,
-    backbone_fields,
-    count_indexed,
-    has_key,
-    mmdet_file,
-    mmdet_meta,
-    rename_keeping_unknown,
-    reverse_namer,
-    state_dict_of,
-)
 from .necks import SparseRCNNFPN
 from .rcnn_parts import FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .spec import DetectorSpec, Layout, LayoutRead, resolve_options
@@ -512,8 +501,8 @@ def sparse_rcnn(
 
 # ---------------------------------------------------------------------------------------------- mmdetection files
 _RULES = [
-    *BACKBONE_RULES,
-    *FPN_RULES,
+    *mmdet.BACKBONE_RULES,
+    *mmdet.FPN_RULES,
     (r"^rpn_head\.(init_proposal_bboxes|init_proposal_features)\.weight$", r"rpn.\1.weight"),
     (r"^roi_head\.bbox_head\.(\d+)\.(.+)$", r"roi_heads.stages.\1.\2"),
 ]
@@ -521,14 +510,14 @@ _RULES = [
 
 def is_mmdet_sparse_rcnn(sd: Any) -> bool:
     """Whether a state dict is an mmdetection Sparse R-CNN (``rpn_head.init_proposal_*`` keys)."""
-    return has_key(sd, r"rpn_head\.init_proposal_")
+    return mmdet.has_key(sd, r"rpn_head\.init_proposal_")
 
 
 def convert_mmdet_sparse_rcnn(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Map an mmdetection Sparse R-CNN state dict onto :class:`SparseRCNN` keys (table in the module
     docstring). Keys outside the table are kept under their original names, so that a strict load names
     them as unexpected."""
-    return rename_keeping_unknown(sd, _RULES)
+    return mmdet.rename_keeping_unknown(sd, _RULES)
 
 
 def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -536,7 +525,7 @@ def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     arch: dict[str, Any] = {}
     if "rpn_head.init_proposal_bboxes.weight" in sd:
         arch["num_proposals"] = int(sd["rpn_head.init_proposal_bboxes.weight"].shape[0])
-    arch["num_stages"] = count_indexed(sd, "roi_head.bbox_head.") or SPARSE_RCNN_DEFAULTS["num_stages"]
+    arch["num_stages"] = mmdet.count_indexed(sd, "roi_head.bbox_head.") or SPARSE_RCNN_DEFAULTS["num_stages"]
     p = "roi_head.bbox_head.0."
     if p + "ffn.layers.0.0.weight" in sd:
         arch["feedforward_channels"] = int(sd[p + "ffn.layers.0.0.weight"].shape[0])
@@ -555,21 +544,21 @@ def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def _read(obj: Any, source: str) -> LayoutRead:
-    sd = state_dict_of(obj)
+    sd = mmdet.state_dict_of(obj)
     num_classes = int(sd["roi_head.bbox_head.0.fc_cls.weight"].shape[0]) + 1
-    fields = {"detector": "sparse_rcnn", **backbone_fields(sd), "detector_overrides": _architecture(sd)}
+    fields = {"detector": "sparse_rcnn", **mmdet.backbone_fields(sd), "detector_overrides": _architecture(sd)}
     if "rpn_head.init_proposal_features.weight" in sd:
         fields["fpn_channels"] = int(sd["rpn_head.init_proposal_features.weight"].shape[1])
-    return LayoutRead(fields, convert_mmdet_sparse_rcnn(sd), mmdet_meta(num_classes), reverse_namer(_RULES))
+    return LayoutRead(fields, convert_mmdet_sparse_rcnn(sd), mmdet.mmdet_meta(num_classes), mmdet.reverse_namer(_RULES))
 
 
 MMDET_SPARSE_RCNN = Layout(
     name="mmdet-sparse-rcnn",
     describe="mmdetection 2.x Sparse R-CNN (state_dict with rpn_head.init_proposal_* keys)",
     recognise=is_mmdet_sparse_rcnn,
-    weights=state_dict_of,
+    weights=mmdet.state_dict_of,
     read=_read,
-    write=lambda sd: mmdet_file(sd, _RULES),
+    write=lambda sd: mmdet.mmdet_file(sd, _RULES),
 )
 
 SPARSE_RCNN = DetectorSpec(
