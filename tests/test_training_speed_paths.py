@@ -98,3 +98,15 @@ def test_freed_memory_is_reused_without_page_faults(mode):
     else:
         assert applied == "True"
         assert int(faults) < pages // 20, f"{faults} page faults for 5 reuses of a freed 64 MiB block"
+
+
+def test_depthwise_weight_gradient_has_the_weight_layout():
+    """DDP buckets gradients in the parameters' layout (``match_gradient_layout`` stores these weights
+    channels-last); a gradient of another layout costs a copy and a warning on every step."""
+    conv = DepthwiseConv2d(6, 5)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        conv.weight.data = conv.weight.data.contiguous(memory_format=layout)
+        conv.weight.grad = None
+        x = torch.randn(2, 6, 9, 11).contiguous(memory_format=torch.channels_last).requires_grad_()
+        conv(x).sum().backward()
+        assert conv.weight.grad.stride() == conv.weight.stride()

@@ -41,7 +41,8 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
             padded = F.pad(x, (p, p, p, p))
             # per sample: correlate each padded input channel with its output gradient (the kernel)
             grad_w = sum(F.conv2d(padded[n : n + 1], grad[n].unsqueeze(1), groups=channels) for n in range(x.shape[0]))
-            grad_w = grad_w.reshape(weight.shape)  # (1, C, k, k) -> (C, 1, k, k)
+            # (1, C, k, k) -> (C, 1, k, k), in the weight's own memory layout (DDP wants the two to match)
+            grad_w = torch.empty_like(weight).copy_(grad_w.reshape(weight.shape))
         return grad_x, grad_w, None
 
 
