@@ -22,6 +22,21 @@ def _example(model: nn.Module, batch: int = 2, size: int = 64) -> torch.Tensor:
     return torch.randn(batch, in_chans, size, size, device=p.device, dtype=p.dtype)
 
 
+def _prepared(
+    model: nn.Module, path: str | os.PathLike, example: torch.Tensor | None, fuse: bool
+) -> tuple[Path, nn.Module, torch.Tensor]:
+    """The output path (its folder created), an eval copy of ``model`` (folded when ``fuse``) and the
+    example input that export traces with."""
+    import copy
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval()
+    if fuse and hasattr(model, "fuse"):
+        model.fuse()
+    return path, model, _example(model) if example is None else example
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -37,14 +52,7 @@ def export_onnx(
     copy; the model itself is left unchanged. ``dynamo=True`` uses the ``torch.export`` based exporter
     (slower to export) instead of the TorchScript-based one. Input ``images``, output ``output``.
     """
-    import copy
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
-    if fuse and hasattr(model, "fuse"):
-        model.fuse()
-    x = _example(model) if example is None else example
+    path, model, x = _prepared(model, path, example, fuse)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -93,14 +101,7 @@ def export_torchscript(
     model: nn.Module, path: str | os.PathLike, *, example: torch.Tensor | None = None, fuse: bool = True
 ) -> Path:
     """Trace ``model`` (eval mode) to TorchScript; the traced graph accepts any batch and image size."""
-    import copy
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
-    if fuse and hasattr(model, "fuse"):
-        model.fuse()
-    x = _example(model) if example is None else example
+    path, model, x = _prepared(model, path, example, fuse)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, (x,), check_trace=False)

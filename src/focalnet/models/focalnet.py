@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ __all__ = [
     "FocalNetStage",
     "FocalNet",
     "FocalNetBackbone",
+    "FocalNetTrunk",
     "PretrainedCfg",
     "count_flops",
     "num_params",
@@ -521,6 +522,25 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
+_Trunk = TypeVar("_Trunk", bound="FocalNetTrunk")
+
+
+class FocalNetTrunk(nn.Module):
+    """What the classifier and the dense backbone share: the stages in ``layers``, gradient
+    checkpointing and the fused inference path."""
+
+    layers: nn.ModuleList
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (less memory, ~30 % more time)."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def fuse(self: _Trunk) -> _Trunk:
+        fuse_blocks(self)
+        return self
+
+
 _FUSE_DOC = """Fold what can be folded for inference and switch the blocks to fused oneDNN kernels.
 
         The model computes the same function (within float rounding) and keeps its ``state_dict`` keys;
@@ -529,6 +549,7 @@ _FUSE_DOC = """Fold what can be folded for inference and switch the blocks to fu
         the modulation submodules; elsewhere (training, GPU, hooks, ``torch.compile``, export) the
         blocks take the regular path with the folded weights. Returns ``self``.
         """
+FocalNetTrunk.fuse.__doc__ = _FUSE_DOC
 
 
 @dataclass
@@ -549,7 +570,7 @@ class PretrainedCfg:
         return asdict(self)
 
 
-class FocalNet(nn.Module):
+class FocalNet(FocalNetTrunk):
     """FocalNet image classifier (hierarchical with patch 4, or isotropic with one stage and patch 16)."""
 
     def __init__(self, cfg: FocalNetConfig | None = None, **kwargs: Any) -> None:
@@ -571,16 +592,6 @@ class FocalNet(nn.Module):
         d = self.pretrained_cfg.to_dict()
         d["num_classes"] = self.num_classes
         return d
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    def fuse(self) -> FocalNet:
-        fuse_blocks(self)
-        return self
-
-    fuse.__doc__ = _FUSE_DOC
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -624,7 +635,7 @@ class FocalNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class FocalNetBackbone(nn.Module):
+class FocalNetBackbone(FocalNetTrunk):
     """Dense-prediction FocalNet with the original detection/segmentation semantics.
 
     The input is zero-padded to a multiple of the patch size, each downsampling pads odd sizes, and
@@ -657,16 +668,6 @@ class FocalNetBackbone(nn.Module):
         self.out_channels = [cfg.dims[i] for i in out_indices]
         self.strides = [cfg.patch_size * 2**i for i in out_indices]
         self._freeze_stages()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    def fuse(self) -> FocalNetBackbone:
-        fuse_blocks(self)
-        return self
-
-    fuse.__doc__ = _FUSE_DOC
 
     def _frozen_modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = []
