@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# The fuzz tests draw the same examples on every run, so that a landing gate is never flaky; set
+# FOCALNET_FUZZ_RANDOM=1 to draw new ones (how the slow runs look for new failures).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("random", derandomize=False)
+settings.load_profile("random" if os.environ.get("FOCALNET_FUZZ_RANDOM") else "repeatable")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
