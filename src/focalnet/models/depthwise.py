@@ -16,7 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthwiseConv2d", "depthwise_conv2d"]
+__all__ = ["DepthwiseConv2d", "depthwise_conv2d", "eager_on_cpu"]
+
+
+def eager_on_cpu(x: Tensor) -> bool:
+    """Whether ``x`` is on the CPU and the code runs eagerly (not compiled, traced or scripted): where
+    this package's hand-picked CPU kernels and autograd functions may replace the plain operators."""
+    return (
+        x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    )
 
 
 class _DepthwiseConv2dFunction(torch.autograd.Function):
@@ -59,13 +70,6 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and (x.requires_grad or self.weight.requires_grad)
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-        ):
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and eager_on_cpu(x):
             return depthwise_conv2d(x, self.weight, self.kernel_size[0] // 2)
         return super().forward(x)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .depthwise import DepthwiseConv2d
+from .depthwise import DepthwiseConv2d, eager_on_cpu
 
 __all__ = [
     "FocalNetConfig",
@@ -138,12 +138,9 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 def _mkldnn_ok(x: torch.Tensor) -> bool:
     """Whether the fused oneDNN inference kernels may run on ``x`` (CPU fp32, no autograd, eager)."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
+        and eager_on_cpu(x)
         and torch.backends.mkldnn.is_available()
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .focalnet import FocalNet, FocalNetBackbone, fuse_blocks
+from .focalnet import FocalNetTrunk, fuse_blocks
 
 __all__ = ["compiled_modules", "inference_path"]
 
@@ -28,7 +28,7 @@ def inference_path(model: nn.Module, compile: bool = False, backend: str = "indu
     fuse_blocks(model)
     if compile:
         for m in model.modules():
-            if isinstance(m, (FocalNet, FocalNetBackbone)):
+            if isinstance(m, FocalNetTrunk):  # a classifier or a dense backbone
                 m.compile(dynamic=True, backend=backend)
     return model
 
