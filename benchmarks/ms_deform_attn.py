@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from focalnet.detection.dino import ms_deform_attn
+from focalnet.ops import ms_deform_attn
 
 
 def _reference() -> Any:

@@ -11,10 +11,10 @@ import torch
 
 from detection_synth import tiny_run_config
 from focalnet.detection import SparseRCNN, sparse_rcnn
-from focalnet.detection.matcher import HungarianMatcher
 from focalnet.detection.sparse_rcnn import (
     set_prediction_losses,
 )
+from focalnet.ops.matching import HungarianMatcher
 
 REF_JSON = "detection/sparse_rcnn_focalnet_tiny_lrf_3x.json"
 TINY_BACKBONE = dict(embed_dim=16, depths=(1, 1, 1, 1), focal_windows=(3, 3, 3, 3), drop_path_rate=0.0)

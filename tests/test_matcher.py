@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from focalnet.detection.matcher import HungarianMatcher, focal_cost
+from focalnet.ops.matching import HungarianMatcher, focal_cost
 
 
 def test_focal_cost_by_hand():

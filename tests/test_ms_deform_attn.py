@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from focalnet.detection.dino import ms_deform_attn
+from focalnet.ops import ms_deform_attn
 
 
 def _grid_sample_reference(value, spatial_shapes, sampling_locations, attention_weights):

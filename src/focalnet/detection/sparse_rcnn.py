@@ -19,7 +19,7 @@ Structure (``sparse_rcnn_focalnet_tiny_fpn_300_proposals_crop_mstrain_480-800_3x
   detached before the next stage.
 
 Training: at every stage the predictions are matched one-to-one to the ground truths
-(:class:`~focalnet.detection.matcher.HungarianMatcher`: focal 2, L1 5 on normalised x1y1x2y2, GIoU 2) and
+(:class:`~focalnet.ops.matching.HungarianMatcher`: focal 2, L1 5 on normalised x1y1x2y2, GIoU 2) and
 penalised with focal loss x2 (over all proposals), L1 x5 (normalised boxes) and GIoU loss x2 (matched
 proposals), each divided by the number of ground truths in the batch averaged over the processes (at
 least 1). Test: the last stage's ``sigmoid`` scores, top ``detections_per_img`` (300) of the
@@ -57,10 +57,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..engine.distributed import mean_over_processes
+from ..ops.matching import HungarianMatcher
 from . import mmdet
 from .backbone import build_backbone, check_num_classes, pop_backbone_options
 from .image_transform import detection_transform
-from .matcher import HungarianMatcher
 from .necks import SparseRCNNFPN
 from .rcnn_parts import FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .spec import DetectorSpec, Layout, LayoutRead, resolve_options

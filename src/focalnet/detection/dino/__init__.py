@@ -3,17 +3,17 @@
 >>> from focalnet.detection.dino import dino
 >>> model = dino("focalnet_large_fl4", num_feature_levels=5).eval()   # the released COCO configuration
 
-See :mod:`.model` (the detector), :mod:`.transformer`, :mod:`.ms_deform_attn` (pure-PyTorch multi-scale
+See :mod:`.model` (the detector), :mod:`.transformer` (on :mod:`focalnet.ops` pure-PyTorch multi-scale
 deformable attention), :mod:`.convert` (original checkpoints), :mod:`.denoising` (contrastive denoising
 queries) and :mod:`.criterion` (the training loss). :data:`DINO_SPEC` is what the package knows of it.
 """
 
+from ...ops.ms_deform_attn import MSDeformAttn, ms_deform_attn
 from ..spec import DetectorSpec
 from .convert import FOCALNET_DINO_V1, ORIGINAL_DINO
 from .criterion import DINOCriterion
 from .denoising import dn_post_process, prepare_for_cdn
 from .model import BACKBONE_DEFAULTS, DINO, DINO_DEFAULTS, DINOConfig, PositionEmbeddingSine, build_dino, dino
-from .ms_deform_attn import MSDeformAttn, ms_deform_attn
 
 __all__ = [
     "DINO",

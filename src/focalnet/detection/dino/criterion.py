@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from ..matcher import HungarianMatcher
+from ...ops.matching import HungarianMatcher
 
 __all__ = ["DINOCriterion", "DEFAULT_LOSS_WEIGHTS", "dn_match_indices"]
 

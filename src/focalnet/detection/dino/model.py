@@ -299,7 +299,7 @@ class DINO(nn.Module):
         """The training loss (:class:`~focalnet.detection.dino.criterion.DINOCriterion`), built on first use."""
         if self._criterion is None:
             try:
-                from ..matcher import HungarianMatcher
+                from ...ops.matching import HungarianMatcher
                 from .criterion import DINOCriterion
             except ImportError as e:
                 raise NotImplementedError(f"DINO training needs the DINO criterion and matcher ({e})") from e

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ms_deform_attn import MSDeformAttn
+from ...ops.ms_deform_attn import MSDeformAttn
 
 __all__ = [
     "MLP",

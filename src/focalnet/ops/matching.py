@@ -1,5 +1,5 @@
-"""One-to-one (Hungarian) matching of set predictions to ground truths, shared by the query-based detectors
-(Sparse R-CNN, DINO).
+"""One-to-one (Hungarian) matching of set predictions to ground truths, shared by the query-based models
+(Sparse R-CNN and DINO with box costs; Mask2Former with its own mask costs through :func:`linear_assignment`).
 
 The cost of assigning prediction ``q`` to ground truth ``t`` is
 
@@ -26,7 +26,17 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["HungarianMatcher", "focal_cost"]
+__all__ = ["HungarianMatcher", "focal_cost", "linear_assignment"]
+
+
+def linear_assignment(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """The minimum-cost one-to-one assignment of a ``[Q, N]`` cost matrix: ``(rows, cols)`` int64 tensors on
+    ``cost``'s device, sorted by row, ``min(Q, N)`` pairs. Non-finite costs raise ``FloatingPointError``."""
+    if not torch.isfinite(cost).all():
+        raise FloatingPointError("non-finite matching cost (NaN/inf in the predictions)")
+    rows, cols = linear_sum_assignment(cost.detach().float().cpu().numpy())
+    as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=cost.device)  # noqa: E731
+    return as_index(rows), as_index(cols)
 
 
 def focal_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0, eps: float = 1e-8) -> Tensor:
@@ -83,14 +93,5 @@ class HungarianMatcher:
                 empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
                 matches.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(logits[i], boxes[i], labels, tgt_boxes)
-            if not torch.isfinite(cost).all():
-                raise FloatingPointError("non-finite matching cost (NaN/inf in predicted logits or boxes)")
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            matches.append(
-                (
-                    torch.as_tensor(rows, dtype=torch.int64, device=logits.device),
-                    torch.as_tensor(cols, dtype=torch.int64, device=logits.device),
-                )
-            )
+            matches.append(linear_assignment(self.cost_matrix(logits[i], boxes[i], labels, tgt_boxes)))
         return matches
