@@ -1,18 +1,22 @@
-"""Segmentation files -> models: the one loading path of every segmentation layout, and our file format.
+"""Segmentation files -> models: the one loading path of every segmentor and layout, and our file format.
 
 Every file takes the same road::
 
-    safe_torch_load (weights_only)
-    -> recognise_layout: ours (model.pt), a training checkpoint, an original mmsegmentation UPerNet
-    -> (meta, canonical state dict, extra): meta = backbone config, classes, head settings; the state
-       dict under today's keys (older files' numbered ConvModule keys renamed)
-    -> check_meta: types of every stored setting, class names (strings, one per class), the backbone
-       config against what the tensors show (no model is built from settings the weights contradict)
+    safe_torch_load (weights_only; the official Mask2Former ``.pkl`` files: numpy arrays and plain
+    containers only)
+    -> recognise_layout: ours (model.pt), a training checkpoint, or one of a registered segmentor's
+       original layouts (mmsegmentation UPerNet, official Mask2Former); exactly one must claim the file
+    -> (meta, canonical state dict, extra): meta = segmentor, backbone config, classes, head settings;
+       the state dict under today's keys (older files' numbered ConvModule keys renamed)
+    -> check_meta: the segmentor named (``meta["segmentor"]``, UPerNet where absent), types of every stored
+       setting, class names (strings, one per class), the backbone config against what the tensors show,
+       the segmentor's head settings against the tensors (its spec's ``check_head``)
     -> build_checked: tensors (types, expanded storage, memory budget), finite, meta-device build
        compared key by key and shape by shape, strict load
 
 :func:`load_segmentor` runs it all; :func:`read_segmentor` stops before the build (checked meta and
 state dict), :func:`check_segmentor` runs every check without the real build (what ``convert`` needs).
+The segmentors and their layouts are :mod:`focalnet.segmentation.registry`'s.
 """
 
 from __future__ import annotations
@@ -20,22 +24,23 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..weights.checks import build_checked, check_loadable, check_tensors, expect_mapping, expect_names
 from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
 from ..weights.infer import infer_structure, stored_config
 from ..weights.io import atomic_save, safe_torch_load
 from ..weights.layouts import Layout, recognise_layout
-from .mmseg import is_mmseg_segmentor, mmseg_to_focalnet
-from .model import HeadConfig, UPerNet, upernet_from_meta
+from .registry import segmentor_layouts, segmentor_of
+from .spec import Read
 
 __all__ = [
     "FORMAT",
     "LAYOUTS",
+    "layouts",
     "save_segmentor",
     "read_segmentor",
     "check_meta",
@@ -46,10 +51,9 @@ __all__ = [
 ]
 
 FORMAT = "focalnet-segmentation"
-Read = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
 
 
-def save_segmentor(model: UPerNet, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
+def save_segmentor(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
     """Save weights plus everything needed to rebuild the model (backbone config, classes, head,
     preprocessing/test settings in ``extra``) as one ``torch.save`` file loadable with ``weights_only=True``."""
     model = getattr(model, "module", model)
@@ -90,15 +94,6 @@ def _read_training(obj: Mapping[str, Any], source: str) -> Read:
     return meta, upgrade_state_dict(sd), _extra(obj, "segmentation_extra", source)
 
 
-def _read_mmseg(obj: Mapping[str, Any], source: str) -> Read:
-    check_tensors(obj["state_dict"], source)  # string keys, tensors, sizes: before any shape is read
-    try:
-        return mmseg_to_focalnet(obj, source)
-    except (CheckpointMismatchError, MalformedCheckpointError) as e:
-        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
-        raise type(e)(msg) from None
-
-
 LAYOUTS: tuple[Layout[Read], ...] = (
     Layout(
         "focalnet",
@@ -112,53 +107,24 @@ LAYOUTS: tuple[Layout[Read], ...] = (
         lambda obj: "segmentation_meta" in obj and "model" in obj and "format" not in obj,
         _read_training,
     ),
-    Layout(
-        "mmsegmentation",
-        "{'meta', 'state_dict'} with backbone./decode_head. keys (an original mmseg 0.x UPerNet)",
-        lambda obj: (
-            "format" not in obj
-            and "segmentation_meta" not in obj
-            and isinstance(obj.get("state_dict"), Mapping)
-            and is_mmseg_segmentor(obj["state_dict"])
-        ),
-        _read_mmseg,
-    ),
 )
 
-_HEAD_FIELDS = {f.name: f.type for f in fields(HeadConfig)}
-_BOUNDED = ("pool_scales",)  # sequences whose length decides how many modules are built
 
-
-def _head(meta: Mapping[str, Any], source: str) -> HeadConfig:
-    head = _extra(meta, "head", source)
-    unknown = sorted(set(head) - set(_HEAD_FIELDS))
-    if unknown:
-        raise MalformedCheckpointError(f"{source}: stored head settings {unknown} are not HeadConfig fields")
-    try:
-        cfg = HeadConfig(**{k: tuple(v) if k in _BOUNDED else v for k, v in head.items()})
-        cfg.validate()
-    except (TypeError, ValueError) as e:
-        raise MalformedCheckpointError(f"{source}: stored head settings are invalid: {e}") from None
-    for k in ("channels", "aux_in_index", "aux_channels", "aux_num_convs"):
-        if not isinstance(getattr(cfg, k), int) or isinstance(getattr(cfg, k), bool):
-            raise MalformedCheckpointError(f"{source}: stored head {k!r} must be an integer")
-    if not all(isinstance(s, int) for s in cfg.pool_scales):
-        raise MalformedCheckpointError(f"{source}: stored head 'pool_scales' must be integers")
-    return cfg
-
-
-def _count(sd: Mapping[str, Any], prefix: str) -> int:
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for k in sd if (m := pat.match(k))})
+def layouts() -> list[Layout[Read]]:
+    """Every layout the loading path recognises: ours (:data:`LAYOUTS`), then each registered
+    segmentor's original layouts."""
+    return [*LAYOUTS, *segmentor_layouts()]
 
 
 def check_meta(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
-    """``meta`` after checking every setting a model is built from, without building one: the backbone
-    config (a valid :class:`~focalnet.FocalNetConfig` whose structure the backbone tensors show), the head
-    settings (:class:`HeadConfig` fields of the right types, as many pool scales and aux convs as the
-    tensors have), ``num_classes`` (a positive integer) and ``class_names`` (``None`` or one string per
-    class). Raises :class:`MalformedCheckpointError` or :class:`CheckpointMismatchError` naming the key."""
+    """``meta`` after checking every setting a model is built from, without building one: the segmentor
+    (a registered name, UPerNet where absent), the backbone config (a valid :class:`~focalnet.FocalNetConfig`
+    whose structure the backbone tensors show), ``num_classes`` (a positive integer), ``class_names``
+    (``None`` or one string per class) and the segmentor's head settings (its spec's ``check_head``: types,
+    and as many modules as the tensors have). Raises :class:`MalformedCheckpointError` or
+    :class:`CheckpointMismatchError` naming the key."""
     meta = dict(meta)
+    spec = segmentor_of(meta, source)
     cfg = stored_config(meta.get("backbone_config"), source, "backbone_config")
     body = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     try:
@@ -170,21 +136,12 @@ def check_meta(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: 
         raise CheckpointMismatchError(
             f"{source}: the stored backbone_config disagrees with the backbone tensors (stored, tensors): {diff}"
         )
-    head = _head(meta, source)
-    for what, n_stored, prefix in (
-        ("pool scales", len(head.pool_scales), "decode_head.psp_modules."),
-        ("auxiliary convs", head.aux_num_convs if head.aux else 0, "auxiliary_head.convs."),
-    ):
-        if n_stored != _count(sd, prefix):
-            raise CheckpointMismatchError(
-                f"{source}: the stored head has {n_stored} {what}, the tensors {_count(sd, prefix)} ({prefix}*)"
-            )
     n = meta.get("num_classes")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise MalformedCheckpointError(f"{source}: stored num_classes must be a positive integer, got {n!r:.40}")
     if meta.get("class_names") is not None:
         meta["class_names"] = expect_names(meta["class_names"], n, source)
-    return meta
+    return spec.check_head(meta, sd, source)
 
 
 def _check_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
@@ -203,16 +160,27 @@ def _check_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
     return extra
 
 
+def _read_file(source: str) -> Any:
+    """The loaded file: ``torch.load(weights_only=True)``, or for ``.pkl`` files (the official model zoo's)
+    an unpickler that admits numpy arrays and plain containers only."""
+    if source.endswith(".pkl"):
+        from ..weights.pickle_numpy import load_numpy_pickle
+
+        return load_numpy_pickle(source)
+    return safe_torch_load(source, "segmentation checkpoint")
+
+
 def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """``(meta, state_dict, extra)`` of a segmentation file in any layout of :data:`LAYOUTS`, checked
+    """``(meta, state_dict, extra)`` of a segmentation file in any layout of :func:`layouts`, checked
     (:func:`check_meta`, tensor types and sizes) but without building the model: ours
-    (:func:`save_segmentor`, training checkpoints) or an original mmsegmentation 0.x FocalNet UPerNet
-    (converted, see :mod:`focalnet.segmentation.mmseg`)."""
+    (:func:`save_segmentor`, training checkpoints) or a registered segmentor's original layout (an
+    mmsegmentation 0.x FocalNet UPerNet, see :mod:`focalnet.segmentation.mmseg`; the official Mask2Former
+    ``.pth`` and ``.pkl`` files)."""
     source = os.fspath(path)
     if not os.path.exists(source):
         raise FileNotFoundError(f"checkpoint not found: {source}")
-    obj = safe_torch_load(source, "segmentation checkpoint")
-    layout = recognise_layout(obj, LAYOUTS, source, "focalnet segmentation model")
+    obj = _read_file(source)
+    layout = recognise_layout(obj, layouts(), source, "focalnet segmentation model")
     meta, sd, extra = layout.read(obj, source)
     return check_meta(meta, sd, source), sd, _check_extra(extra, source)
 
@@ -221,25 +189,29 @@ def check_segmentor(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], sou
     """Every check of :func:`build_segmentor` (meta, tensors, finite, keys and shapes on the meta device)
     without building the model."""
     meta = check_meta(meta, sd, source)
-    check_loadable(lambda: upernet_from_meta(meta), sd, source)
+    spec = segmentor_of(meta, source)
+    check_loadable(lambda: spec.from_meta(meta), sd, source)
 
 
 def build_segmentor(
     meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str = "checkpoint", **backbone_overrides: Any
-) -> UPerNet:
-    """The :class:`UPerNet` that ``meta`` describes with the weights ``sd`` loaded strictly, after every
+) -> nn.Module:
+    """The segmentor (:class:`~focalnet.segmentation.UPerNet`, Mask2Former, ...) that ``meta`` describes with the weights ``sd`` loaded strictly, after every
     check (:func:`check_meta`, then :func:`~focalnet.weights.checks.build_checked`: tensors, finite,
     keys and shapes compared on the meta device before anything is allocated). ``backbone_overrides``
     change backbone settings the weights do not fix (``drop_path_rate``)."""
     meta = check_meta(meta, sd, source)
-    return build_checked(lambda: upernet_from_meta(meta, **backbone_overrides), sd, source, assign=True)
+    spec = segmentor_of(meta, source)
+    return build_checked(lambda: spec.from_meta(meta, **backbone_overrides), sd, source, assign=True)
 
 
-def load_segmentor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[UPerNet, dict[str, Any]]:
-    """Rebuild a :class:`UPerNet` from a file written by :func:`save_segmentor`, a training checkpoint
-    (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``) or an original mmsegmentation
+def load_segmentor(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a segmentor from a file written by :func:`save_segmentor`, a training checkpoint
+    (``checkpoints/checkpoint-*.pt``, which carries the same ``meta``), an original mmsegmentation
     0.x FocalNet UPerNet file (``{"meta", "state_dict"}``: backbone and head read off the keys, ADE20K
-    class names for 150 classes); returns ``(model in eval mode, extra)``. Loads with
+    class names for 150 classes) or an official Mask2Former file (``.pth``, model zoo ``.pkl``); returns ``(model in eval mode, extra)``. Loads with
     ``weights_only=True`` and strictly, after every check of the module docstring: a file that does not
     fit names the missing, unexpected and mis-shaped keys."""
     meta, sd, extra = read_segmentor(path)

@@ -1,0 +1,110 @@
+"""The segmentors' specs (:class:`~focalnet.segmentation.spec.SegmentorSpec`): UPerNet (with its original
+mmsegmentation layout) and Mask2Former (with the official detectron2 layouts: ``.pth`` and the model
+zoo's ``.pkl``).
+
+Each spec carries what the loading path needs besides the common steps: the segmentor's head settings
+checked against the tensors (``check_head``), the model rebuilt from a file's ``meta`` (``from_meta``),
+the original layouts it reads, and the writer of ``convert --to original``. Mask2Former's modules are
+imported on first use: listing the segmentors costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from typing import Any
+
+from ..weights.checks import check_tensors
+from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
+from ..weights.layouts import Layout
+from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
+from .model import UPERNET_BACKBONE_DEFAULTS, HeadConfig, upernet, upernet_from_meta
+from .spec import Read, SegmentorSpec
+
+__all__ = ["UPERNET", "stored_head"]
+
+
+def stored_head(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``meta["head"]`` as a dict (``{}`` where absent); a :class:`MalformedCheckpointError` if it is not a mapping."""
+    head = meta.get("head")
+    if head is None:
+        return {}
+    if not isinstance(head, Mapping):
+        raise MalformedCheckpointError(f"{source}: stored 'head' must be a mapping, got {type(head).__name__}")
+    return dict(head)
+
+
+# --------------------------------------------------------------------------------------------- UPerNet
+_UPER_FIELDS = {f.name for f in fields(HeadConfig)}
+_BOUNDED = ("pool_scales",)  # sequences whose length decides how many modules are built
+
+
+def _count(sd: Mapping[str, Any], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in sd if (m := pat.match(k))})
+
+
+def _check_upernet_head(meta: Mapping[str, Any], sd: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The stored :class:`HeadConfig` of the right types, with as many pool scales and aux convs as the
+    tensors have."""
+    head = stored_head(meta, source)
+    unknown = sorted(set(head) - _UPER_FIELDS)
+    if unknown:
+        raise MalformedCheckpointError(f"{source}: stored head settings {unknown} are not HeadConfig fields")
+    try:
+        cfg = HeadConfig(**{k: tuple(v) if k in _BOUNDED else v for k, v in head.items()})
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise MalformedCheckpointError(f"{source}: stored head settings are invalid: {e}") from None
+    for k in ("channels", "aux_in_index", "aux_channels", "aux_num_convs"):
+        if not isinstance(getattr(cfg, k), int) or isinstance(getattr(cfg, k), bool):
+            raise MalformedCheckpointError(f"{source}: stored head {k!r} must be an integer")
+    if not all(isinstance(s, int) for s in cfg.pool_scales):
+        raise MalformedCheckpointError(f"{source}: stored head 'pool_scales' must be integers")
+    for what, n_stored, prefix in (
+        ("pool scales", len(cfg.pool_scales), "decode_head.psp_modules."),
+        ("auxiliary convs", cfg.aux_num_convs if cfg.aux else 0, "auxiliary_head.convs."),
+    ):
+        if n_stored != _count(sd, prefix):
+            raise CheckpointMismatchError(
+                f"{source}: the stored head has {n_stored} {what}, the tensors {_count(sd, prefix)} ({prefix}*)"
+            )
+    return dict(meta)
+
+
+def _read_mmseg(obj: Mapping[str, Any], source: str) -> Read:
+    check_tensors(obj["state_dict"], source)  # string keys, tensors, sizes: before any shape is read
+    try:
+        return mmseg_to_focalnet(obj, source)
+    except (CheckpointMismatchError, MalformedCheckpointError) as e:
+        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
+        raise type(e)(msg) from None
+
+
+MMSEG_LAYOUT: Layout[Read] = Layout(
+    "mmsegmentation",
+    "{'meta', 'state_dict'} with backbone./decode_head. keys (an original mmseg 0.x UPerNet)",
+    lambda obj: (
+        "format" not in obj
+        and "segmentation_meta" not in obj
+        and isinstance(obj.get("state_dict"), Mapping)
+        and is_mmseg_segmentor(obj["state_dict"])
+    ),
+    _read_mmseg,
+)
+
+UPERNET = SegmentorSpec(
+    name="upernet",
+    title="UPerNet",
+    summary="UPerHead + auxiliary FCN head, per-pixel classes (the released ADE20K models)",
+    build=upernet,
+    from_meta=upernet_from_meta,
+    check_head=_check_upernet_head,
+    backbone_defaults=dict(UPERNET_BACKBONE_DEFAULTS),
+    head_defaults={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(HeadConfig()).items()},
+    tasks=("semantic",),
+    layouts=(MMSEG_LAYOUT,),
+    write=focalnet_to_mmseg,
+    recipe="upernet_focalnet_tiny_srf_ade20k_160k",
+)
