@@ -187,6 +187,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_configs)
 
+    from .pq import add_pq_parser  # numpy only: the parser stays torch-free
+
+    add_pq_parser(sub)  # `segmentation pq`: the standalone PQ scorer (its code is in pq.py)
+
 
 def cmd_configs(args: argparse.Namespace) -> int:
     """``focalnet segmentation configs [NAME]``: the shipped configs, or one of them resolved."""
