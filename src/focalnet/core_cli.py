@@ -132,18 +132,20 @@ _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a checkpoint; timm/transformers outputs are model folders those libraries load."""
-    from .engine.outputs import refuse_input_overwrite
+    from .engine.outputs import OutputRule
     from .factory import checkpoint_config, model_from_checkpoint, save_model
     from .weights import convert_state_dict, read_checkpoint
     from .weights.io import atomic_save, save_safetensors
 
     out = Path(args.output)
     folder = args.to in ("timm", "transformers") and out.suffix not in _FILE_SUFFIXES  # a model folder
-    for target in (out / "model.safetensors", out / "config.json") if folder else (out,):
-        refuse_input_overwrite(target, [args.input])  # before any work: `convert IN IN` keeps IN
+    rule = OutputRule("convert", [args.input], overwrite=args.overwrite)
+    # before any work: `convert IN IN` keeps IN; nor is a run's or another command's file replaced
+    rule.claim([out / "model.safetensors", out / "config.json"] if folder else [out], out if folder else None)
     if args.to == "safetensors":
         model = model_from_checkpoint(args.input)
         save_model(model, out)
+        rule.finish()
         print(f"wrote {out} (safetensors with the model config)")
         return 0
     ckpt = read_checkpoint(args.input)
@@ -158,6 +160,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             save_safetensors(sd, out, {"format": "focalnet", **meta})
         else:
             atomic_save({"model": sd, **meta}, out)
+        rule.finish()
         print(f"wrote {out} (original layout, with the model config)")
         return 0
     if out_indices is not None:
@@ -170,6 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             save_safetensors(converted, out, {"format": "pt"})
         else:
             atomic_save(converted, out)
+        rule.finish()
         print(f"wrote {out} ({args.to} layout, bare state dict; give a folder name for a loadable model folder)")
         return 0
     from .weights.export import timm_config, transformers_config
@@ -178,6 +182,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(converted, out / "model.safetensors", {"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    rule.finish()
     how = (
         f"transformers.FocalNetForImageClassification.from_pretrained({str(out)!r})"
         if args.to == "transformers"
@@ -193,9 +198,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .classification.evaluate import fit_channels, image_mode
+    from .engine.outputs import OutputRule
     from .factory import create_model, model_from_checkpoint
     from .models import imagenet_class_names
 
+    rule = OutputRule("classify", [*args.images, args.checkpoint], overwrite=args.overwrite)
+    if args.json:  # before anything is read
+        rule.claim([args.json], what="--json")
     if args.checkpoint:
         model = model_from_checkpoint(args.checkpoint)
         weights = f"checkpoint {args.checkpoint}"
@@ -250,13 +259,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for r in preds:
                 print(f"  {r['prob']:6.2%}  {r['class']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": weights, "results": results}, indent=2))
+        from .engine.files import write_json
+
+        write_json(args.json, {"weights": weights, "results": results})
+        rule.finish()
     return 0
 
 
 def register(subparsers: Any) -> None:
     """Add ``models``, ``info``, ``convert`` and ``classify`` to the ``focalnet`` parser (their one-line help
     is in :data:`focalnet.cli.COMMANDS`)."""
+    from .engine.options import add_overwrite_arg
+
     p = subparsers.add_parser(
         "models",
         description="The 15 released FocalNet variants: parameters, FLOPs, resolution, classes, ImageNet top-1 "
@@ -292,6 +306,7 @@ def register(subparsers: Any) -> None:
         choices=["original", "timm", "transformers", "safetensors"],
         help="target layout",
     )
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = subparsers.add_parser(
@@ -308,4 +323,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image")
     p.add_argument("--json", help="also write the predictions to this JSON file")
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_classify)

@@ -172,9 +172,14 @@ def _pretrained(args: argparse.Namespace) -> bool | str | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed
+    from ..engine.outputs import OutputRule
     from .evaluate import evaluate
 
     pre = _pretrained(args)
+    rule = OutputRule("classification evaluate", [args.checkpoint, args.data], overwrite=args.overwrite)
+    if args.output and os.environ.get("RANK", "0") == "0":  # before anything runs (rank 0 writes)
+        out = Path(args.output)
+        rule.claim([out / "metrics.json", out / "confusion_matrix.json"], out, what="--output")
     try:
         m = evaluate(
             args.checkpoint,
@@ -198,6 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if os.environ.get("RANK", "0") != "0":
         return 0
+    rule.finish()
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "confusion_matrix"}, indent=2))
         return 0
@@ -214,17 +220,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine import refuse_input_overwrite, resolve_device, write_json
+    from ..engine import resolve_device, write_json
+    from ..engine.outputs import OutputRule
     from .evaluate import load_classifier
     from .predict import collect_images, predict
 
     pre = _pretrained(args)
-    loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
     images = collect_images(args.images)
-    if args.json:  # never replace an input image (--json x.jpg)
-        refuse_input_overwrite(args.json, images, "--json")
+    # before anything is read: no output replaces an input (images, checkpoint), a run's files, or a file
+    # this command did not write (--overwrite)
+    rule = OutputRule("classification predict", [*images, args.checkpoint], overwrite=args.overwrite)
+    if args.json:
+        rule.claim([args.json], what="--json")
     if args.output:
-        refuse_input_overwrite(Path(args.output) / "predictions.json", images, "--output")
+        rule.claim([Path(args.output) / "predictions.json"], args.output, what="--output")
+    loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
     results = predict(
         loaded,
         images,
@@ -246,6 +256,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
+    rule.finish()
     failed = sum("error" in r for r in results)
     if failed and failed == len(results):
         print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)

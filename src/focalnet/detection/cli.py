@@ -207,8 +207,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .load import load_detector
     from .transforms import eval_transforms
 
+    from ..engine.outputs import OutputRule
+
     if not args.data and not (args.val_ann and args.val_images):
         raise ValueError("give --data ROOT (COCO 2017 layout) or both --val-ann and --val-images")
+    inputs = [args.checkpoint, args.data, args.val_ann, args.val_images]
+    rule = OutputRule("detection evaluate", inputs, overwrite=args.overwrite)
+    if args.output:  # before anything runs
+        rule.claim([Path(args.output) / "metrics.json", Path(args.output) / "results.json"], args.output, "--output")
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, mmdet_compat=args.mmdet_compat, **overrides)
@@ -234,6 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["data_problems"] = ds.problems_report()
     if args.output:
         write_json(Path(args.output) / "metrics.json", metrics)
+        rule.finish()
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if not k.endswith("_summary")}, indent=2))
     else:
@@ -257,18 +264,22 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device
+    from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .load import load_detector
-    from .predict import predict_images
+    from .predict import predict_images, prediction_files
 
     missing = [p for p in args.images if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    out = args.output or "predictions"
+    rule = OutputRule("detection predict", [*args.images, args.checkpoint], overwrite=args.overwrite)
+    drawn, json_path = prediction_files(args.images, out)
+    rule.claim([*drawn, json_path], out)  # before the model is read: nothing is written on a refusal
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, device, **overrides)
     inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
-    out = args.output or "predictions"
     records = predict_images(
         model,
         args.images,
@@ -278,6 +289,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         score_thr=args.score_thr,
         device=device,
         progress=not args.no_progress,
+        rule=rule,
     )
     for r in records:
         if "error" in r:
@@ -285,7 +297,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         names = ", ".join(f"{d['label']} {d['score']:.2f}" for d in r["detections"][:10])
         print(f"{r['image']}: {len(r['detections'])} detection(s){': ' + names if names else ''}")
-    print(f"wrote {Path(out) / 'detections.json'} and the drawn images in {out}")
+    print(f"wrote {json_path} and the drawn images in {out}")
     return 0 if all("error" not in r for r in records) else 1
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,17 @@ from ..engine import write_json
 from ..engine.images import open_image
 from .evaluate import masks_to_rle
 
-__all__ = ["predict_images", "detect", "detection_records", "draw_detections", "no_detections_note"]
+if TYPE_CHECKING:
+    from ..engine.outputs import OutputRule
+
+__all__ = [
+    "predict_images",
+    "detect",
+    "detection_records",
+    "draw_detections",
+    "no_detections_note",
+    "prediction_files",
+]
 
 log = logging.getLogger("focalnet")
 
@@ -127,19 +137,24 @@ def predict_images(
     device: str | torch.device = "cpu",
     with_masks_json: bool = True,
     progress: bool = True,
+    rule: OutputRule | None = None,
 ) -> list[dict[str, Any]]:
     """Detect objects in each image file; with ``out_dir``, write ``<stem>.png`` (drawn) per image and
     ``detections.json`` (names from :func:`focalnet.engine.output_paths`: same-named inputs of different
     folders keep their relative folders, no output replaces an input or another output). Returns, per image, ``{"image", "width", "height", "detections": [{"label",
     "category_id", "score", "box" (x1, y1, x2, y2), "segmentation" (RLE)}]}`` or ``{"image", "error"}``
-    for an unreadable file."""
+    for an unreadable file. The files are claimed through ``rule`` (:class:`focalnet.engine.outputs.OutputRule`;
+    default: one whose inputs are the images) before the first image is read."""
     device = torch.device(device)
     model.eval().to(device)
-    from ..engine.outputs import avoid_inputs, output_paths
-    from ..engine.runs import make_output_dir
+    from ..engine.outputs import OutputRule
 
-    out = make_output_dir(out_dir, "output folder") if out_dir is not None else None
-    drawn_paths = output_paths(images, out, "", ".png") if out is not None else []
+    out = Path(out_dir) if out_dir is not None else None
+    drawn_paths: list[Path] = []
+    if out is not None:
+        drawn_paths, json_path = prediction_files(images, out)
+        rule = rule or OutputRule("detection predict", images)
+        rule.claim([*drawn_paths, json_path], out)
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
@@ -162,5 +177,14 @@ def predict_images(
             rec["drawn"] = str(drawn_paths[n])
         records.append(rec)
     if out is not None:
-        write_json(avoid_inputs(out / "detections.json", images), records)
+        write_json(json_path, records)
+        rule.finish()
     return records
+
+
+def prediction_files(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[list[Path], Path]:
+    """The files :func:`predict_images` writes into ``out_dir``: one drawn PNG per image and the JSON."""
+    from ..engine.outputs import avoid_inputs, output_paths
+
+    out = Path(out_dir)
+    return output_paths(images, out, "", ".png", create=False), avoid_inputs(out / "detections.json", images)

@@ -37,9 +37,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     make_output_dir(path.parent, "output folder")
     text = json.dumps(finite_json(data), indent=2, default=json_default, allow_nan=False)
+    if path.is_dir():
+        raise RunFolderError(f"{path} is a folder; give a file path for the JSON output")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write or rename leaves no temporary file
+
 
 
 def finite_json(data: Any) -> Any:

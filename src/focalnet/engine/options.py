@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 __all__ = [
     "COMMAND_KINDS",
     "FlagTable",
+    "add_overwrite_arg",
     "add_shared_options",
     "add_threads_arg",
     "check_device",
@@ -73,6 +74,11 @@ _OUTPUT_HELP: dict[str, str] = {
     "predict": "folder for the predictions (default: ./predictions; classification: none, it prints them)",
 }
 
+_OVERWRITE_HELP = (
+    "replace output files that exist and were not written by an earlier run of this command",
+    "start a new run in a folder holding another run's checkpoints, deleting them",
+)
+
 # the shared options, in the order they are added: flags, argparse settings, the kinds of command taking them
 _SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = (
     (("--output", "--out"), {"dest": "output", "metavar": "DIR"}, COMMAND_KINDS),  # + required, help by kind
@@ -83,11 +89,8 @@ _SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = 
     ),
     (
         ("--overwrite",),
-        {
-            "action": "store_true",
-            "help": "start a new run in a folder holding another run's checkpoints, deleting them",
-        },
-        ("train",),
+        {"action": "store_true"},  # + help by kind
+        COMMAND_KINDS,
     ),
     (
         ("--set",),
@@ -150,6 +153,12 @@ def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(*flags, **settings)
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the commands outside the three tasks that write files (convert, export, classify,
+    visualize, benchmark): the same flag as the tasks' evaluate and predict (:class:`~focalnet.engine.outputs.OutputRule`)."""
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP[0])
+
+
 def add_compile_arg(parser: argparse.ArgumentParser) -> None:
     """The ``--compile`` option of the dense models' evaluate and predict commands
     (:func:`focalnet.models.inference.inference_path`)."""
@@ -170,6 +179,8 @@ def add_shared_options(parser: argparse.ArgumentParser, kind: Kind) -> None:
         if kind in kinds:
             if flags[0] == "--output":
                 settings = {**settings, "required": kind == "train", "help": _OUTPUT_HELP[kind]}
+            elif flags[0] == "--overwrite":
+                settings = {**settings, "help": _OVERWRITE_HELP[kind == "train"]}
             group.add_argument(*flags, **settings)
 
 

@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .files import RunFolderError, make_output_dir, write_json
@@ -177,6 +177,7 @@ def prepare_run_folder(
     overwrite: bool = False,
     task: str | None = None,
     is_main: bool = True,
+    outputs: Sequence[str] = (),
 ) -> str:
     """Check that a run may use ``output_dir`` and return its run id (new, or the resumed run's).
 
@@ -184,6 +185,10 @@ def prepare_run_folder(
       ``--resume auto`` and ``--overwrite``); with ``overwrite`` those checkpoints and the old run's
       outputs are deleted first.
     - ``resume``: the folder's run id is kept (``run.json``); a folder of another task is refused.
+
+    - ``outputs``: names of the files the run writes (a run without checkpoints, e.g. ``demo``): where one
+      exists and the folder is not a run of ``task`` (its ``run.json``), the folder is refused unless
+      ``overwrite``, which deletes them first; a folder of another task's run is refused unless ``overwrite``.
 
     Every process may call it (only ``is_main`` writes). ``is_main`` first takes the folder's lock
     (:func:`lock_run_folder`; kept after a successful return, until :func:`unlock_run_folder` or the end of
@@ -196,6 +201,8 @@ def prepare_run_folder(
         raise RunFolderError("give either --resume (continue the run) or --overwrite (start over), not both")
     took = lock_run_folder(out) if is_main else False
     try:
+        if outputs:
+            _check_outputs(out, outputs, overwrite, task, is_main)
         run_id = _prepare(out, resume, overwrite, task, is_main)
     except BaseException:
         if took:
@@ -204,6 +211,22 @@ def prepare_run_folder(
     if is_main:
         _write_holder(os.path.realpath(out), run_id=run_id)
     return run_id
+
+
+def _check_outputs(out: Path, outputs: Sequence[str], overwrite: bool, task: str | None, is_main: bool) -> None:
+    info = read_run_file(out)
+    existing = [n for n in outputs if (out / n).exists() or (out / n).is_symlink()]
+    other = info is not None and info.get("task") != task
+    if not (other or (info is None and existing)):
+        return  # a new folder, or an earlier run of this task: its files are rewritten
+    if not overwrite:
+        what = f"holds a {info.get('task')} run ({info['run_id']})" if info else f"holds {', '.join(existing[:3])}"
+        raise RunFolderError(f"--output {out} {what}: choose another folder, or replace them with --overwrite")
+    if is_main:
+        for n in existing:
+            (out / n).unlink(missing_ok=True)
+        (out / RUN_FILE).unlink(missing_ok=True)
+        log.warning("--overwrite: deleted %s in %s", ", ".join(existing) or "the previous run's record", out)
 
 
 def _prepare(out: Path, resume: str | None, overwrite: bool, task: str | None, is_main: bool) -> str:

@@ -280,6 +280,7 @@ def _test_config(args: argparse.Namespace, stored: dict[str, Any] | None) -> Any
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import init_distributed, write_json
+    from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .data import DataConfig, build_dataset
     from .evaluate import evaluate
@@ -317,6 +318,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(dcfg, args.split, None, class_names=model.class_names)
     test_cfg = _test_config(args, extra.get("test"))
     mean, std = extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375))
+    out = (
+        Path(args.output)
+        if args.output
+        else Path(args.checkpoint).resolve().parent
+        / (f"eval-{args.split}-{test_cfg.mode}" + ("-ms" if test_cfg.multi_scale else "") + ("-flip" if test_cfg.flip else ""))
+    )
+    rule = OutputRule("segmentation evaluate", [args.checkpoint, args.data], overwrite=args.overwrite)
+    if dist.is_main:  # before the evaluation runs
+        rule.claim([out / "metrics.json"], out, "--output")
     metrics = evaluate(
         model,
         dataset,
@@ -335,17 +345,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["data_problems"] = dataset.problems
     metrics["num_skipped_samples"] = len(dataset.problems) + metrics["skipped_images"]
     if dist.is_main:
-        out = (
-            Path(args.output)
-            if args.output
-            else Path(args.checkpoint).resolve().parent
-            / (
-                f"eval-{args.split}-{test_cfg.mode}"
-                + ("-ms" if test_cfg.multi_scale else "")
-                + ("-flip" if test_cfg.flip else "")
-            )
-        )
         write_json(out / "metrics.json", metrics)
+        rule.finish()
         metrics["metrics_file"] = str(out / "metrics.json")
         _print_summary(metrics, args.json)
     return 0
@@ -357,8 +358,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .load import load_segmentor
     from .predict import predict_images
 
+    from ..engine.outputs import OutputRule
+    from .predict import prediction_files
+
     device = resolve_device(args.device)
     out = args.output or "predictions"
+    rule = OutputRule("segmentation predict", [*args.images, args.checkpoint], overwrite=args.overwrite)
+    files = [f for named in prediction_files(args.images, out).values() for f in named]
+    rule.claim([*files, Path(out) / "predictions.json"], out)  # before anything is read
     model, extra = load_segmentor(args.checkpoint)
     inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     model.to(device)
@@ -372,8 +379,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         extra.get("mean", (123.675, 116.28, 103.53)),
         extra.get("std", (58.395, 57.12, 57.375)),
         progress=not args.no_progress,
+        rule=rule,
     )
     write_json(Path(out) / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
+    rule.finish()
     for r in records:
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,7 +18,18 @@ from .data import read_image
 from .evaluate import TestConfig, predict_probs
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["palette", "colorize", "overlay", "overlay_with_legend", "predict_image", "predict_images"]
+if TYPE_CHECKING:
+    from ..engine.outputs import OutputRule
+
+__all__ = [
+    "palette",
+    "colorize",
+    "overlay",
+    "overlay_with_legend",
+    "predict_image",
+    "predict_images",
+    "prediction_files",
+]
 
 log = logging.getLogger("focalnet")
 
@@ -94,6 +106,7 @@ def predict_images(
     std: Sequence[float] = IMAGENET_STD,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    rule: OutputRule | None = None,
 ) -> list[dict[str, Any]]:
     """For each image write ``<stem>_label.png`` (class ids), ``<stem>_color.png`` and
     ``<stem>_overlay.png`` (with a legend of the classes present, by pixel share, on its right) into
@@ -101,15 +114,16 @@ def predict_images(
     :func:`focalnet.engine.output_paths`: same-named inputs of different folders keep their relative
     folders, and no output replaces an input or another output. An unreadable image is reported
     (``{"image", "error"}``, and a logged warning) and the others are predicted."""
-    from ..engine.outputs import output_paths
-    from ..engine.runs import make_output_dir
+    from ..engine.outputs import OutputRule
 
-    out = make_output_dir(out_dir, "output folder")
+    out = Path(out_dir)
     nc = int(model.num_classes)
     names = list(class_names or getattr(model, "class_names", None) or [])
     names += [str(i) for i in range(len(names), nc)]
     kinds = ("label", "color", "overlay")
-    named = {k: output_paths(paths, out, f"_{k}", ".png") for k in kinds}
+    named = prediction_files(paths, out)
+    rule = rule or OutputRule("segmentation predict", paths)
+    rule.claim([f for k in kinds for f in named[k]], out)  # before any image is read (the class doc's rule)
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
@@ -128,4 +142,13 @@ def predict_images(
         drawn, shares = overlay_with_legend(img, label, names)
         Image.fromarray(drawn).save(files["overlay"])
         records.append({"image": str(p), **{k: str(v) for k, v in files.items()}, "class_percent": shares})
+    rule.finish()
     return records
+
+
+def prediction_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, list[Path]]:
+    """The files :func:`predict_images` writes into ``out_dir``: ``{"label" | "color" | "overlay": one PNG
+    per image}`` (named by :func:`focalnet.engine.output_paths`)."""
+    from ..engine.outputs import output_paths
+
+    return {k: output_paths(paths, Path(out_dir), f"_{k}", ".png", create=False) for k in ("label", "color", "overlay")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -52,6 +53,23 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write of a file in ``folder`` failed because its file system is full (torch's
+    writer says "unexpected pos", safetensors "os error 28"; the free space tells)."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    msg = str(e)
+    if "os error 28" in msg:
+        return True
+    if "unexpected pos" not in msg and "write" not in msg.lower():
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 16 * 2**20
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -64,9 +82,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(e, path.parent)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, "no space left on device", str(path)) from None
         raise
 
 
@@ -86,9 +107,12 @@ def save_safetensors(
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(e, path.parent)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, "no space left on device", str(path)) from None
         raise
 
 
