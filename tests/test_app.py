@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from PIL import Image
 import focalnet
 from focalnet import visualize as viz
 from focalnet.app import core
+from focalnet.app import guard as core_guard
 from focalnet.cli import main
 from focalnet.engine.images import open_image
 from focalnet.visualize_cli import prepare_images, visualize_images
@@ -236,7 +238,9 @@ def app_url(files, tmp_path_factory):
     env["GRADIO_TEMP_DIR"] = str(logs / "gradio")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "focalnet", "app", "--checkpoint", str(files["det"]), str(files["seg"])]
-    cmd += ["--port", str(port), "--threads", "1"]
+    cmd += ["--port", str(port), "--threads", "1", "--allow-load", str(files["dir"]), "--max-upload-mb", "2"]
+    env["TMPDIR"] = str(logs / "tmp")  # the app's scratch folder (examples, raw maps) lands here
+    (logs / "tmp").mkdir()
     out, err = open(logs / "stdout.txt", "w"), open(logs / "stderr.txt", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=files["dir"], env=env, stdout=out, stderr=err)
@@ -254,7 +258,13 @@ def app_url(files, tmp_path_factory):
                 pytest.fail("the app did not answer within 180 s")
             time.sleep(0.5)
         print(f"app started in {time.perf_counter() - t0:.1f} s")
-        yield {"url": url, "stderr": logs / "stderr.txt", "stdout": logs / "stdout.txt"}
+        yield {
+            "url": url,
+            "stderr": logs / "stderr.txt",
+            "stdout": logs / "stdout.txt",
+            "tmp": logs / "tmp",
+            "proc": proc,
+        }
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -375,3 +385,153 @@ def test_page_in_a_real_browser(app_url, files, tmp_path):
     readme_shot = REPO / "docs" / "images" / "app.png"
     if not readme_shot.exists():  # the README's screenshot, taken once
         shutil.copy(shot, readme_shot)
+
+
+# --------------------------------------------------------------------------------- the HTTP surface (issue 27)
+
+
+def _call(url: str, api: str, data: list) -> tuple[str, Any]:
+    """``POST /gradio_api/call/<api>`` with raw JSON as any client could send it, then its result stream:
+    ``("complete", outputs)`` or ``("error", message)``."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(
+        f"{url}gradio_api/call/{api}", json.dumps({"data": data}).encode(), {"Content-Type": "application/json"}
+    )
+    with opener.open(req, timeout=30) as r:
+        event = json.loads(r.read())["event_id"]
+    with opener.open(f"{url}gradio_api/call/{api}/{event}", timeout=120) as r:
+        text = r.read().decode()
+    kind, payload = None, None
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            kind = line[7:].strip()
+        elif line.startswith("data: ") and kind in ("complete", "error"):
+            payload = json.loads(line[6:]) if line[6:].strip() not in ("", "null") else None
+    return kind or "?", payload
+
+
+def _refused(kind: str, out: Any) -> str:
+    """The status line of a call that must not have produced a result (no image, no labels)."""
+    if kind == "error":  # Gradio itself refused the payload (a FileData with a path outside its cache)
+        return "gradio refused"
+    assert kind == "complete", (kind, out)
+    *results, status = out
+    assert not any(results), results  # nothing drawn, nothing classified
+    return status
+
+
+SERVER_FILES = ["/etc/passwd", "/etc/hostname", "/proc/self/environ", "/nonexistent/x.png", "/etc", "/dev/zero"]
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["plain", "filedata-meta"])
+def test_client_paths_outside_uploads_are_refused_alike(app_url, files, meta):
+    """A path on the server is never read (a real image outside the upload folder included), and the answer
+    does not depend on whether it exists, is a folder, a device or not an image: no oracle."""
+    statuses = set()
+    for path in [str(files["photo"]), str(files["seg"]), *SERVER_FILES, str(files["dir"] / ".." / "x.png")]:
+        payload: dict[str, Any] = {"path": path}
+        if meta:
+            payload["meta"] = {"_type": "gradio.FileData"}
+        for api, extra in (("detect", [0.5]), ("segment", []), ("classify", ["stage 1, block 0"])):
+            statuses.add(_refused(*_call(app_url["url"], api, [payload, *extra])).split(":** ")[-1])
+    statuses.discard("gradio refused")
+    assert statuses <= {core_guard.NOT_AN_UPLOAD}, statuses
+    assert "Traceback" not in app_url["stderr"].read_text()
+
+
+def test_load_by_path_is_limited_to_the_allowed_folder(app_url, files):
+    for path in ("/etc/passwd", "/proc/self/environ", str(files["dir"] / ".." / ".." / "etc" / "passwd")):
+        msg, _, _ = _call(app_url["url"], "load", [path])[1]
+        assert msg.startswith("**Not loaded:**") and "only checkpoints under" in msg, msg
+        assert "root:" not in msg and "Unsupported operand" not in msg
+    link = files["dir"] / "escape.pt"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/passwd")  # a link inside the allowed folder that leads out of it
+    msg = _call(app_url["url"], "load", [str(link)])[1][0]
+    assert "only checkpoints under" in msg
+    for junk in ([1, 2], {"a": 1}, 3.5, "x" * 5000, "a\x00b"):
+        kind, out = _call(app_url["url"], "load", [junk])
+        assert kind == "error" or out[0].startswith(("**Not loaded", "**Could not load")), (junk, out)
+
+
+def test_detect_threshold_from_a_client_is_checked(app_url, files):
+    from gradio_client import handle_file  # noqa: F401  (the [app] extra is there)
+
+    for thr in ("0.5", [0.5], None, 7, -1, float("inf")):
+        kind, out = _call(app_url["url"], "detect", [{"path": "/nonexistent.png"}, thr])
+        assert kind == "error" or not any(out[:-1]), out
+
+
+def test_uploads_over_the_limit_and_raw_maps_are_bounded(client, app_url, files, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1100, 1100, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2 * 2**20  # the app was started with --max-upload-mb 2
+    with pytest.raises(Exception):  # noqa: B017  (gradio_client raises its own error types for a 413)
+        client.predict(handle_file(str(big)), 0.5, api_name="/detect")
+    for _ in range(18):
+        client.predict(handle_file(str(files["digit"])), "stage 1, block 0", api_name="/classify")
+    maps = list(app_url["tmp"].glob("focalnet-app-*/maps/*.npz"))
+    assert 0 < len(maps) <= 16, maps
+
+
+def test_guard_refuses_fifos_devices_folders_and_big_files(tmp_path):
+    from focalnet.app.guard import Guard, RefusedPath
+
+    root = tmp_path / "uploads"
+    root.mkdir()
+    os.mkfifo(root / "fifo.png")
+    (root / "dir.png").mkdir()
+    (root / "big.png").write_bytes(b"\0" * 2048)
+    (root / "ok.png").write_bytes(b"\0" * 16)
+    (root / "out.png").symlink_to("/etc/passwd")
+    g = Guard([root], max_upload_bytes=1024)
+    t0 = time.perf_counter()
+    for name, needle in [("fifo.png", "not a regular file"), ("dir.png", "not a regular file"), ("big.png", "limit")]:
+        with pytest.raises(RefusedPath, match=needle):
+            g.image({"path": str(root / name)})
+    with pytest.raises(RefusedPath, match="only images uploaded"):
+        g.image(str(root / "out.png"))
+    assert time.perf_counter() - t0 < 5  # the FIFO was never opened
+    assert g.image({"path": str(root / "ok.png")}) == (root / "ok.png").resolve()
+    with pytest.raises(RefusedPath, match="loading a checkpoint by path is off"):
+        g.checkpoint("/etc/passwd")
+
+
+def test_app_http_api_fuzz(app_url, files):
+    """Hypothesis over payload shapes, paths, sizes and extra arguments: every call ends in a refusal or an
+    empty result, the app keeps answering, and no traceback reaches its terminal."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    paths = st.one_of(
+        st.sampled_from(SERVER_FILES + [str(files["photo"]), str(files["det"]), "../../etc/passwd", "", "."]),
+        st.text(max_size=300),
+        st.builds(lambda s: "/tmp/" + s, st.text(max_size=40)),
+    )
+    payloads = st.one_of(
+        st.none(),
+        paths,
+        st.builds(lambda p: {"path": p}, paths),
+        st.builds(lambda p: {"path": p, "meta": {"_type": "gradio.FileData"}}, paths),
+        st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=20)), max_size=3),
+        st.lists(st.integers(), max_size=3),
+        st.integers(),
+        st.floats(allow_nan=False),
+    )
+    apis = st.sampled_from([("detect", 1), ("segment", 0), ("classify", 1), ("detect_threshold", 1)])
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(apis, payloads, st.one_of(st.floats(allow_nan=False), st.text(max_size=20), st.none()))
+    def one(api, payload, extra):
+        name, n_extra = api
+        kind, out = _call(app_url["url"], name, [payload] + [extra] * n_extra)
+        if kind == "complete":
+            assert not any(out[:-1]), out
+        else:
+            assert kind == "error", (kind, out)
+
+    one()
+    assert _get(app_url["url"]) == 200
+    assert "Traceback" not in app_url["stderr"].read_text()

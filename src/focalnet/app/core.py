@@ -402,6 +402,13 @@ def write_examples(folder: str | os.PathLike, digits: Sequence[int] = (0, 3, 7))
     return {"photos": photos, "digits": nums}
 
 
+def score_threshold(value: Any) -> float:
+    """The detection tab's score threshold from a client: a number in [0, 1], else one line."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"the score threshold must be a number from 0 to 1, got {str(value)[:40]!r}")
+    return float(value)
+
+
 def tab_name(kind: str) -> str:
     """The tab that shows models of ``kind``."""
     return _TAB[kind]

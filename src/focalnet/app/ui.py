@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import core
+from .guard import Guard, RefusedPath, TempFiles
 
 __all__ = ["build_app", "launch_kwargs", "API"]
 
@@ -42,20 +43,14 @@ _NEEDS = {
 }
 
 
-def _path(payload: Any) -> str | None:
-    """The file of a raw upload payload (a FileData dict, a path, or None)."""
-    if payload is None:
-        return None
-    if isinstance(payload, dict):
-        return payload.get("path")
-    return str(payload)
-
-
 def _name(payload: Any) -> str:
-    if isinstance(payload, dict) and payload.get("orig_name"):
-        return str(payload["orig_name"])
-    p = _path(payload)
-    return Path(p).name if p else "image"
+    """A short name for the upload, for messages (the client's own file name, never a server path)."""
+    name = payload.get("orig_name") if isinstance(payload, dict) else None
+    if not isinstance(name, str) or not name:
+        text = payload.get("path") if isinstance(payload, dict) else payload
+        name = Path(text).name if isinstance(text, str) and text else "image"
+    name = " ".join(name.split())
+    return name if len(name) <= 80 else name[:77] + "..."
 
 
 def _model_line(models: core.AppModels, kind: str) -> str:
@@ -66,6 +61,12 @@ def _model_line(models: core.AppModels, kind: str) -> str:
         )
     mark = " **(random weights: not meaningful)**" if loaded.untrained else ""
     return f"Model: {loaded.source}{mark}"
+
+
+def _load_hint(guard: Guard, kind: str) -> str:
+    if guard.load_root is None:
+        return "off: start the app with --allow-load DIR to load checkpoints under DIR by path"
+    return f"{_NEEDS[kind]}, under {guard.load_root}"
 
 
 def _unique_labels(top: list[dict[str, Any]]) -> dict[str, float]:
@@ -97,17 +98,39 @@ def _theme() -> Any:
     )
 
 
-def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: str = "cpu") -> Any:
+def build_app(
+    models: core.AppModels,
+    examples: dict[str, list[Path]],
+    device: str = "cpu",
+    guard: Guard | None = None,
+    temp: TempFiles | None = None,
+) -> Any:
     """The ``gradio.Blocks`` of the app over ``models`` (tabs without a model say how to load one) with
     ``examples`` (:func:`focalnet.app.core.write_examples`); models loaded from the page go to ``device``.
+    ``guard`` decides which paths a client may make the app read (default: Gradio's upload folder and the
+    examples' folders, 50 MB, no loading by path); ``temp`` holds the raw maps written for clients.
     Returns ``(blocks, theme)``."""
     import gradio as gr
 
     from ..classification.evaluate import image_mode
 
-    raw_dir = Path(tempfile.mkdtemp(prefix="focalnet-app-maps-"))
+    if guard is None:
+        from gradio.utils import get_upload_folder
+
+        roots = {str(Path(p).parent) for ps in examples.values() for p in ps}
+        guard = Guard([get_upload_folder(), *roots], 50 * 2**20)
+    temp = temp or TempFiles(tempfile.mkdtemp(prefix="focalnet-app-maps-"))
+    raw_dir = temp.folder
+
+    def upload(payload: Any, mode: str) -> Any:
+        """The client's upload as a PIL image, None when there is none; refusals raise one line."""
+        path = guard.image(payload)
+        return None if path is None else core.read_upload(path, mode)
+
     theme = _theme()
     blocks_kw: dict[str, Any] = {"title": "FocalNet", "analytics_enabled": False}
+    if "delete_cache" in inspect.signature(gr.Blocks.__init__).parameters:
+        blocks_kw["delete_cache"] = (900, 3600)  # uploads older than an hour go, checked every 15 minutes
     if "theme" in inspect.signature(gr.Blocks.__init__).parameters:
         blocks_kw["theme"] = theme
 
@@ -118,11 +141,11 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
         clf = models.classifier
         if clf is None:
             return empty_classify(_model_line(models, "classifier"))
-        if _path(image) is None:
-            return empty_classify("Upload an image or pick an example.")
         try:
-            img = core.read_upload(_path(image), image_mode(clf.model))
-            npz = raw_dir / f"maps-{uuid.uuid4().hex[:8]}.npz"
+            img = upload(image, image_mode(clf.model))
+            if img is None:
+                return empty_classify("Upload an image or pick an example.")
+            npz = temp.add(raw_dir / f"maps-{uuid.uuid4().hex[:8]}.npz")
             r = core.classify_image(clf, img, block, label=_name(image), npz_path=npz)
         except Exception as e:  # the page says what went wrong, in one line
             core.log_problem("classification", e)
@@ -136,26 +159,27 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
         det = models.detector
         if det is None:
             return None, None, _model_line(models, "detector")
-        if _path(image) is None:
-            return None, None, "Upload an image or pick an example."
         try:
-            img = core.read_upload(_path(image), "RGB")
-            r = core.detect_image(det, img, float(score_thr))
+            thr = core.score_threshold(score_thr)
+            img = upload(image, "RGB")
+            if img is None:
+                return None, None, "Upload an image or pick an example."
+            r = core.detect_image(det, img, thr)
         except Exception as e:
             core.log_problem("detection", e)
             return None, None, f"**Could not run the detector on {_name(image)}:** {core.one_line(e)}"
         n = len(r["detections"])
-        status = f"{n} detection{'s' if n != 1 else ''} scoring at least {float(score_thr):g}."
+        status = f"{n} detection{'s' if n != 1 else ''} scoring at least {thr:g}."
         return r["image"], r["detections"], status
 
     def run_segment(image: Any) -> tuple:
         seg = models.segmentor
         if seg is None:
             return None, None, _model_line(models, "segmentor")
-        if _path(image) is None:
-            return None, None, "Upload an image or pick an example."
         try:
-            img = core.read_upload(_path(image), "RGB")
+            img = upload(image, "RGB")
+            if img is None:
+                return None, None, "Upload an image or pick an example."
             r = core.segment_image(seg, img)
         except Exception as e:
             core.log_problem("segmentation", e)
@@ -163,13 +187,17 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
         shares = {k: v / 100.0 for k, v in r["shares"].items()}
         return r["image"], shares, f"{len(shares)} class(es) present; shares of the pixels on the right."
 
-    def load(kind: str, path: Any) -> tuple:
-        path = str(path or "").strip()
+    def load(kind: str, text: Any) -> tuple:
         keep = gr.update()
-        if not path:
+        if guard.load_root is not None and not str(text or "").strip():
             return f"Give the path of {_NEEDS[kind]}.", _model_line(models, kind), keep
         try:
-            loaded = core.load_checkpoint(path, device)
+            resolved = guard.checkpoint(text)
+        except RefusedPath as e:
+            return f"**Not loaded:** {e}", _model_line(models, kind), keep
+        path = str(text).strip()
+        try:
+            loaded = core.load_checkpoint(resolved, device)
         except Exception as e:
             core.log_problem("loading a model", e)
             return f"**Could not load {path}:** {core.one_line(e)}", _model_line(models, kind), keep
@@ -226,7 +254,7 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
                 c_mod = gr.Image(label="modulator", elem_id="modulator", **fig)
                 c_ker = gr.Image(label="focal kernels", elem_id="kernels", **fig)
             with gr.Accordion("Load another classifier", open=models.classifier is None):
-                c_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["classifier"])
+                c_path = gr.Textbox(label="checkpoint path", placeholder=_load_hint(guard, "classifier"))
                 c_load = gr.Button("Load")
                 c_msg = gr.Markdown()
             outs = [c_top, c_gates, c_mod, c_ker, c_raw, c_status]
@@ -259,7 +287,7 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
                     d_out = gr.Image(label="detections", elem_id="detections", format="png", show_label=False)
             d_json = gr.JSON(label="detections (as `focalnet detection predict` writes them)")
             with gr.Accordion("Load another detector", open=models.detector is None):
-                d_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["detector"])
+                d_path = gr.Textbox(label="checkpoint path", placeholder=_load_hint(guard, "detector"))
                 d_load = gr.Button("Load")
                 d_msg = gr.Markdown()
             common = {"preprocess": False, "concurrency_id": "detector"}
@@ -286,7 +314,7 @@ def build_app(models: core.AppModels, examples: dict[str, list[Path]], device: s
                     s_shares = gr.Label(num_top_classes=10, label="classes present (share of the pixels)")
             s_out = gr.Image(label="segmentation", elem_id="segmentation", format="png", show_label=False)
             with gr.Accordion("Load another segmentation model", open=models.segmentor is None):
-                s_path = gr.Textbox(label="checkpoint path", placeholder=_NEEDS["segmentor"])
+                s_path = gr.Textbox(label="checkpoint path", placeholder=_load_hint(guard, "segmentor"))
                 s_load = gr.Button("Load")
                 s_msg = gr.Markdown()
             s_img.change(
