@@ -34,11 +34,14 @@ def test_shortened_classification_run_keeps_its_warmup_share(tmp_path):
     cfg = load_classification_config(model="focalnet_tiny_srf", overrides=base)
     cfg.train.recipe_epochs = 20.0  # the recipe as written: 5 of 20 epochs
     assert TrainingRun(cfg).warmup_steps == 20
-    cfg.train.epochs = 2  # a 10x shorter run warms up 10x shorter, not 19 of its 20 steps...
+    cfg.train.epochs = 10  # a 2x shorter run warms up 2x shorter (10 of 40 steps), capped at 10 %: 4...
     run = TrainingRun(cfg)
-    assert run.warmup_steps == 2 and "scaled" in run.warmup_note
-    cfg.train.max_steps = 40  # ... and an iteration-based run of 40 updates (10 epochs) the same share
-    assert TrainingRun(cfg).warmup_steps == 10
+    assert run.warmup_steps == 4 and "scaled" in run.warmup_note and "capped at 10%" in run.warmup_note
+    cfg.train.max_steps = 400  # ... and an iteration-based run of 400 updates (100 epochs) the same share: 100 -> 40
+    assert TrainingRun(cfg).warmup_steps == 40
+    cfg.train.max_steps, cfg.train.warmup_epochs = 400, 2  # 2 of 20 epochs, at 100 epochs: 10 of 100, within 10 %
+    assert TrainingRun(cfg).warmup_steps == 40
+    cfg.train.max_steps, cfg.train.warmup_epochs = 0, 5
     cfg.train.recipe_epochs = 0  # no recipe length: the warm-up as given, capped to the run
     assert TrainingRun(cfg).warmup_steps == 20
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..engine.config import load_config, packaged_config, packaged_configs
 from ..engine.options import check_device
+from ..engine.schedule import Warmup, fit_warmup
 
 __all__ = [
     "ClassificationConfig",
@@ -23,6 +24,7 @@ __all__ = [
     "AugSection",
     "TrainSection",
     "EvalSection",
+    "classification_warmup",
     "config_path",
     "list_configs",
     "load_classification_config",
@@ -266,3 +268,12 @@ def load_classification_config(
         recipe = load_config(ClassificationConfig, path, ov[:1] if model is not None else [])
         cfg.train.recipe_epochs = float(recipe.train.epochs)
     return cfg
+
+
+def classification_warmup(cfg: ClassificationConfig, updates_per_epoch: int, total_steps: int) -> Warmup:
+    """The warm-up of ``cfg``'s run of ``total_steps`` updates (:func:`focalnet.engine.schedule.fit_warmup`:
+    the recipe's share of ``train.recipe_epochs`` at another length, at most 10 % of the run; as given when
+    the warm-up was set for this run, ``train.recipe_epochs`` 0)."""
+    t = cfg.train
+    ratio = (total_steps / updates_per_epoch) / t.recipe_epochs if t.recipe_epochs > 0 else None
+    return fit_warmup(t.warmup_epochs * updates_per_epoch, total_steps, ratio, proportional=True)

@@ -32,7 +32,7 @@ from ..engine import (
     write_json,
 )
 from ..engine.distributed import DistInfo
-from .config import ClassificationConfig
+from .config import ClassificationConfig, classification_warmup
 from .data import ImageFolder, build_mixup, build_transform, resolve_split
 from .evaluate import evaluate_model
 
@@ -183,17 +183,9 @@ class TrainingRun:
         from timm.scheduler import CosineLRScheduler
 
         tr = self.trainer
-        warmup_epochs = t.warmup_epochs
-        self.warmup_note = ""
-        run_epochs = tr.total_steps / tr.updates_per_epoch
-        if t.recipe_epochs > 0 and t.warmup_epochs > 0 and abs(run_epochs - t.recipe_epochs) > 1e-9:
-            warmup_epochs = t.warmup_epochs * run_epochs / t.recipe_epochs
-            self.warmup_note = (
-                f" (warm-up scaled to the run's length: the recipe warms up {t.warmup_epochs:g} of "
-                f"{t.recipe_epochs:g} epochs, this run {warmup_epochs:.3g} of {run_epochs:.3g}; "
-                "--set train.warmup_epochs=N to fix it)"
-            )
-        warmup = min(int(round(warmup_epochs * tr.updates_per_epoch)), max(tr.total_steps - 1, 0))
+        self.schedule = classification_warmup(cfg, tr.updates_per_epoch, tr.total_steps)
+        warmup = self.schedule.steps
+        self.warmup_note = f" ({self.schedule.note}; --set train.warmup_epochs=N to fix it)"
         self.warmup_steps = warmup
         tr.scheduler = CosineLRScheduler(
             optimizer,
@@ -294,7 +286,7 @@ class TrainingRun:
             self.out, resume=resume, overwrite=overwrite, task="classification", is_main=self.dist.is_main
         )
         if self.dist.is_main:
-            save_config(cfg, self.out / "config.yaml", run_id=tr.cfg.run_id)
+            save_config(cfg, self.out / "config.yaml", run_id=tr.cfg.run_id, notes=[f"schedule: {self.schedule}"])
         log.info(
             "%s: %d classes, %d training images%s; total batch %d (%d x %d processes x %d accumulation), "
             "lr %.3g (base %.3g%s), %d warm-up steps of %d%s",

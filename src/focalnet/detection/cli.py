@@ -47,9 +47,10 @@ class _DetectorHelp(str):
 
 def _rescaled_sizes(min_size: int, base: Callable[[], Any]) -> Mapping[str, Any]:
     """``--min-size``: the test short side, and the training scales, crop sizes and crop range rescaled by
-    ``min_size`` / the config's test short side."""
+    ``min_size`` / the config's test short side (the detector's own where the config leaves it unset; the
+    largest training scale for a detector without one)."""
     cfg = base()
-    r = min_size / cfg.model.min_size
+    r = min_size / (cfg.model.min_size or max(cfg.data.scales))
     return {
         "model.min_size": min_size,
         "data.scales": sorted({max(16, round(s * r)) for s in cfg.data.scales}),
@@ -115,7 +116,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
     p.add_argument("--batch-size", type=int, help="images per process")
     p.add_argument("--lr", type=float)
-    p.add_argument("--min-size", type=int, help="test short side (training scales are rescaled by min-size/800)")
+    p.add_argument("--min-size", type=int, help="test short side (the training scales and crops are rescaled by MIN_SIZE / the recipe's test short side)")
     p.add_argument("--max-size", type=int, help="long-side limit for training and test")
     p.add_argument("--backbone-checkpoint", help="ImageNet (or detection) FocalNet checkpoint for the backbone")
     p.add_argument("--workers", type=int, help="data loader workers")
@@ -185,6 +186,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     if not (cfg.data.root or cfg.data.train_ann):
         raise ValueError("no training data: give --data ROOT or --train-ann/--train-images")
+    if args.dry_run:
+        from .train import dry_run
+
+        return dry_run(cfg)
     try:
         final = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     finally:

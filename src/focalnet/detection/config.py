@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.config import load_config, packaged_config, packaged_configs
-
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "DetectionConfig", "config_path", "list_configs"]
+from ..engine.schedule import Warmup, fit_decays, fit_warmup
 
 __all__ = [
     "ModelConfig",
@@ -18,6 +17,7 @@ __all__ = [
     "OptimConfig",
     "DetectionConfig",
     "config_path",
+    "detection_schedule",
     "list_configs",
     "load_detection_config",
 ]
@@ -132,6 +132,10 @@ class OptimConfig:
     decay_rate: float = 0.1
     decay_all: bool = False  # weight decay on every parameter (mmdet without paramwise_cfg: Sparse R-CNN)
     backbone_lr_mult: float = 1.0  # lr of the FocalNet backbone = lr x this (DINO: 0.1)
+    # the run length (epochs) warmup_steps and lr_steps were set for: a run of another length moves the lr
+    # steps to the same fractions of the run, and the warm-up takes at most 10 % of any run (the released
+    # 500 iterations were set for COCO). 0: both as given. Filled from the recipe by load_detection_config
+    recipe_epochs: float = 0.0
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:
@@ -140,6 +144,8 @@ class OptimConfig:
             raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if sorted(self.lr_steps) != list(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")
+        if self.warmup_steps < 0 or self.recipe_epochs < 0:
+            raise ValueError("warmup_steps and recipe_epochs must be >= 0")
 
 
 @dataclass
@@ -167,6 +173,9 @@ class DetectionConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        # a section the file and the flags left out is built from its defaults without validate(): resolve
+        # the detector's own values here too ("the detector's own" is never None in a built config)
+        self.model.validate()
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("epochs or max_steps must be >= 1")
         if self.batch_size < 1:
@@ -191,5 +200,27 @@ def load_detection_config(
     values: Mapping[str, Any] | None = None,
 ) -> DetectionConfig:
     """Defaults, then ``config`` (a packaged name or a YAML file), then ``values`` (``{dotted key: value}``:
-    the command-line flags), then ``key=value`` overrides, validated."""
-    return load_config(DetectionConfig, config_path(str(config)) if config else None, overrides, values=values)
+    the command-line flags), then ``key=value`` overrides, validated.
+
+    Unless the flags and overrides set the schedule (``optim.warmup_steps``, ``optim.lr_steps``,
+    ``optim.recipe_epochs``), ``optim.recipe_epochs`` records the recipe's length (see
+    :func:`detection_schedule`)."""
+    file = config_path(str(config)) if config else None
+    cfg = load_config(DetectionConfig, file, overrides, values=values)
+    keys = {o.split("=", 1)[0].strip() for o in overrides} | set(values or {})
+    if not keys & {"optim.warmup_steps", "optim.lr_steps", "optim.recipe_epochs"} and not cfg.optim.recipe_epochs:
+        cfg.optim.recipe_epochs = float(load_config(DetectionConfig, file).epochs)
+    return cfg
+
+
+def detection_schedule(cfg: DetectionConfig, updates_per_epoch: int, total_steps: int) -> tuple[Warmup, list[int]]:
+    """(warm-up, the updates after which the lr decays) of ``cfg``'s run of ``total_steps`` updates
+    (:mod:`focalnet.engine.schedule`): the lr steps at the recipe's fractions of the run, the warm-up at most
+    10 % of it; both as given when the user set them (``optim.recipe_epochs`` 0)."""
+    o = cfg.optim
+    ratio = total_steps / updates_per_epoch / o.recipe_epochs if o.recipe_epochs > 0 else None
+    if ratio is None and cfg.max_steps > 0:  # an iteration-based run: the steps at fractions of ``epochs``
+        decays = [round(s / cfg.epochs * total_steps) for s in o.lr_steps]
+    else:
+        decays = [round(e * updates_per_epoch) for e in fit_decays(o.lr_steps, ratio)]
+    return fit_warmup(o.warmup_steps, total_steps, ratio, proportional=False), decays

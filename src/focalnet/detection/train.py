@@ -8,6 +8,7 @@ of the last evaluation), ``model.pt`` (final weights + config + class names, for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from ..engine import (
     setup_logging,
     write_json,
 )
-from .config import DetectionConfig
+from .config import DetectionConfig, detection_schedule
 from .data import CocoInstances, detection_collate
 from .evaluate import evaluate_detector
 from .load import detector_file_meta, save_detector
@@ -40,6 +41,7 @@ from .transforms import eval_transforms, train_transforms
 
 __all__ = [
     "DetectionTrainer",
+    "dry_run",
     "train",
     "build_datasets",
     "build_model",
@@ -150,25 +152,51 @@ def detection_step(model: nn.Module, batch: Any, device: torch.device) -> tuple[
 def build_scheduler(
     cfg: DetectionConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int, total_steps: int
 ) -> Any:
-    """Linear warm-up from ``lr * warmup_ratio``, then x ``decay_rate`` at each of ``lr_steps`` (epochs, or
-    fractions ``step / epochs`` of ``max_steps`` for iteration-based runs), per optimizer update."""
+    """Linear warm-up from ``lr * warmup_ratio``, then x ``decay_rate`` after each lr step, per optimizer
+    update, as :func:`~focalnet.detection.config.detection_schedule` fits them to the run."""
     from timm.scheduler import MultiStepLRScheduler
 
     o = cfg.optim
-    if cfg.max_steps > 0:
-        decay = [round(s / cfg.epochs * total_steps) for s in o.lr_steps]
-    else:
-        decay = [round(s * updates_per_epoch) for s in o.lr_steps]
-    warmup = min(o.warmup_steps, max(total_steps - 1, 0))
+    warmup, decay = detection_schedule(cfg, updates_per_epoch, total_steps)
     # timm applies decay i once ``t + 1 >= decay_t[i]``: shift by one so update ``decay`` is the first decayed
     return MultiStepLRScheduler(
         optimizer,
         decay_t=[d + 1 for d in decay],
         decay_rate=o.decay_rate,
-        warmup_t=warmup,
+        warmup_t=warmup.steps,
         warmup_lr_init=o.lr * o.warmup_ratio,
         warmup_prefix=False,
         t_in_epochs=False,
+    )
+
+
+def dry_run(cfg: DetectionConfig) -> int:
+    """``train --dry-run``: the inputs checked and counted as the run reads them (:func:`build_datasets`),
+    the detector built on the meta device, the config and one summary line printed; nothing written."""
+    from ..engine.dryrun import DryRun, check_inputs, dry_run_report
+
+    check_inputs(files=[("backbone checkpoint", cfg.model.backbone_checkpoint)])
+    train_set, val_set = build_datasets(cfg)
+    assert train_set is not None
+    probe = dataclasses.replace(cfg.model, backbone_checkpoint="")  # its file is read when the run starts
+
+    def schedule(per_epoch: int, total: int) -> tuple[Any, list[str]]:
+        warmup, decays = detection_schedule(cfg, per_epoch, total)
+        return warmup, [f"lr x{cfg.optim.decay_rate:g} after updates {decays}"]
+
+    return dry_run_report(
+        DryRun(
+            cfg,
+            f"{cfg.model.detector} with {cfg.model.backbone}, {train_set.num_classes - 1} classes",
+            lambda: build_from_config(probe, train_set.num_classes),
+            len(train_set),
+            cfg.batch_size,
+            cfg.epochs,
+            cfg.max_steps,
+            cfg.accum_steps,
+            schedule,
+            [f"validation: {len(val_set)} images" if val_set is not None else "validation: none"],
+        )
     )
 
 
@@ -197,7 +225,6 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
     if dist_info.distributed and dist_info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN heads (Cascade Mask R-CNN): SyncBN as the original
     if dist_info.is_main:
-        save_config(cfg, out / "config.yaml", run_id=run_id)
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "%s with %s: %.1fM parameters, %d classes, %d training images%s",
@@ -260,6 +287,11 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
         run_state=meta,
     )
     trainer.scheduler = build_scheduler(cfg, optimizer, trainer.updates_per_epoch, trainer.total_steps)
+    if dist_info.is_main:
+        warmup, decays = detection_schedule(cfg, trainer.updates_per_epoch, trainer.total_steps)
+        schedule = f"{warmup}; lr x{cfg.optim.decay_rate:g} after updates {decays}"
+        log.info("schedule: %s", schedule)
+        save_config(cfg, out / "config.yaml", run_id=run_id, notes=[f"schedule: {schedule}"])
     final = trainer.fit()
     if dist_info.is_main:
         if not final.get("interrupted"):

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "build_config",
+    "config_text",
     "config_to_dict",
     "load_config",
     "packaged_config",
@@ -259,12 +260,19 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def save_config(cfg: Any, path: str | os.PathLike, run_id: str | None = None) -> None:
-    """Write the resolved config as YAML next to a run (atomically; ``run_id`` as a leading comment,
-    so that the file still loads as a config)."""
+def config_text(cfg: Any, notes: Sequence[str] = ()) -> str:
+    """The resolved config as YAML, ``notes`` (what the run derives from it: the effective schedule) as
+    trailing comments, so that the text still loads as the same config."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return text + "".join(f"# {line}\n" for note in notes for line in str(note).splitlines())
+
+
+def save_config(cfg: Any, path: str | os.PathLike, run_id: str | None = None, notes: Sequence[str] = ()) -> None:
+    """Write the resolved config as YAML next to a run (atomically; ``run_id`` as a leading comment and
+    ``notes`` as trailing ones, so that the file still loads as a config)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    text = config_text(cfg, notes)
     if run_id:
         text = f"# run_id: {run_id}\n{text}"
     tmp = path.with_name(f".{path.name}.tmp")

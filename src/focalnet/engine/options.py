@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 __all__ = [
     "COMMAND_KINDS",
     "FlagTable",
+    "add_dry_run_arg",
     "add_overwrite_arg",
     "add_shared_options",
     "add_threads_arg",
@@ -144,7 +145,22 @@ _SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = 
         {"action": "store_true", "help": "do not evaluate, neither during nor after training"},
         ("train",),
     ),
+    (
+        ("--dry-run",),
+        {
+            "action": "store_true",
+            "help": "resolve the settings, check the inputs exist, build the model on the meta device, print the "
+            "config and one summary line (model, parameters, updates, warm-up, images per epoch); write nothing",
+        },
+        ("train",),
+    ),
 )
+
+
+def add_dry_run_arg(parser: argparse.ArgumentParser) -> None:
+    """The ``--dry-run`` option of every training command (for commands without the shared options)."""
+    flags, settings, _ = next(row for row in _SHARED if row[0] == ("--dry-run",))
+    parser.add_argument(*flags, **settings)
 
 
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:

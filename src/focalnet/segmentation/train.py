@@ -40,6 +40,7 @@ from ..engine import (
     setup_logging,
     write_json,
 )
+from ..engine.schedule import fit_warmup
 from ..weights.checks import check_config_size
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
@@ -197,20 +198,19 @@ def load_segmentation_config(
 
 def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, str]:
     """(warm-up iterations, validation images per evaluation (0: all), a note for the log) of ``cfg``'s
-    run, scaled from the recipe's length when the run is shorter or longer."""
+    run: the recipe's warm-up share at another length, at most 10 % of the run
+    (:func:`focalnet.engine.schedule.fit_warmup`); as given when set for this run (``train.recipe_iters`` 0)."""
     r, o = cfg.train, cfg.optim
-    warmup, max_images, note = min(o.warmup_iters, r.iters), cfg.eval.max_images, ""
-    if r.recipe_iters > 0 and r.iters != r.recipe_iters:
-        share = r.iters / r.recipe_iters
-        warmup = min(round(o.warmup_iters * share), max(r.iters - 1, 0))
-        note = (
-            f"warm-up scaled to the run's length: {warmup} of {r.iters} iterations "
-            f"(the recipe: {o.warmup_iters} of {r.recipe_iters})"
-        )
-        if share < 0.5 and not max_images and num_val:
-            max_images = min(num_val, max(10, math.ceil(num_val * share)))
+    max_images, note = cfg.eval.max_images, ""
+    ratio = r.iters / r.recipe_iters if r.recipe_iters > 0 else None
+    fitted = fit_warmup(o.warmup_iters, r.iters, ratio, proportional=True)
+    warmup = fitted.steps
+    if ratio is not None and r.iters != r.recipe_iters:
+        note = f"{fitted}; the recipe: {o.warmup_iters} of {r.recipe_iters}"
+        if ratio < 0.5 and not max_images and num_val:
+            max_images = min(num_val, max(10, math.ceil(num_val * ratio)))
             note += (
-                f"; a trial run {share:.1%} of the recipe's length evaluates on {max_images} of the "
+                f"; a trial run {ratio:.1%} of the recipe's length evaluates on {max_images} of the "
                 f"{num_val} validation images (--max-images N to choose)"
             )
     return warmup, max_images, note
@@ -429,7 +429,7 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
-        save_config(cfg, out / "config.yaml", run_id=run_id)
+        save_config(cfg, out / "config.yaml", run_id=run_id, notes=[f"schedule: warm-up {warmup} of {r.iters} updates"])
     trainer = Trainer(
         tcfg,
         model,

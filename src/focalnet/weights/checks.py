@@ -117,13 +117,15 @@ def _largest(model: nn.Module) -> str:
 
 
 def check_config_size(
-    ctor: Callable[[], nn.Module], source: str, *, training: bool = False, budget: int | None = None
-) -> None:
+    ctor: Callable[[], M], source: str, *, training: bool = False, budget: int | None = None
+) -> M:
     """Build ``ctor()`` on the meta device (no memory) and raise :class:`ModelTooLargeError` when its
     weights (x4 when ``training``: gradients and two optimiser moments) exceed :func:`memory_budget`.
-    Settings that cannot build a model at all are a ``ValueError`` naming ``source``."""
+    Settings that cannot build a model at all are a ``ValueError`` naming ``source``. Returns the
+    meta-device model (its parameters can be counted; it holds no memory)."""
     probe = _meta_build(ctor, source)
     _check_probe_size(probe, source, training, memory_budget() if budget is None else budget)
+    return probe
 
 
 def _meta_build(ctor: Callable[[], M], source: str, error: type[ValueError] = ValueError) -> M:
