@@ -114,3 +114,45 @@ def write_synthetic_panoptic(
         data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
         (root / "annotations" / f"panoptic_{split}2017.json").write_text(json.dumps(data))
     return root
+
+
+CORRUPTIONS = ("keep", "palette", "grey", "truncated", "random", "bomb", "resized", "jpeg", "gone")
+
+
+def giant_png_header(width: int, height: int) -> bytes:
+    """A valid 1x1 RGB PNG whose header claims ``width x height`` (the CRC fixed): a decompression bomb."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    b[16:24] = struct.pack(">II", width, height)  # IHDR data starts at byte 16
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
+    return bytes(b)
+
+
+def corrupt_png(path: Path, how: str, seed: int = 0) -> None:
+    """Damage a panoptic PNG in one of :data:`CORRUPTIONS` ways (``keep``: leave it)."""
+    path = Path(path)
+    if how == "keep" or not path.exists():
+        return
+    if how == "gone":
+        path.unlink()
+    elif how in ("palette", "grey"):
+        Image.open(path).convert("P" if how == "palette" else "L").save(path)
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "random":
+        path.write_bytes(np.random.default_rng(seed).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    elif how == "bomb":
+        path.write_bytes(giant_png_header(200_000, 200_000))
+    elif how == "resized":
+        im = Image.open(path)
+        im.resize((im.width + 3, im.height), Image.NEAREST).save(path)
+    elif how == "jpeg":
+        Image.open(path).convert("RGB").save(path, format="JPEG")
+    else:
+        raise ValueError(f"unknown corruption {how!r}")

@@ -222,6 +222,10 @@ class PQStat:
         return out
 
 
+def _is_image_id(v: Any) -> bool:
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
 def _categories(given: Any, source: list[PanopticCategory]) -> list[PanopticCategory]:
     if given is None:
         return source
@@ -257,13 +261,19 @@ def pq_compute(
     gt, gt_cats = load_panoptic_json(gt_json)
     pred, _ = load_panoptic_json(pred_json, need_categories=False)
     stat = PQStat(_categories(categories, gt_cats))
-    preds = {a.get("image_id"): a for a in pred["annotations"] if isinstance(a, dict)}
+    preds: dict[Any, dict[str, Any]] = {}
+    for k, a in enumerate(pred["annotations"]):
+        if not isinstance(a, dict) or not _is_image_id(a.get("image_id")):
+            raise ValueError(f"{pred_json}: annotations[{k}] has no integer or string 'image_id'")
+        preds[a["image_id"]] = a
     del pred
 
     def pair(k: int, ann: Any) -> tuple[Any, Path, list[Any], Path, list[Any]]:
         if not isinstance(ann, dict) or not isinstance(ann.get("file_name"), str):
             raise ValueError(f"{gt_json}: annotations[{k}] has no PNG 'file_name'")
         image = ann.get("image_id")
+        if not _is_image_id(image):
+            raise ValueError(f"{gt_json}: annotations[{k}] has no integer or string 'image_id'")
         p = preds.get(image)
         if p is None:
             raise ValueError(f"{pred_json}: no prediction for the image with id {image!r}")
