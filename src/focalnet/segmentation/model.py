@@ -34,6 +34,8 @@ __all__ = [
     "HeadConfig",
     "upernet",
     "upernet_from_meta",
+    "dense_backbone",
+    "dense_backbone_from_meta",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -259,6 +261,45 @@ class UPerNet(nn.Module):
         return losses
 
 
+def dense_backbone(
+    backbone: str,
+    defaults: Mapping[str, Any],
+    backbone_checkpoint: str | os.PathLike | None,
+    pretrained: bool | str,
+    overrides: Mapping[str, Any],
+) -> tuple[FocalNetBackbone, dict[str, Any]]:
+    """A segmentor's FocalNet backbone (4 levels, strides 4-32) and the ``meta`` entries that rebuild it
+    (``backbone``, ``backbone_overrides``, ``backbone_config``): ``defaults`` (the segmentor's recipe) under
+    ``overrides``; a default ``focal_windows`` follows a ``depths`` override of another number of stages."""
+    bb_over = {**defaults, **overrides}
+    depths = bb_over.get("depths")
+    if depths is not None and "focal_windows" in defaults and "focal_windows" not in overrides:
+        windows = tuple(defaults["focal_windows"])
+        if len(depths) != len(windows):
+            bb_over["focal_windows"] = windows[:1] * len(depths)
+    bb_over = {k: tuple(v) if isinstance(v, list) else v for k, v in bb_over.items()}
+    bb: FocalNetBackbone = create_backbone(
+        backbone, out_indices=(0, 1, 2, 3), checkpoint_path=backbone_checkpoint, pretrained=pretrained, **bb_over
+    )
+    meta = {
+        "backbone": backbone,
+        "backbone_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in bb_over.items()},
+        "backbone_config": bb.cfg.to_dict(),
+    }
+    return bb, meta
+
+
+def dense_backbone_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> FocalNetBackbone:
+    """The (randomly initialised) backbone of a file's ``meta["backbone_config"]``, ``drop_path_rate`` 0
+    unless ``backbone_overrides`` set it."""
+    from ..models.focalnet import FocalNetConfig
+
+    cfg = FocalNetConfig.from_dict(dict(meta["backbone_config"])).replace(
+        **{"drop_path_rate": 0.0, **backbone_overrides}
+    )
+    return FocalNetBackbone(cfg, out_indices=(0, 1, 2, 3))
+
+
 def upernet(
     backbone: str = "focalnet_tiny_srf",
     num_classes: int = 150,
@@ -281,20 +322,11 @@ def upernet(
         head = HeadConfig(**{k: tuple(v) if k == "pool_scales" else v for k, v in head.items()})
     head = head or HeadConfig()
     head.validate()
-    bb_over = {**UPERNET_BACKBONE_DEFAULTS, **overrides}
-    depths = bb_over.get("depths")
-    if depths is not None and len(depths) != 4 and "focal_windows" not in overrides:
-        bb_over["focal_windows"] = (9,) * len(depths)
-    bb_over = {k: tuple(v) if isinstance(v, list) else v for k, v in bb_over.items()}
-    bb: FocalNetBackbone = create_backbone(
-        backbone, out_indices=(0, 1, 2, 3), checkpoint_path=backbone_checkpoint, pretrained=pretrained, **bb_over
-    )
+    bb, bb_meta = dense_backbone(backbone, UPERNET_BACKBONE_DEFAULTS, backbone_checkpoint, pretrained, overrides)
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
     meta = {
-        "backbone": backbone,
-        "backbone_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in bb_over.items()},
-        "backbone_config": bb.cfg.to_dict(),
+        **bb_meta,
         "num_classes": int(num_classes),
         "class_names": list(class_names) if class_names is not None else None,
         "head": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(head).items()},
@@ -306,12 +338,7 @@ def upernet_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> UPe
     """The (randomly initialised) :class:`UPerNet` that a file's ``meta`` describes: backbone config,
     number of classes, head settings. ``drop_path_rate`` is 0 unless ``backbone_overrides`` set it.
     :func:`~focalnet.segmentation.load_segmentor` checks ``meta`` before it calls this."""
-    from ..models.focalnet import FocalNetConfig
-
-    cfg = FocalNetConfig.from_dict(dict(meta["backbone_config"])).replace(
-        **{"drop_path_rate": 0.0, **backbone_overrides}
-    )
-    bb = FocalNetBackbone(cfg, out_indices=(0, 1, 2, 3))
+    bb = dense_backbone_from_meta(meta, **backbone_overrides)
     head = dict(meta.get("head") or {})
     head_cfg = HeadConfig(**{k: tuple(v) if k == "pool_scales" else v for k, v in head.items()})
     return UPerNet(bb, int(meta["num_classes"]), head_cfg, meta)
