@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .engine.options import add_threads_arg
 from .engine.resources import set_threads
+from .engine.schedule import Warmup, fit_warmup
 from .factory import create_model, save_model
 from .models.focalnet import FocalNet, FocalNetConfig
 from .weights.hub import PretrainedUnavailableError
@@ -39,6 +40,7 @@ __all__ = [
     "DIGITS_STD",
     "load_digits_tensors",
     "build_demo_model",
+    "demo_warmup",
     "train_classifier",
     "evaluate",
     "run_demo",
@@ -128,6 +130,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return 100.0 * correct / max(len(x), 1)
 
 
+def demo_warmup(steps_per_epoch: int, total: int, epochs: int) -> Warmup:
+    """The demo's warm-up: one epoch of the :data:`DEFAULT_EPOCHS` recipe, fitted to a run of ``epochs``
+    (:func:`focalnet.engine.schedule.fit_warmup`)."""
+    return fit_warmup(steps_per_epoch, total, epochs / DEFAULT_EPOCHS, proportional=True)
+
+
 def train_classifier(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -141,7 +149,7 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """AdamW with a one-epoch linear warm-up then cosine decay, label smoothing 0.1, random shifts.
+    """AdamW with a linear warm-up (:func:`demo_warmup`) then cosine decay, label smoothing 0.1, random shifts.
     Returns one ``{"epoch", "loss", "train_accuracy"}`` record per epoch."""
     from tqdm.auto import tqdm
 
@@ -153,7 +161,8 @@ def train_classifier(
     )
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = max(epochs * steps_per_epoch, 1)
-    warmup = min(steps_per_epoch, total // 2)
+    # the recipe's one epoch of DEFAULT_EPOCHS; another length: its share, at most 10 % (engine.schedule)
+    warmup = demo_warmup(steps_per_epoch, total, epochs).steps
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -457,7 +466,40 @@ def _plot_stages(images: list[np.ndarray], stage_maps: list, path: Path) -> None
     viz.save_figure(fig, path)
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """``demo --dry-run``: the settings, the model on the meta device and the schedule; nothing written."""
+    from .engine.dryrun import DryRun, dry_run_report
+
+    n = len(load_digits_tensors(IMAGE_SIZE)[0])
+    n = min(n, args.max_train) if args.max_train else n
+    settings = {
+        "output": str(args.out or Path("runs") / "demo-<timestamp>"),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "image_size": IMAGE_SIZE,
+        "max_train": args.max_train,
+        "pretrained": args.pretrained,
+        "model": DEMO_CONFIG.to_dict(),
+    }
+    return dry_run_report(
+        DryRun(
+            settings,
+            "the demo's FocalNet on the digits, 10 classes",
+            build_demo_model,
+            n,
+            args.batch_size,
+            args.epochs,
+            schedule=lambda per_epoch, total: (demo_warmup(per_epoch, total, args.epochs), []),
+            drop_last=False,
+        )
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     set_threads(args.threads)
     result = run_demo(
         args.out,
@@ -500,6 +542,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also classify scikit-image photos with the released ImageNet FocalNet-T (needs the hub)",
     )
+    from .engine.options import add_dry_run_arg
+
     add_threads_arg(p)
+    add_dry_run_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_demo)

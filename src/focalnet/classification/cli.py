@@ -139,6 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         lambda c, overrides, values: load_classification_config(c, overrides, model=args.model, values=values),
         config=config,
     )
+    if args.dry_run:
+        from .train import dry_run
+
+        return dry_run(cfg)
     set_threads(args.threads, workers=fit_workers(cfg.data.num_workers))
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)

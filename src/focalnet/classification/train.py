@@ -36,7 +36,7 @@ from .config import ClassificationConfig, classification_warmup
 from .data import ImageFolder, build_mixup, build_transform, resolve_split
 from .evaluate import evaluate_model
 
-__all__ = ["TrainingRun", "build_model", "train"]
+__all__ = ["TrainingRun", "build_model", "dry_run", "train"]
 
 log = logging.getLogger("focalnet")
 
@@ -77,6 +77,39 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def dry_run(cfg: ClassificationConfig) -> int:
+    """``train --dry-run``: the data folders listed as the run lists them, the model built on the meta device
+    (released weights are not fetched; a ``model.checkpoint`` is read), the config and one summary line
+    printed; nothing written."""
+    import dataclasses
+
+    from ..engine.dryrun import DryRun, check_inputs, dry_run_report
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    check_inputs(files=[("checkpoint", m.checkpoint)])
+    train_set = ImageFolder(resolve_split(d.path, d.train_split), None, max_per_class=d.max_per_class)
+    n = len(train_set.class_names)
+    val_root = Path(d.path) / d.val_split
+    notes = [f"validation: {val_root}" if val_root.is_dir() and cfg.eval.enabled else "validation: none"]
+    if m.pretrained is not None:
+        notes.append(f"released weights ({m.pretrained}): fetched when the run starts")
+    probe = dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=None))
+    return dry_run_report(
+        DryRun(
+            cfg,
+            f"{m.name}, {n} classes",
+            lambda: build_model(probe, n),
+            len(train_set),
+            t.batch_size,
+            t.epochs,
+            t.max_steps,
+            t.accum_steps,
+            lambda per_epoch, total: (classification_warmup(cfg, per_epoch, total), []),
+            notes,
+        )
+    )
 
 
 class TrainingRun:

@@ -63,8 +63,9 @@ class DryRun:
 
     ``model``: a short description (``"mask_rcnn with focalnet_tiny_lrf"``); ``build``: the training model's
     constructor (called on the meta device); ``images``: training images per epoch (all processes);
-    ``batch_size``: per process; ``schedule``: ``(updates per epoch, total updates) -> (warm-up, notes)``,
-    the task's own schedule rule; ``notes``: more lines for the config's trailing comments."""
+    ``batch_size``: per process (over all processes with ``per_process_batch=False``); ``schedule``:
+    ``(updates per epoch, total updates) -> (warm-up, notes)``, the task's own schedule rule; ``notes``: more
+    lines for the config's trailing comments; ``drop_last``: whether an epoch drops its last partial batch."""
 
     config: Any
     model: str
@@ -77,6 +78,7 @@ class DryRun:
     schedule: Callable[[int, int], tuple[Warmup, Sequence[str]]] | None = None
     notes: Sequence[str] = ()
     per_process_batch: bool = True
+    drop_last: bool = True
 
 
 def dry_run_report(plan: DryRun, out: TextIO | None = None) -> int:
@@ -90,7 +92,13 @@ def dry_run_report(plan: DryRun, out: TextIO | None = None) -> int:
     params = sum(p.numel() for p in probe.parameters())
     world = world_size() if plan.per_process_batch else 1
     per_epoch, total = run_updates(
-        plan.images, plan.batch_size, plan.epochs, plan.max_steps, world_size=world, accum_steps=plan.accum_steps
+        plan.images,
+        plan.batch_size,
+        plan.epochs,
+        plan.max_steps,
+        world_size=world,
+        accum_steps=plan.accum_steps,
+        drop_last=plan.drop_last,
     )
     notes = list(plan.notes)
     warmup_text = ""
@@ -99,7 +107,7 @@ def dry_run_report(plan: DryRun, out: TextIO | None = None) -> int:
         notes = [f"schedule: {warmup}", *more, *notes]
         warmup_text = f", warm-up {warmup.steps}"
     out.write(config_text(plan.config, notes))
-    length = f"{plan.max_steps} (iteration-based)" if plan.max_steps > 0 else f"{plan.epochs} epochs x {per_epoch}"
+    length = "iteration-based" if plan.max_steps > 0 else f"{plan.epochs} epochs x {per_epoch}"
     out.write(
         f"dry run: {plan.model}, {params / 1e6:.2f}M parameters; {total} updates ({length}){warmup_text}; "
         f"{plan.images} images per epoch; nothing written\n"

@@ -222,6 +222,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.model.backbone_checkpoint}")
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {cfg.model.checkpoint}")
+    if args.dry_run:
+        from .train import dry_run
+
+        return dry_run(cfg)
     metrics = train(cfg, args.output, overwrite=args.overwrite)
     if metrics.get("interrupted"):
         print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)

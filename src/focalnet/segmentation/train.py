@@ -40,7 +40,7 @@ from ..engine import (
     setup_logging,
     write_json,
 )
-from ..engine.schedule import fit_warmup
+from ..engine.schedule import Warmup, fit_warmup
 from ..weights.checks import check_config_size
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
@@ -57,6 +57,8 @@ __all__ = [
     "SegmentationConfig",
     "load_segmentation_config",
     "config_path",
+    "dry_run",
+    "segmentation_warmup",
     "train",
 ]
 
@@ -196,6 +198,14 @@ def load_segmentation_config(
     return cfg
 
 
+def segmentation_warmup(cfg: SegmentationConfig) -> Warmup:
+    """The warm-up of ``cfg``'s run (:func:`focalnet.engine.schedule.fit_warmup`): the recipe's share of
+    ``train.recipe_iters`` at another length, at most 10 % of the run; as given when set for this run."""
+    r = cfg.train
+    ratio = r.iters / r.recipe_iters if r.recipe_iters > 0 else None
+    return fit_warmup(cfg.optim.warmup_iters, r.iters, ratio, proportional=True)
+
+
 def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, str]:
     """(warm-up iterations, validation images per evaluation (0: all), a note for the log) of ``cfg``'s
     run: the recipe's warm-up share at another length, at most 10 % of the run
@@ -203,7 +213,7 @@ def scaled_schedule(cfg: SegmentationConfig, num_val: int) -> tuple[int, int, st
     r, o = cfg.train, cfg.optim
     max_images, note = cfg.eval.max_images, ""
     ratio = r.iters / r.recipe_iters if r.recipe_iters > 0 else None
-    fitted = fit_warmup(o.warmup_iters, r.iters, ratio, proportional=True)
+    fitted = segmentation_warmup(cfg)
     warmup = fitted.steps
     if ratio is not None and r.iters != r.recipe_iters:
         note = f"{fitted}; the recipe: {o.warmup_iters} of {r.recipe_iters}"
@@ -287,6 +297,60 @@ def _extra(cfg: SegmentationConfig) -> dict[str, Any]:
         },
         "config": config_to_dict(cfg),
     }
+
+
+def dry_run(cfg: SegmentationConfig) -> int:
+    """``train --dry-run``: the data listed as the run lists it, the segmentor built on the meta device
+    (``model.segmentor``: UPerNet or a universal one; released weights are not fetched, checkpoints are
+    read), the config and one summary line printed; nothing written."""
+    import dataclasses
+
+    from ..engine.dryrun import DryRun, check_inputs, dry_run_report
+
+    m, r = cfg.model, cfg.train
+    check_inputs(files=[("backbone checkpoint", m.backbone_checkpoint), ("checkpoint", m.checkpoint)])
+    probe = dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=False, backbone_checkpoint=None))
+    segmentor = getattr(m, "segmentor", "upernet")
+    epochs = getattr(r, "epochs", 0)
+    if segmentor == "upernet":
+        train_set = build_dataset(cfg.data, "train", None)
+        names = list(train_set.class_names)
+        try:
+            num_val = len(build_dataset(cfg.data, "val", None, class_names=names)) if cfg.eval.enabled else 0
+        except FileNotFoundError:
+            num_val = 0
+
+        def build() -> nn.Module:
+            return _build_model(probe, len(names), names)
+
+        def schedule(per_epoch: int, total: int) -> tuple[Warmup, list[str]]:
+            max_images = scaled_schedule(cfg, num_val)[1]
+            return segmentation_warmup(cfg), [f"validation: {max_images or num_val} of {num_val} images"]
+    else:  # the universal segmentors (Mask2Former): their datasets and builder
+        from .universal import build_universal_model, task_dataset
+
+        train_set = task_dataset(cfg, "train", True)
+
+        def build() -> nn.Module:
+            return build_universal_model(probe, train_set)
+
+        def schedule(per_epoch: int, total: int) -> tuple[Warmup, list[str]]:
+            return Warmup(min(cfg.optim.warmup_iters, max(total - 1, 0)), total, "the recipe's"), []
+
+    return dry_run_report(
+        DryRun(
+            cfg,
+            f"{segmentor} on {m.backbone}, {len(train_set.class_names)} classes",
+            build,
+            len(train_set),
+            r.batch_size,
+            epochs,
+            0 if epochs > 0 else r.iters,
+            1,
+            schedule,
+            per_process_batch=False,  # train.batch_size counts every process's images
+        )
+    )
 
 
 def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:

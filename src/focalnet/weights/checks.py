@@ -116,9 +116,7 @@ def _largest(model: nn.Module) -> str:
     return f"{name} {tuple(t.shape)}" if name else "(no tensors)"
 
 
-def check_config_size(
-    ctor: Callable[[], M], source: str, *, training: bool = False, budget: int | None = None
-) -> M:
+def check_config_size(ctor: Callable[[], M], source: str, *, training: bool = False, budget: int | None = None) -> M:
     """Build ``ctor()`` on the meta device (no memory) and raise :class:`ModelTooLargeError` when its
     weights (x4 when ``training``: gradients and two optimiser moments) exceed :func:`memory_budget`.
     Settings that cannot build a model at all are a ``ValueError`` naming ``source``. Returns the
