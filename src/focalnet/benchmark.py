@@ -126,7 +126,7 @@ def _timm_model(name: str, ours: nn.Module, drop_path_rate: float) -> nn.Module 
 def _ort_session(model: nn.Module, threads: int, workdir: str) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime as ort
 
-    from .export import export_onnx
+    from .classification.export import export_onnx
 
     path = export_onnx(model, Path(workdir) / "model.onnx")
     opts = ort.SessionOptions()

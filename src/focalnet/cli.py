@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
         "focalnet.demo", "train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it"
     ),
     "benchmark": Command("focalnet.benchmark", "images/s, memory and output differences vs timm, side by side"),
-    "export": Command("focalnet.export", "export to ONNX or TorchScript (dynamic batch and image size)"),
+    "export": Command("focalnet.export", "any model to checked ONNX (every task) or TorchScript (classifiers)"),
     "app": Command(
         "focalnet.app.cli", "local web app: the modulation maps and the three tasks on your images (Gradio)"
     ),

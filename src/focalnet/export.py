@@ -1,131 +1,164 @@
-"""Export a FocalNet to ONNX or TorchScript with dynamic batch and image size (``focalnet export``)."""
+"""``focalnet export``: any checkpoint the package loads -> a checked ONNX file (or a TorchScript classifier).
+
+The command dispatches on the checkpoint's kind, recognised by each task's one loading path: a detection
+layout (:func:`~focalnet.detection.load_detector`: ours, mmdetection, FocalNet-DINO), a segmentation
+layout (:func:`~focalnet.segmentation.load_segmentor`: ours, mmsegmentation), else a classifier
+(:func:`~focalnet.classification.evaluate.load_classifier`: every layout of :mod:`focalnet.factory`).
+The graphs and their checks live in each task's ``export`` module; :mod:`focalnet.engine.onnx` writes
+atomically and reads exported files back.
+
+:func:`export_onnx`, :func:`export_torchscript` and :func:`check_export` (a model in, no metadata, no
+check) stay importable from here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-from torch import nn
+from .classification.export import check_export, export_onnx, export_torchscript
 
-__all__ = ["export_onnx", "export_torchscript", "register"]
-
-
-def _example(model: nn.Module, batch: int = 2, size: int = 64) -> torch.Tensor:
-    cfg = getattr(model, "cfg", None)
-    in_chans = cfg.in_chans if cfg is not None else 3
-    stride = cfg.stride if cfg is not None else 32
-    size = max(size, 2 * stride)
-    p = next(model.parameters())
-    return torch.randn(batch, in_chans, size, size, device=p.device, dtype=p.dtype)
+__all__ = ["export_onnx", "export_torchscript", "check_export", "checkpoint_kind", "export_checkpoint", "register"]
 
 
-def _prepared(
-    model: nn.Module, path: str | os.PathLike, example: torch.Tensor | None, fuse: bool
-) -> tuple[Path, nn.Module, torch.Tensor]:
-    """The output path (its folder created), an eval copy of ``model`` (folded when ``fuse``) and the
-    example input that export traces with."""
-    import copy
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """``"detection"``, ``"segmentation"`` or ``"classification"``: the task whose loading path recognises
+    the file's layout (a folder or a ``.safetensors`` file: classification)."""
+    from .weights.io import safe_torch_load
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
-    if fuse and hasattr(model, "fuse"):
-        model.fuse()
-    return path, model, _example(model) if example is None else example
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.is_dir() or p.suffix == ".safetensors":
+        return "classification"
+    obj = safe_torch_load(p)
+    from .detection.load import recognise_layout
+
+    try:
+        recognise_layout(obj, str(p))
+        return "detection"
+    except ValueError:
+        pass
+    from .segmentation import load as seg_load
+
+    layouts = seg_load.layouts() if hasattr(seg_load, "layouts") else seg_load.LAYOUTS
+    for layout in layouts:
+        try:
+            if isinstance(obj, Mapping) and layout.recognise(obj):
+                return "segmentation"
+        except Exception:  # noqa: BLE001 - a recogniser that trips over a file did not recognise it
+            continue
+    return "classification"
 
 
-def export_onnx(
-    model: nn.Module,
-    path: str | os.PathLike,
+def export_checkpoint(
+    checkpoint: str | os.PathLike | None,
+    output: str | os.PathLike,
     *,
-    example: torch.Tensor | None = None,
+    model_name: str | None = None,
+    pretrained: bool | str | None = None,
+    img_size: int | None = None,
+    batch: int = 1,
     opset: int = 17,
-    dynamo: bool = False,
     fuse: bool = True,
-) -> Path:
-    """Write ``model`` (in eval mode) as ONNX with dynamic batch, height and width; returns the path.
+    fp16: bool = False,
+) -> tuple[Path, str]:
+    """Export the model of ``checkpoint`` (or the registered ``model_name``) as a checked ONNX file at
+    ``output``; returns the path and a one-line description."""
+    kind = checkpoint_kind(checkpoint) if checkpoint is not None else "classification"
+    if kind == "detection":
+        from .detection.export import CHECK_SIZES, export_detector
+        from .detection.load import load_detector
 
-    ``fuse=True`` exports the folded weights of :meth:`FocalNet.fuse` (same outputs, fewer ops) on a
-    copy; the model itself is left unchanged. ``dynamo=True`` uses the ``torch.export`` based exporter
-    (slower to export) instead of the TorchScript-based one. Input ``images``, output ``output``.
-    """
-    path, model, x = _prepared(model, path, example, fuse)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            stride = getattr(getattr(model, "cfg", None), "stride", 32)
-            dims = {
-                0: torch.export.Dim("batch", min=1, max=4096),
-                2: torch.export.Dim("height", min=stride, max=8192),
-                3: torch.export.Dim("width", min=stride, max=8192),
-            }
-            prog = torch.onnx.export(
-                model,
-                (x,),
-                dynamo=True,
-                dynamic_shapes={"x": dims},
-                input_names=["images"],
-                output_names=["output"],
-                optimize=True,
-                verbose=False,
-            )
-            prog.save(str(path))
-        else:
-            out = model(x)
-            outs = ["output"] if isinstance(out, torch.Tensor) else [f"output{i}" for i in range(len(out))]
-            axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-            for name in outs:
-                axes[name] = (
-                    {0: "batch"}
-                    if isinstance(out, torch.Tensor) and out.ndim == 2
-                    else {0: "batch", 2: "out_height", 3: "out_width"}
-                )
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=False,
-                input_names=["images"],
-                output_names=outs,
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-    return path
+        model, meta = load_detector(checkpoint)  # type: ignore[arg-type]
+        sizes = CHECK_SIZES if img_size is None else ((img_size, img_size * 4 // 3), *CHECK_SIZES[1:])
+        path = export_detector(model, meta, output, source=checkpoint, sizes=sizes, opset=opset, fp16=fp16)
+        return path, f"detection, {meta['detector']}, {len(meta['class_names'])} classes"
+    if kind == "segmentation":
+        from .segmentation.export import CHECK_SIZES as SEG_SIZES
+        from .segmentation.export import export_segmentor
+        from .segmentation.load import load_segmentor
 
+        seg, extra = load_segmentor(checkpoint)  # type: ignore[arg-type]
+        sizes = SEG_SIZES if img_size is None else ((img_size, img_size * 5 // 4), *SEG_SIZES[1:])
+        path = export_segmentor(seg, extra, output, source=checkpoint, sizes=sizes, opset=opset, fp16=fp16)
+        return path, f"segmentation, {type(seg).__name__}, {seg.num_classes} classes"
+    from .classification.evaluate import load_classifier
+    from .classification.export import CHECK_SHAPES, export_classifier
 
-def export_torchscript(
-    model: nn.Module, path: str | os.PathLike, *, example: torch.Tensor | None = None, fuse: bool = True
-) -> Path:
-    """Trace ``model`` (eval mode) to TorchScript; the traced graph accepts any batch and image size."""
-    path, model, x = _prepared(model, path, example, fuse)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, (x,), check_trace=False)
-        traced = torch.jit.freeze(traced) if hasattr(torch.jit, "freeze") else traced
-    torch.jit.save(traced, str(path))
-    return path
+    loaded = load_classifier(checkpoint, model_name=model_name, pretrained=pretrained)
+    size = img_size or loaded.img_size
+    pre = {k: getattr(loaded, k) for k in ("img_size", "crop_pct", "interpolation", "mean", "std")}
+    path = export_classifier(
+        loaded.model,
+        output,
+        source=checkpoint,
+        class_names=loaded.class_names,
+        preprocessing=pre,
+        shapes=((batch, size, size), *CHECK_SHAPES[1:]),
+        opset=opset,
+        fuse=fuse,
+        fp16=fp16,
+    )
+    return path, f"classification, {loaded.num_outputs} classes"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.outputs import refuse_input_overwrite
+
+    if args.source and args.checkpoint:
+        raise ValueError("give the checkpoint once (positionally or with --checkpoint)")
+    checkpoint = args.source or args.checkpoint
+    if checkpoint:
+        refuse_input_overwrite(args.out, [checkpoint], "--output")
+    if args.format == "torchscript" or args.dynamo:
+        return _export_classifier_unchecked(args, checkpoint)
+    path, what = export_checkpoint(
+        checkpoint,
+        args.out,
+        model_name=args.model,
+        pretrained=args.pretrained or False,
+        img_size=args.img_size,
+        batch=args.batch,
+        opset=args.opset,
+        fuse=not args.no_fuse,
+        fp16=args.fp16,
+    )
+    checked = (
+        "float16 for GPU providers; onnx.checker passed, not run here"
+        if args.fp16
+        else "checked against PyTorch on ONNX Runtime at 3 input sizes"
+    )
+    print(f"wrote {path} (ONNX, {what}; dynamic image size; {checked})")
+    if args.check and what.startswith("classification") and not args.fp16:
+        from .classification.evaluate import load_classifier
+
+        loaded = load_classifier(checkpoint, model_name=args.model, pretrained=args.pretrained or False)
+        print(f"max |difference| against PyTorch: {check_export(loaded.model, path, 'onnx'):.2e}")
+    return 0
+
+
+def _export_classifier_unchecked(args: argparse.Namespace, checkpoint: str | None) -> int:
+    """TorchScript, or ONNX through the ``torch.export``-based exporter: classifiers, as before."""
+    import torch
+
     from .factory import create_model, model_from_checkpoint
 
-    if args.checkpoint:
-        refuse_input_overwrite(args.out, [args.checkpoint], "--output")
-        model = model_from_checkpoint(args.checkpoint)
-    else:
-        model = create_model(args.model, pretrained=args.pretrained or False)
+    if checkpoint and checkpoint_kind(checkpoint) != "classification":
+        raise ValueError(f"--format torchscript and --dynamo export classifiers; {checkpoint} is not one")
+    model = (
+        model_from_checkpoint(checkpoint)
+        if checkpoint
+        else create_model(args.model, pretrained=args.pretrained or False)
+    )
     model.eval()
     pc = getattr(model, "pretrained_cfg", None)
     size = args.img_size or (pc.input_size[-1] if pc is not None else 224)
-    cfg = model.cfg
-    example = torch.randn(args.batch, cfg.in_chans, size, size)
+    example = torch.randn(args.batch, model.cfg.in_chans, size, size)
     if args.format == "onnx":
-        out = export_onnx(model, args.out, example=example, opset=args.opset, dynamo=args.dynamo, fuse=not args.no_fuse)
+        out = export_onnx(model, args.out, example=example, opset=args.opset, dynamo=True, fuse=not args.no_fuse)
     else:
         out = export_torchscript(model, args.out, example=example, fuse=not args.no_fuse)
     print(f"wrote {out} ({args.format}; dynamic batch and image size)")
@@ -135,44 +168,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_export(
-    model: nn.Module,
-    path: str | os.PathLike,
-    fmt: str,
-    sizes: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 160, 192)),
-) -> float:
-    """Max absolute difference between ``model`` and the exported file (onnxruntime or TorchScript)."""
-    model.eval()
-    worst = 0.0
-    for b, h, w in sizes:
-        x = torch.randn(b, model.cfg.in_chans, h, w)
-        with torch.no_grad():
-            ref = model(x)
-        if fmt == "onnx":
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            got = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])
-        else:
-            with torch.no_grad():
-                got = torch.jit.load(str(path))(x)
-        worst = max(worst, float((got - ref).abs().max()))
-    return worst
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``focalnet export``."""
     p = subparsers.add_parser("export")
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="CHECKPOINT",
+        help="any classification, detection or segmentation checkpoint",
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default="focalnet_tiny_srf", help="registered variant name")
-    src.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
+    src.add_argument(
+        "--model", default="focalnet_tiny_srf", help="registered classifier variant (without a checkpoint)"
+    )
+    src.add_argument("--checkpoint", help="the same as CHECKPOINT")
     p.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="torchscript: classifiers")
     p.add_argument("--output", "--out", dest="out", required=True, help="output file")
-    p.add_argument("--img-size", type=int, default=None, help="size of the example input (any size works later)")
-    p.add_argument("--batch", type=int, default=1, help="batch of the example input")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="size of the traced example (any size works later); checks use 2 more",
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch of the traced example (classifiers)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
+    p.add_argument("--fp16", action="store_true", help="float16 weights for GPU execution providers (not run on CPU)")
+    p.add_argument("--dynamo", action="store_true", help="classifiers: the torch.export-based exporter, unchecked")
     p.add_argument("--no-fuse", action="store_true", help="export the weights unfolded")
-    p.add_argument("--check", action="store_true", help="compare the file's outputs with PyTorch's")
+    p.add_argument("--check", action="store_true", help="also print the max difference (ONNX files are always checked)")
     p.set_defaults(func=_cmd_export)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -24,7 +25,20 @@ class DetectionTransform(GeneralizedRCNNTransform):
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
         if self.training and not self.train_resize:
             return image, target
+        if torch.jit.is_tracing() and target is None and self.fixed_size is None:
+            return _traced_resize(image, float(self.min_size[-1]), float(self.max_size)), target
         return super().resize(image, target)
+
+
+def _traced_resize(image: Tensor, min_size: float, max_size: float) -> Tensor:
+    """The test-time resize as a traced (ONNX) graph computes it: the scale and the output size in float64
+    like Python does in eager mode (torchvision's traced path computes them in float32, which can make the
+    output one pixel smaller, say 159 instead of 160 for 200 x 0.8, and then pads differently)."""
+    hw = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+    limits = torch.tensor([min_size, max_size], dtype=torch.float64)  # float64 constants: no float32 step
+    scale = torch.minimum(limits[0] / hw.min(), limits[1] / hw.max())
+    size = torch.floor(hw * scale).to(torch.int64)
+    return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]
 
 
 def detection_transform(

@@ -94,10 +94,10 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
             self.scales, self.map_levels = _setup_scales(
                 feats, image_shapes, self.canonical_scale, self.canonical_level
             )
-        rois = _convert_to_roi_format(boxes)
+        rois = _convert_to_roi_format(boxes)  # rois.shape[0], not len(rois): a traced graph keeps it dynamic
         levels = self.map_levels(boxes)
         out = torch.zeros(
-            (len(rois), feats[0].shape[1], *self.output_size), dtype=feats[0].dtype, device=feats[0].device
+            (rois.shape[0], feats[0].shape[1], *self.output_size), dtype=feats[0].dtype, device=feats[0].device
         )
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
@@ -109,7 +109,9 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
                 sampling_ratio=self.sampling_ratio,
                 aligned=self.aligned,
             )
-            out[idx] = res.to(out.dtype)
+            # scatter rather than out[idx] = res: the same in eager mode, and a traced (ONNX) graph keeps the
+            # number of RoIs per level dynamic
+            out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(res), res.to(out.dtype))
         return out
 
 

@@ -1,0 +1,195 @@
+"""A segmentor as one checked ONNX graph, and ``focalnet segmentation predict`` on such a file.
+
+The graph (:class:`SegmentorGraph`) takes one RGB image, ``image`` (uint8, ``H x W x 3``, any height and
+width) and returns ``label_map`` (int64 ``H x W`` class indices at the image's size): the test-time
+keep-ratio resize to the file's test scale (mmcv's rule, sizes computed in float64 as in Python), the
+normalisation, the segmentor's logits (whole-image inference), bilinear resize back to the image and the
+argmax are all in the graph.
+
+The export check runs the traced image and two images of other sizes through ONNX Runtime and the same
+module in PyTorch: at least 99.9 % of the label-map pixels equal.
+
+Differences from the PyTorch ``predict`` path, said in ``docs/deploy.md``: the graph resizes the image
+with ``F.interpolate`` (bilinear, on 0-255 floats; PyTorch's predict resizes the uint8 image with Pillow,
+whose bilinear filter widens when it shrinks), so label maps agree exactly only where the test scale
+leaves the image at its size; a sliding-window test mode is exported as whole-image inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..engine.onnx import check_label_maps, export_metadata, open_exported, sample_image, write_checked
+from .evaluate import TestConfig
+from .model import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["SegmentorGraph", "CHECK_SIZES", "export_segmentor", "OnnxSegmentor", "load_onnx_segmentor"]
+
+#: image sizes (height, width) of the export check: the traced one first, then two others
+CHECK_SIZES: tuple[tuple[int, int], ...] = ((256, 320), (200, 152), (240, 288))
+
+
+def rescaled_size(image: Tensor, scale: Sequence[float]) -> Tensor:
+    """mmcv ``imrescale``'s output ``(h, w)`` of an ``H x W x C`` tensor as int64 tensors, traceable (the
+    same float64 arithmetic as :func:`~focalnet.segmentation.transforms.rescale_size`)."""
+    hw = torch._shape_as_tensor(image)[:2].to(torch.float64)
+    limits = torch.tensor([max(scale), min(scale)], dtype=torch.float64)
+    factor = torch.minimum(limits[0] / hw.max(), limits[1] / hw.min())
+    return torch.floor(hw * factor + 0.5).to(torch.int64).clamp(min=1)
+
+
+def _pool_matrix(length: Tensor, bins: int) -> Tensor:
+    """``bins x length`` averaging weights of adaptive average pooling along one axis (PyTorch's bins:
+    ``floor(i * L / bins)`` to ``ceil((i + 1) * L / bins)``)."""
+    i = torch.arange(bins, dtype=torch.int64)
+    start = torch.div(i * length, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * length + bins - 1, bins, rounding_mode="floor")
+    pos = torch.arange(length, dtype=torch.int64)  # type: ignore[call-overload]
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside.to(torch.float32) / (end - start)[:, None].to(torch.float32)
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, exportable for any input size (ONNX has no adaptive
+    pooling to a fixed output size of a dynamic input); same bins, equal within float rounding."""
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.bins = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hw = torch._shape_as_tensor(x)[-2:]
+        ph, pw = _pool_matrix(hw[0], self.bins[0]), _pool_matrix(hw[1], self.bins[1])
+        return torch.einsum("ih,nchw,jw->ncij", ph, x, pw)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with its adaptive average pools (UPerNet's PPM) in their exportable form."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.AdaptiveAvgPool2d) and None not in np.atleast_1d(child.output_size):
+            setattr(model, name, MatrixAdaptiveAvgPool2d(child.output_size))
+        else:
+            exportable(child)
+    return model
+
+
+class SegmentorGraph(nn.Module):
+    """A segmentor (eval mode, with ``encode_decode``) as a function of one uint8 ``H x W x 3`` image ->
+    ``H x W`` int64 label map."""
+
+    def __init__(
+        self,
+        segmentor: nn.Module,
+        scale: Sequence[int] | None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+        self.scale = tuple(scale) if scale else None
+        self.align_corners = align_corners
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> Tensor:
+        size = torch._shape_as_tensor(image)[:2]
+        x = image.permute(2, 0, 1)[None].to(torch.float32)
+        if self.scale is not None:
+            hw = rescaled_size(image, self.scale)
+            x = F.interpolate(x, size=(hw[0], hw[1]), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        logits = self.segmentor.encode_decode(x)
+        logits = F.interpolate(logits, size=(size[0], size[1]), mode="bilinear", align_corners=self.align_corners)
+        return logits.argmax(1)[0]
+
+
+def export_segmentor(
+    model: nn.Module,
+    extra: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    sizes: Sequence[tuple[int, int]] = CHECK_SIZES,
+    opset: int = 17,
+    fp16: bool = False,
+) -> Path:
+    """Write ``model`` (from :func:`~focalnet.segmentation.load_segmentor`, with its ``extra``: the test
+    settings and mean/std) as a checked ONNX graph (see the module docstring). Returns the path."""
+    from ..models.inference import inference_path
+
+    if not hasattr(model, "encode_decode"):
+        raise ValueError(
+            f"{type(model).__name__} has no whole-image logits (encode_decode) to export yet; UPerNet files export"
+        )
+    test = TestConfig.from_stored(extra.get("test"))
+    data = dict(extra.get("data") or {})
+    mean = tuple(data.get("mean") or IMAGENET_MEAN)
+    std = tuple(data.get("std") or IMAGENET_STD)
+    align = bool(getattr(getattr(model, "head_cfg", None), "align_corners", False))
+    seg = exportable(inference_path(copy.deepcopy(model).cpu().eval()))
+    graph = SegmentorGraph(seg, test.scale, mean, std, align).eval()
+    meta = dict(getattr(model, "meta", {}) or {})
+    names = list(getattr(model, "class_names", None) or meta.get("class_names") or [])
+    info = export_metadata(
+        "segmentation",
+        str(meta.get("segmentor", "upernet")),
+        inputs=[("image", "uint8")],
+        outputs=[("label_map", "int64")],
+        input_format="uint8 RGB image, H x W x 3 (any size); the graph resizes, normalises and resizes back",
+        class_names=names,
+        source=source,
+        num_classes=int(model.num_classes),
+        mean=list(mean),
+        std=list(std),
+        size_rules={"test_scale": list(test.scale) if test.scale else None, "mode": "whole"},
+        dtype="float16" if fp16 else "float32",
+    )
+    images = [sample_image(h, w, i) for i, (h, w) in enumerate(sizes)]
+
+    def check(session: Any) -> None:
+        for img in images:
+            with torch.no_grad():
+                ref = graph(img).numpy()
+            got = session.run(["label_map"], {"image": img.numpy()})[0]
+            check_label_maps("label_map", ref, got, where=f" at {img.shape[0]}x{img.shape[1]}")
+
+    return write_checked(
+        graph,
+        (images[0],),
+        path,
+        input_names=["image"],
+        output_names=["label_map"],
+        dynamic_axes={"image": {0: "height", 1: "width"}, "label_map": {0: "height", 1: "width"}},
+        metadata=info,
+        check=None if fp16 else check,
+        opset=opset,
+        fp16=fp16,
+    )
+
+
+class OnnxSegmentor:
+    """An exported segmentor: ``label_map(image)`` (uint8 ``H x W x 3``) -> uint8 ``H x W`` class ids."""
+
+    def __init__(self, exported: Any) -> None:
+        self.exported = exported
+        self.num_classes = int(exported.meta.get("num_classes") or len(exported.meta["class_names"]))
+        self.class_names = list(exported.meta["class_names"])
+
+    def label_map(self, image: np.ndarray) -> np.ndarray:
+        out = self.exported.run({"image": np.ascontiguousarray(image, dtype=np.uint8)})["label_map"]
+        return out.astype(np.uint8)
+
+
+def load_onnx_segmentor(path: str | os.PathLike, threads: int | None = None) -> OnnxSegmentor:
+    """An exported segmentor, checked (a segmentation export of ``focalnet export``) before it runs."""
+    return OnnxSegmentor(open_exported(path, "segmentation", threads))
