@@ -190,8 +190,9 @@ def _import_fix(package: str, missing: bool) -> str:
 def error_line(e: BaseException, command: str | None = None) -> tuple[str, int]:
     """The one line (``error: ...``) and exit code that ``focalnet`` reports for exception ``e``."""
     hub = sys.modules.get("focalnet.weights.hub")
-    if isinstance(e, KeyboardInterrupt):
-        return "error: interrupted", 130
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C / SIGINT: exit 130 (128 + 2) like a shell, one line
+        msg = _one_line(str(e))
+        return f"error: {msg if msg.startswith('interrupted') else 'interrupted'}", 130
     if isinstance(e, ImportError):
         package = _failed_package(e)
         what = f"focalnet {command}" if command else "focalnet"

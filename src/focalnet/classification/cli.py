@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_shared_options, check_device, config_from_args, off
+from ..engine.options import (
+    FlagTable,
+    add_shared_options,
+    check_device,
+    config_from_args,
+    off,
+    raise_if_interrupted,
+)
 
 __all__ = ["register"]
 
@@ -150,13 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if os.environ.get("RANK", "0") != "0":
         return 0
-    if result.get("interrupted"):
-        print(
-            f"interrupted at step {result['step']}: a checkpoint was saved; continue with "
-            f"--output {cfg.output_dir} --resume auto",
-            file=sys.stderr,
-        )
-        return 0
+    raise_if_interrupted(result, cfg.output_dir)  # exit 130, as every interrupted command
     if "top1" in result:
         print(
             f"final: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "

@@ -10,39 +10,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off
+from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off, raise_if_interrupted
 
 __all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
 
-class _Detectors:
-    """``--detector`` choices: the registry's names, read when a name is checked (building the parser
-    imports no detector, hence neither torch nor torchvision)."""
+def _detector_name(name: str) -> str:
+    """``--detector``: a registered detector's name, checked when given (building the parser, hence
+    ``--help``, imports no detector: neither torch nor torchvision)."""
+    from .registry import DETECTORS
 
-    def _names(self) -> list[str]:
-        from .registry import DETECTORS
-
-        return list(DETECTORS)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._names())
-
-
-class _DetectorHelp(str):
-    """``--detector`` help from the detectors' own summaries, composed when help is printed."""
-
-    def __new__(cls) -> _DetectorHelp:
-        return super().__new__(cls, "which detector")
-
-    def __mod__(self, params: object) -> str:
-        from .registry import DETECTORS
-
-        return "which detector (default: mask_rcnn; unset settings are its released recipe's): " + "; ".join(
-            f"{s.name}: {s.title}, {s.summary}" for s in DETECTORS.values()
-        )
+    if name not in DETECTORS:
+        raise argparse.ArgumentTypeError(f"unknown detector {name!r} (choose from {', '.join(DETECTORS)})")
+    return name
 
 
 def _rescaled_sizes(min_size: int, base: Callable[[], Any]) -> Mapping[str, Any]:
@@ -110,7 +90,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="packaged config name (see `focalnet detection configs`) or YAML file")
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_lrf")
-    p.add_argument("--detector", choices=_Detectors(), metavar="NAME", help=_DetectorHelp())
+    p.add_argument(
+        "--detector",
+        type=_detector_name,
+        metavar="NAME",
+        help="which detector (default: mask_rcnn; unset settings are its released recipe's); "
+        "`focalnet detection configs` lists the detectors with their recipes",
+    )
     _add_data_args(p, train=True)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
@@ -167,7 +153,7 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("configs", help="list the packaged detection configs")
+    p = sub.add_parser("configs", help="list the detectors and the packaged detection configs")
     p.set_defaults(func=cmd_configs)
 
 
@@ -194,6 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
+    raise_if_interrupted(final, args.output)  # exit 130, as every interrupted command
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     keys = [k for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50") if k in final]
@@ -315,7 +302,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_configs(args: argparse.Namespace) -> int:
     from .config import config_path, list_configs
+    from .registry import DETECTORS
 
+    print("detectors (--detector NAME; default mask_rcnn):")
+    for spec in DETECTORS.values():
+        print(f"  {spec.name}: {spec.title}, {spec.summary} (recipe: {spec.recipe})")
+    print("configs (--config NAME):")
     for name in list_configs():
-        print(f"{name}  ({config_path(name)})")
+        print(f"  {name}  ({config_path(name)})")
     return 0

@@ -34,6 +34,8 @@ __all__ = [
     "config_from_args",
     "flag_values",
     "off",
+    "positive_int",
+    "raise_if_interrupted",
 ]
 
 T = TypeVar("T")
@@ -61,6 +63,17 @@ def _device_arg(text: str) -> str:
         return check_device(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (``--epochs``, ``--threads``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 _THREADS_HELP = (
@@ -115,7 +128,7 @@ _SHARED: tuple[tuple[tuple[str, ...], dict[str, Any], tuple[Kind, ...]], ...] = 
         },
         COMMAND_KINDS,
     ),
-    (("--threads",), {"type": int, "default": None, "metavar": "N", "help": _THREADS_HELP}, COMMAND_KINDS),
+    (("--threads",), {"type": positive_int, "default": None, "metavar": "N", "help": _THREADS_HELP}, COMMAND_KINDS),
     (
         ("--no-progress",),
         {"action": "store_true", "help": "no progress bars (logs and results only)"},
@@ -236,3 +249,13 @@ def config_from_args(
     base = functools.cache(lambda: load(config, (), {}))  # for flags derived from the file's values
     values = flag_values(args, flags, base)
     return load(config, list(getattr(args, "overrides", None) or []), values)
+
+
+def raise_if_interrupted(result: Mapping[str, Any], output: Any) -> None:
+    """A training run stopped by SIGINT/SIGTERM (``result["interrupted"]``, after its checkpoint) ends the
+    command as any interrupted command does: ``KeyboardInterrupt`` (exit 130, one line saying how to go on)."""
+    if result.get("interrupted"):
+        step = f" at step {result['step']}" if result.get("step") is not None else ""
+        raise KeyboardInterrupt(
+            f"interrupted{step}: a checkpoint was saved; continue with --output {output} --resume auto"
+        )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off
+from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off, raise_if_interrupted
 
 __all__ = ["TRAIN_FLAGS", "register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
@@ -227,9 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         return dry_run(cfg)
     metrics = train(cfg, args.output, overwrite=args.overwrite)
-    if metrics.get("interrupted"):
-        print(f"interrupted at step {metrics.get('step')}; resume with --resume auto", file=sys.stderr)
-        return 1
+    raise_if_interrupted(metrics, args.output)  # exit 130, as every interrupted command
     if int(os.environ.get("RANK", "0")) == 0:
         _print_summary(metrics, args.json)
     return 0
