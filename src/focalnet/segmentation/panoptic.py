@@ -43,6 +43,7 @@ __all__ = [
     "PanopticEntry",
     "PanopticFormatError",
     "Segment",
+    "build_panoptic_dataset",
     "id_to_rgb",
     "load_panoptic_json",
     "masks_from_index",
@@ -51,6 +52,7 @@ __all__ = [
     "read_id_png",
     "rgb_to_id",
     "segment_problem",
+    "valid_image_id",
     "write_panoptic_prediction",
 ]
 
@@ -162,6 +164,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def valid_image_id(v: Any) -> bool:
+    """Whether ``v`` can be an image id: an integer or a string (COCO's are integers)."""
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
 def _parse_categories(raw: Any, source: str) -> list[PanopticCategory]:
     if not isinstance(raw, list) or not raw:
         raise PanopticFormatError(f"{source}: no categories (expected a non-empty 'categories' list)")
@@ -211,7 +218,7 @@ def load_panoptic_json(
         field = "id" if key == "images" else "image_id"
         for item in items:
             v = item.get(field) if isinstance(item, dict) else None
-            if not isinstance(v, (int, str)) or isinstance(v, bool):
+            if not valid_image_id(v):
                 continue  # an entry problem, reported per image
             if v in seen:
                 raise PanopticFormatError(f"{p}: duplicate {field} {v!r} in '{key}'")
@@ -285,11 +292,14 @@ def _entries(
     data: dict[str, Any], cats: Mapping[int, PanopticCategory], png_dir: Path, img_dir: Path
 ) -> tuple[list[PanopticEntry], list[dict[str, str]]]:
     """The annotations as entries, and the problems of the malformed ones (JSON only: no file is read)."""
-    images = {im["id"]: im for im in data.get("images") or [] if isinstance(im, dict) and "id" in im}
+    images = {im["id"]: im for im in data.get("images") or [] if isinstance(im, dict) and valid_image_id(im.get("id"))}
     entries, problems = [], []
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
             problems.append({"file": f"annotations[{k}]", "problem": "no PNG 'file_name'"})
+            continue
+        if not valid_image_id(ann.get("image_id")):
+            problems.append({"file": str(png_dir / ann["file_name"]), "problem": "no integer or string 'image_id'"})
             continue
         try:
             segments = parse_segments(ann.get("segments_info"), cats)
@@ -433,6 +443,25 @@ class CocoPanoptic:
         index, labels = self.index_map(ids, segments)
         tensor, index = self.transform(img, index)
         return tensor, masks_from_index(index, labels)
+
+
+def build_panoptic_dataset(
+    root: str | os.PathLike,
+    split: str,
+    transform: Callable[[np.ndarray, np.ndarray], tuple[Any, np.ndarray]] | None = None,
+    *,
+    json_file: str | os.PathLike | None = None,
+    png_dir: str | os.PathLike | None = None,
+    img_dir: str | os.PathLike | None = None,
+    verify: bool = True,
+    on_error: str = "skip",
+    num_threads: int = 4,
+) -> CocoPanoptic:
+    """The ``split`` of the COCO panoptic folder ``root`` (files located by :func:`panoptic_paths`)."""
+    js, png, img = panoptic_paths(root, split, json_file, png_dir, img_dir)
+    return CocoPanoptic(
+        js, png, img, transform=transform, verify=verify, on_error=on_error, split=split, num_threads=num_threads
+    )
 
 
 def masks_from_index(index: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

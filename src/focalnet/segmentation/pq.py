@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .panoptic import PanopticCategory, Segment, load_panoptic_json, parse_segments, read_id_png
+from .panoptic import PanopticCategory, Segment, load_panoptic_json, parse_segments, read_id_png, valid_image_id
 
 __all__ = ["OFFSET", "PQStat", "add_pq_parser", "cmd_pq", "format_pq_table", "pq_compute"]
 
@@ -222,10 +222,6 @@ class PQStat:
         return out
 
 
-def _is_image_id(v: Any) -> bool:
-    return isinstance(v, (int, str)) and not isinstance(v, bool)
-
-
 def _categories(given: Any, source: list[PanopticCategory]) -> list[PanopticCategory]:
     if given is None:
         return source
@@ -263,7 +259,7 @@ def pq_compute(
     stat = PQStat(_categories(categories, gt_cats))
     preds: dict[Any, dict[str, Any]] = {}
     for k, a in enumerate(pred["annotations"]):
-        if not isinstance(a, dict) or not _is_image_id(a.get("image_id")):
+        if not isinstance(a, dict) or not valid_image_id(a.get("image_id")):
             raise ValueError(f"{pred_json}: annotations[{k}] has no integer or string 'image_id'")
         preds[a["image_id"]] = a
     del pred
@@ -272,7 +268,7 @@ def pq_compute(
         if not isinstance(ann, dict) or not isinstance(ann.get("file_name"), str):
             raise ValueError(f"{gt_json}: annotations[{k}] has no PNG 'file_name'")
         image = ann.get("image_id")
-        if not _is_image_id(image):
+        if not valid_image_id(image):
             raise ValueError(f"{gt_json}: annotations[{k}] has no integer or string 'image_id'")
         p = preds.get(image)
         if p is None:
