@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from ..bounds import FOCALNET_BOUNDS, SIDE, Bound
 from ..engine.config import load_config, packaged_config, packaged_configs
 from ..engine.options import check_device
 from ..engine.schedule import Warmup, fit_warmup
@@ -44,6 +45,8 @@ class ModelSection:
     drop_rate: float = 0.0
     grad_checkpointing: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # FocalNetConfig fields (e.g. embed_dim, depths)
+
+    BOUNDS: ClassVar[dict[str, Any]] = {"overrides": FOCALNET_BOUNDS}
 
     def validate(self) -> None:
         from ..models.registry import get_variant
@@ -86,6 +89,14 @@ class DataSection:
     num_workers: int = 8
     max_per_class: int = 0  # > 0: only the first N images of each class (sorted names) of each split
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "img_size": SIDE,
+        "num_workers": Bound(0, 256),
+        "max_per_class": Bound(0, 10**9),
+        "mean": Bound(-1e3, 1e3),
+        "std": Bound(1e-6, 1e3),
+    }
+
     def validate(self) -> None:
         if self.img_size < 16:
             raise ValueError(f"img_size must be >= 16, got {self.img_size}")
@@ -120,6 +131,8 @@ class AugSection:
     mixup_mode: Literal["batch", "pair", "elem"] = "batch"
     label_smoothing: float = 0.1
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"recount": Bound(1, 16), "color_jitter": Bound(0, 10)}
+
     def validate(self) -> None:
         for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
             v = getattr(self, name)
@@ -139,6 +152,8 @@ class AugSection:
             ("rand", "augmix", "original", "v0", "3a")
         ):
             raise ValueError(f"auto_augment {self.auto_augment!r} is not a timm policy (e.g. rand-m9-mstd0.5-inc1)")
+        if self.auto_augment is not None:
+            check_policy_bounds(self.auto_augment)
 
 
 @dataclass
@@ -172,6 +187,24 @@ class TrainSection:
     log_every: int = 10
     device: str = "auto"
     progress: bool = True
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "epochs": Bound(0, 100_000),
+        "max_steps": Bound(0, 10**9),
+        "batch_size": Bound(1, 65_536),
+        "accum_steps": Bound(1, 4096),
+        "warmup_epochs": Bound(0, 100_000),
+        "recipe_epochs": Bound(0, 100_000),
+        "base_lr": Bound(0, 100),
+        "warmup_lr": Bound(0, 100),
+        "min_lr": Bound(0, 100),
+        "seed": Bound(0, 2**32 - 1),
+        "eval_every_epochs": Bound(0, 10**9),
+        "eval_every_steps": Bound(0, 10**9),
+        "ckpt_every_steps": Bound(0, 10**9),
+        "keep_checkpoints": Bound(1, 10_000),
+        "log_every": Bound(1, 10**9),
+    }
 
     def validate(self) -> None:
         if self.epochs < 1 and self.max_steps < 1:
@@ -209,6 +242,8 @@ class EvalSection:
     batch_size: int = 0  # 0: 2 x train.batch_size
     head_subset: Literal["none", "in1k"] = "none"  # in1k: score a 22K head through its first 1,000 outputs
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"max_images": Bound(0, 10**9), "batch_size": Bound(0, 65_536)}
+
     def validate(self) -> None:
         if self.batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
@@ -230,6 +265,29 @@ class ClassificationConfig:
     def validate(self) -> None:
         if self.aug.enabled and (self.aug.mixup > 0 or self.aug.cutmix > 0) and self.train.batch_size % 2:
             raise ValueError(f"train.batch_size must be even with mixup/cutmix, got {self.train.batch_size}")
+
+
+# timm auto-augment policy strings: rand-m9-n2-mstd0.5-inc1, augmix-m5-w3-d2, ...; the cost per image grows
+# with n (ops), w (chains) and d (depth); magnitudes above 30 only saturate
+_POLICY_BOUNDS = {"m": Bound(0, 30), "n": Bound(0, 16), "w": Bound(1, 16), "d": Bound(-1, 16), "mstd": Bound(0, 100)}
+_POLICY_BOUNDS |= {"mmax": Bound(0, 30), "p": Bound(0, 1), "a": Bound(0, 100)}
+
+
+def check_policy_bounds(policy: str) -> None:
+    """``ValueError`` naming ``aug.auto_augment``'s part outside its bound (``rand-m99999-n1000000``: a
+    million ops per image); parts the table leaves out are timm's to check."""
+    import re
+
+    for part in policy.split("-")[1:]:
+        m = re.fullmatch(r"([a-z]+)(-?[0-9.]+(?:e[0-9+-]+)?)", part)
+        if not m or m.group(1) not in _POLICY_BOUNDS:
+            continue
+        bound, value = _POLICY_BOUNDS[m.group(1)], float(m.group(2))
+        if not bound.lo <= value <= bound.hi:
+            raise ValueError(
+                f"auto_augment {policy!r}: {m.group(1)}={m.group(2)} is outside the allowed range "
+                f"[{bound.lo:g}, {bound.hi:g}]"
+            )
 
 
 def list_configs() -> list[str]:

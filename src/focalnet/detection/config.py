@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from ..bounds import FOCALNET_BOUNDS, SIDE, Bound
 from ..engine.config import load_config, packaged_config, packaged_configs
 from ..engine.schedule import Warmup, fit_decays, fit_warmup
 
@@ -61,6 +62,21 @@ class ModelConfig:
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     dino: dict[str, Any] = field(default_factory=dict)
 
+    # the detector's own settings (detector_overrides, dino) are bounded by their names (focalnet.bounds)
+    BOUNDS: ClassVar[dict[str, Any]] = {
+        "backbone_overrides": FOCALNET_BOUNDS,
+        "focal_windows": FOCALNET_BOUNDS["focal_windows"],
+        "frozen_stages": Bound(-1, 8),
+        "fpn_channels": Bound(1, 8192),
+        "representation_size": Bound(1, 65_536),
+        "mask_head_channels": Bound(1, 8192),
+        "min_size": SIDE,
+        "max_size": SIDE,
+        "detections_per_img": Bound(1, 10_000),
+        "detector_overrides": {},
+        "dino": {"backbone_overrides": FOCALNET_BOUNDS},
+    }
+
     def validate(self) -> None:
         from .registry import DETECTORS, check_model_config, resolve_model_config
 
@@ -100,6 +116,14 @@ class DataConfig:
     filter_empty: bool = True  # drop training images without annotations (as mmdetection does)
     num_workers: int = 2
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "scales": Bound(16, SIDE.hi, max_len=64),
+        "max_size": SIDE,
+        "crop_resize_scales": Bound(16, SIDE.hi, max_len=64),
+        "crop_range": SIDE,
+        "num_workers": Bound(0, 256),
+    }
+
     def validate(self) -> None:
         if not self.scales or min(self.scales) < 16:
             raise ValueError(f"scales must be a non-empty list of short sides >= 16, got {self.scales}")
@@ -137,6 +161,13 @@ class OptimConfig:
     # 500 iterations were set for COCO). 0: both as given. Filled from the recipe by load_detection_config
     recipe_epochs: float = 0.0
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "lr": Bound(0, 100),
+        "warmup_steps": Bound(0, 10**9),
+        "lr_steps": Bound(0, 10**9, max_len=64),
+        "recipe_epochs": Bound(0, 100_000),
+    }
+
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
@@ -171,6 +202,20 @@ class DetectionConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "epochs": Bound(0, 100_000),
+        "max_steps": Bound(0, 10**9),
+        "batch_size": Bound(1, 4096),
+        "accum_steps": Bound(1, 4096),
+        "eval_every_epochs": Bound(0, 10**9),
+        "eval_every_steps": Bound(0, 10**9),
+        "eval_max_images": Bound(0, 10**9),
+        "ckpt_every_steps": Bound(0, 10**9),
+        "keep_checkpoints": Bound(1, 10_000),
+        "log_every": Bound(1, 10**9),
+        "seed": Bound(0, 2**32 - 1),
+    }
 
     def validate(self) -> None:
         # a section the file and the flags left out is built from its defaults without validate(): resolve

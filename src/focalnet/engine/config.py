@@ -1,7 +1,12 @@
 """Typed run configs: nested dataclasses filled from YAML plus ``key.sub=value`` overrides.
 
 Unknown keys, wrong types and impossible values are errors that name the dotted key. A dataclass may
-define ``validate(self) -> None`` raising ``ValueError`` for value checks (it is called after building).
+define ``validate(self) -> None`` raising ``ValueError`` for value checks (it is called after building),
+and ``BOUNDS`` (a class attribute ``{field: Bound}``; a nested table bounds a mapping field such as
+``model.overrides``, whose other keys are then bounded by their name): every count and size a config reads
+is range-checked against it (:mod:`focalnet.bounds`) right after its type, before ``validate`` and
+before anything is built, so a value such as ``depths=[1000000, 1, 1, 1]`` or ``warmup_epochs=1e308`` is one
+line naming the key and its range.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..bounds import Bound, BoundsError, check_bounds
+
 __all__ = [
+    "Bound",
     "ConfigError",
     "apply_overrides",
     "build_config",
@@ -122,6 +130,12 @@ def build_config(cls: type[T], data: Mapping[str, Any] | None = None, prefix: st
             f"{', '.join(prefix + f for f in fields)}"
         )
     kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
+    bounds = getattr(cls, "BOUNDS", None)
+    if bounds:
+        try:
+            check_bounds(kwargs, bounds, prefix)
+        except BoundsError as e:
+            raise ConfigError(str(e)) from None
     try:
         obj = cls(**kwargs)
     except TypeError as e:

@@ -7,13 +7,15 @@ formats, decompression bombs); the loaders skip and count them. Anything that fa
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageDecodeError", "open_image", "to_uint8_array", "safe_posterize", "patch_posterize"]
+__all__ = ["ImageDecodeError", "check_regular_file", "open_image", "to_uint8_array", "safe_posterize", "patch_posterize"]
 
 
 class ImageDecodeError(ValueError):
@@ -62,7 +64,10 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
 
     Raises :class:`ImageDecodeError` (one line naming the file) for anything that is not a decodable
     image, including decompression bombs (more than ``Image.MAX_IMAGE_PIXELS`` pixels) and truncated files.
+    A path that is no regular file (a folder, FIFO, socket or device) is refused before it is opened
+    (reading a FIFO would block until a writer comes, ``/dev/zero`` never ends).
     """
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,6 +87,31 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     except Exception as e:  # decoding only: every failure here is a problem of the file
         first = str(e).splitlines()[0] if str(e) else ""
         raise ImageDecodeError(f"cannot decode image {path}: {type(e).__name__}: {first}") from None
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "image") -> None:
+    """Nothing if ``path`` is a regular file (after links); :class:`ImageDecodeError` naming what it is
+    otherwise, without opening it; ``FileNotFoundError`` if it does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path)) from None
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read {what} {path}: {e.strerror}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise ImageDecodeError(f"{what} {path} is {kind}, not a file; give an image file")
 
 
 def safe_posterize(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:

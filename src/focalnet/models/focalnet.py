@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..bounds import FOCALNET_BOUNDS, check_bounds
 from .depthwise import DepthwiseConv2d, eager_on_cpu
 
 __all__ = [
@@ -59,6 +60,11 @@ class FocalNetConfig:
     drop_path_rate: float = 0.1
 
     def __post_init__(self) -> None:
+        # counts and sizes within their bounds before anything is derived from them (a file or flag saying
+        # depths=[1000000, ...] is refused here, not after minutes of building)
+        check_bounds({f: getattr(self, f) for f in FOCALNET_BOUNDS}, FOCALNET_BOUNDS)
+        if isinstance(self.depths, int):
+            raise ValueError(f"depths must be a list of blocks per stage, got {self.depths!r}")
         n = len(self.depths)
         for name in ("depths", "focal_levels", "focal_windows"):
             value = getattr(self, name)

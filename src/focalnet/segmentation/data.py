@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..engine.images import open_image
+from ..engine.images import check_regular_file, open_image
 from .model import IGNORE_INDEX
 
 __all__ = [
@@ -223,6 +223,7 @@ LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")  # one cha
 
 
 def _read_label(path: str | os.PathLike) -> np.ndarray:
+    check_regular_file(path, "label")  # a FIFO or device would block or never end
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError(f"label {path} is a {im.mode} colour image; expected one channel of class ids")
@@ -301,6 +302,7 @@ class SegmentationDataset(Dataset):
     def _check(self, pair: tuple[Path, Path]) -> str | None:
         img_p, lab_p = pair
         try:
+            check_regular_file(img_p)
             with Image.open(img_p) as im:
                 size = im.size
                 im.verify() if img_p.suffix.lower() == ".png" else None

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bounds import MAX_IMAGE_SIDE, Bound, check_bounds
 from ..engine.distributed import all_reduce
 from ..engine.resources import fit_workers
 from .model import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
@@ -77,12 +78,35 @@ class TestConfig:
     def validate(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"mode: must be 'whole' or 'slide', got {self.mode!r}")
-        if min(self.crop_size) < 1 or min(self.stride) < 1:
-            raise ValueError("crop_size and stride must be positive")
+        # sizes from a file (extra.test) or a flag within their bounds before any image is touched
+        # (a scale of 100000 px took the whole memory; crop [1, 1] / stride [1, 1], hours per image)
+        check_bounds(
+            {"scale": self.scale or [], "crop_size": self.crop_size, "stride": self.stride, "ratios": self.ratios},
+            TEST_BOUNDS,
+        )
+        if self.mode == "slide" and self.scale:
+            r = max(self.ratios if self.multi_scale else (1.0,))  # the image fits (long, short) x r
+            crop, step = min(self.crop_size), min(self.stride)
+            windows = math.prod(max(math.ceil((side * r - crop) / step), 0) + 1 for side in self.scale)
+            if windows > MAX_WINDOWS:
+                raise ValueError(
+                    f"stride {self.stride} over crop_size {self.crop_size} gives about {windows} windows per image "
+                    f"at scale {self.scale} (at most {MAX_WINDOWS}); choose a larger stride or crop"
+                )
         if self.stride[0] > self.crop_size[0] or self.stride[1] > self.crop_size[1]:
             raise ValueError(f"stride {self.stride} larger than crop_size {self.crop_size} leaves pixels unpredicted")
         if not self.ratios or min(self.ratios) <= 0:
             raise ValueError("ratios must be positive")
+
+
+# the test sizes' bounds (a scale's sides, slide windows); see docs/reliability.md
+TEST_BOUNDS = {
+    "scale": Bound(16, MAX_IMAGE_SIDE, max_len=2),
+    "crop_size": Bound(32, MAX_IMAGE_SIDE, max_len=2),
+    "stride": Bound(16, MAX_IMAGE_SIDE, max_len=2),
+    "ratios": Bound(0.125, 4.0, max_len=16),
+}
+MAX_WINDOWS = 1024  # slide windows per image at the largest test scale
 
 
 # ----------------------------------------------------------------------------------------- metrics

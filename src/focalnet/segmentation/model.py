@@ -16,12 +16,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bounds import Bound, check_bounds
 from ..factory import create_backbone
 from ..models.focalnet import FocalNetBackbone
 
@@ -164,7 +165,16 @@ class HeadConfig:
     aux_num_convs: int = 1
     aux_weight: float = 0.4
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "channels": Bound(1, 8192),
+        "pool_scales": Bound(1, 128, max_len=16),
+        "aux_in_index": Bound(0, 7),
+        "aux_channels": Bound(1, 8192),
+        "aux_num_convs": Bound(0, 64),
+    }
+
     def validate(self) -> None:
+        check_bounds({k: getattr(self, k) for k in self.BOUNDS}, self.BOUNDS, "head.")
         if self.channels < 1 or self.aux_channels < 1:
             raise ValueError("channels and aux_channels must be positive")
         if not 0.0 <= self.dropout < 1.0:

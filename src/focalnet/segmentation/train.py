@@ -17,12 +17,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import FOCALNET_BOUNDS, SIDE, Bound
 from ..engine import (
     ConfigError,
     DistInfo,
@@ -90,6 +91,14 @@ class AugConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "scale": SIDE,
+        "crop_size": SIDE,
+        "ratio_range": Bound(0.01, 16),
+        "mean": Bound(-1e4, 1e4),
+        "std": Bound(1e-6, 1e4),
+    }
+
     def validate(self) -> None:
         if min(self.crop_size) < 1 or min(self.scale) < 1:
             raise ValueError("crop_size and scale must be positive")
@@ -128,6 +137,8 @@ class EvalConfig:
     flip: bool = False
     enabled: bool = True
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"every": Bound(0, 10**9), "max_images": Bound(0, 10**9)}
+
     def test_config(self) -> TestConfig:
         t = TestConfig(self.mode, self.scale, self.crop_size, self.stride, self.multi_scale, self.ratios, self.flip)
         t.validate()
@@ -155,6 +166,18 @@ class RunConfig:
     device: str = "auto"
     resume: str | None = None
     progress: bool = True
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "iters": Bound(0, 10**9),
+        "epochs": Bound(0, 100_000),
+        "recipe_iters": Bound(0, 10**9),
+        "batch_size": Bound(1, 4096),
+        "accum_steps": Bound(1, 4096),
+        "ckpt_every": Bound(0, 10**9),
+        "keep_checkpoints": Bound(1, 10_000),
+        "log_every": Bound(1, 10**9),
+        "seed": Bound(0, 2**32 - 1),
+    }
 
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.accum_steps < 1:
