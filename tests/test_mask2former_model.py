@@ -105,7 +105,7 @@ def _transformers_head(head: Mask2FormerHead, cfg: Mask2FormerConfig, num_classe
     from transformers import Mask2FormerConfig as HFConfig
     from transformers.models.mask2former import modeling_mask2former as hf
 
-    assert cfg.enc_heads == cfg.nheads and cfg.conv_dim == cfg.hidden_dim  # what transformers can express
+    assert cfg.enc_heads == cfg.nheads  # transformers has one number of heads
     hf_cfg = HFConfig(
         feature_size=cfg.conv_dim,
         mask_feature_size=cfg.mask_dim,
@@ -156,6 +156,11 @@ def _transformers_head(head: Mask2FormerHead, cfg: Mask2FormerConfig, num_classe
             ),
             3,
             [(20, 28), (10, 14), (5, 7), (3, 4)],
+        ),
+        (  # a pixel decoder wider than the queries: the decoder projects its inputs
+            dict(hidden_dim=32, conv_dim=64, mask_dim=32, nheads=8, enc_heads=8, dec_layers=5, num_queries=9),
+            2,
+            [(16, 16), (8, 8), (4, 4), (2, 2)],
         ),
     ],
 )
