@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ...bounds import Bound, check_bounds
 from ...models.focalnet import FocalNetBackbone
 from ..model import dense_backbone, dense_backbone_from_meta
 from .pixel_decoder import MSDeformAttnPixelDecoder
@@ -30,6 +31,7 @@ from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
 __all__ = [
     "MASK2FORMER_BACKBONE_DEFAULTS",
+    "MASK2FORMER_BOUNDS",
     "MAX_CLASSES",
     "Mask2Former",
     "Mask2FormerConfig",
@@ -45,19 +47,20 @@ MAX_CLASSES = 100_000
 # the released recipes use 200 queries for the large backbones, 100 otherwise
 _LARGE_PREFIXES = ("focalnet_large", "focalnet_xlarge", "focalnet_huge")
 
-# (lowest, highest) of every count; widths must also divide into heads and GroupNorm's 32 groups
-_BOUNDS: dict[str, tuple[int, int]] = {
-    "hidden_dim": (8, 4096),
-    "num_queries": (1, 5000),
-    "dec_layers": (1, 64),
-    "nheads": (1, 64),
-    "dim_feedforward": (1, 65536),
-    "mask_dim": (1, 4096),
-    "conv_dim": (32, 4096),
-    "enc_layers": (0, 64),
-    "enc_heads": (1, 64),
-    "enc_points": (1, 64),
-    "enc_dim_feedforward": (1, 65536),
+# the range of every count and width (focalnet.bounds), so that a file or a flag cannot ask for absurd sizes;
+# widths must also divide into heads and GroupNorm's 32 groups (Mask2FormerConfig.validate)
+MASK2FORMER_BOUNDS: dict[str, Bound] = {
+    "hidden_dim": Bound(8, 4096),
+    "num_queries": Bound(1, 5000),
+    "dec_layers": Bound(1, 64),
+    "nheads": Bound(1, 64),
+    "dim_feedforward": Bound(1, 65536),
+    "mask_dim": Bound(1, 4096),
+    "conv_dim": Bound(32, 4096),
+    "enc_layers": Bound(0, 64),
+    "enc_heads": Bound(1, 64),
+    "enc_points": Bound(1, 64),
+    "enc_dim_feedforward": Bound(1, 65536),
 }
 
 
@@ -92,12 +95,11 @@ class Mask2FormerConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` for a setting out of range (types, bounds, divisibility)."""
-        for name, (low, high) in _BOUNDS.items():
+        for name in MASK2FORMER_BOUNDS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"mask2former head: {name} must be an integer, got {v!r}")
-            if not low <= v <= high:
-                raise ValueError(f"mask2former head: {name} must be in [{low}, {high}], got {v}")
+        check_bounds(asdict(self), MASK2FORMER_BOUNDS, prefix="mask2former head: ")
         for name in ("pre_norm", "enforce_input_project"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"mask2former head: {name} must be true or false, got {getattr(self, name)!r}")
