@@ -160,7 +160,10 @@ def load_classifier(
         model = create_model(model_name, pretrained=pretrained if pretrained is not None else False)
         source = f"{model_name} ({'released weights ' + str(pretrained) if pretrained else 'RANDOM INIT'})"
     if not isinstance(model, FocalNet):
-        raise ValueError(f"{source} holds a detection/segmentation backbone, not an image classifier")
+        from ..weights.kind import wrong_kind
+
+        other = wrong_kind(source, "classification") if checkpoint is not None else None
+        raise ValueError(other or f"{source} holds a detection/segmentation backbone, not an image classifier")
     pc = model.pretrained_cfg
     names = getattr(model, "class_names", None)
     return LoadedClassifier(

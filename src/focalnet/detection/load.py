@@ -36,6 +36,7 @@ from ..weights.checks import (
     expect_names,
 )
 from ..weights.io import atomic_save, safe_torch_load
+from ..weights.kind import wrong_kind
 from .config import DetectionConfig, ModelConfig
 from .mmdet import state_dict_of
 from .registry import builder_kwargs, detector_layouts, get_detector
@@ -104,6 +105,9 @@ def recognise_layout(obj: Any, source: str) -> Layout:
         raise MalformedCheckpointError(
             f"{source}: the file matches several detection layouts ({', '.join(f.name for f in found)})"
         )
+    other = wrong_kind(source, "detection", obj)  # a classifier's or segmentor's file: say so in one line
+    if other is not None:
+        raise CheckpointMismatchError(other)
     raise MalformedCheckpointError(
         f"{source}: not a detection checkpoint of a known layout; the file holds {_describe(obj)}; known layouts: "
         + "; ".join(f"{layout.name}: {layout.describe}" for layout in layouts)

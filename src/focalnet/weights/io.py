@@ -16,8 +16,9 @@ import torch
 
 from .checks import check_tensors, memory_budget, tensors_too_large
 from .convert import detect_layout, unwrap_state_dict
-from .errors import MalformedCheckpointError
+from .errors import CheckpointMismatchError, MalformedCheckpointError
 from .infer import check_finite
+from .kind import not_a_checkpoint, wrong_kind
 
 __all__ = [
     "Checkpoint",
@@ -135,8 +136,10 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, unsafe globals
+        other = not_a_checkpoint(path)  # an image, text: say so rather than what the unpickler tripped on
         raise ValueError(
-            f"{path} is not a readable {what}: {load_error_reason(e)} (files are loaded safely, with weights_only=True)"
+            other
+            or f"{path} is not a readable {what}: {load_error_reason(e)} (files are loaded safely, with weights_only=True)"
         ) from e
 
 
@@ -258,6 +261,7 @@ def checkpoint_from_object(
     :class:`MalformedCheckpointError` naming the key."""
     config: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
+    raw = obj
     if metadata is not None:  # safetensors: every value is a string, JSON for ours
         for k, v in metadata.items():
             if k == "focalnet_config":
@@ -290,7 +294,13 @@ def checkpoint_from_object(
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         backbone = True
     check_finite(sd, source, allow_nonfinite)
-    layout = detect_layout(sd)
+    try:
+        layout = detect_layout(sd)
+    except CheckpointMismatchError:  # a detector's or segmentor's own file: say so and which command reads it
+        other = wrong_kind(source, "focalnet", raw, metadata)
+        if other is None:
+            raise
+        raise CheckpointMismatchError(other) from None
     return Checkpoint(sd, layout, source, file_format, config, None, extra, backbone)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .errors import CheckpointMismatchError, MalformedCheckpointError
+from .kind import wrong_kind
 
 __all__ = ["Layout", "recognise_layout"]
 
@@ -31,10 +32,13 @@ class Layout(Generic[T]):
     read: Callable[[Mapping[str, Any], str], T]
 
 
-def recognise_layout(obj: Any, layouts: Sequence[Layout[T]], source: str, what: str) -> Layout[T]:
+def recognise_layout(
+    obj: Any, layouts: Sequence[Layout[T]], source: str, what: str, task: str | None = None
+) -> Layout[T]:
     """The one layout of ``layouts`` that ``obj`` (a loaded file) matches; a
     :class:`MalformedCheckpointError` if it is not a mapping, a :class:`CheckpointMismatchError` naming
-    what was expected if none or several match."""
+    what was expected if none or several match (the file of another ``task``: what it is and the command
+    that reads it, :func:`~focalnet.weights.kind.wrong_kind`)."""
     if not isinstance(obj, Mapping):
         raise MalformedCheckpointError(f"{source} holds a {type(obj).__name__}, not a {what} (a dict)")
     found = [layout for layout in layouts if layout.recognise(obj)]
@@ -43,6 +47,9 @@ def recognise_layout(obj: Any, layouts: Sequence[Layout[T]], source: str, what: 
     if found:
         names = ", ".join(layout.name for layout in found)
         raise CheckpointMismatchError(f"{source} matches several {what} layouts ({names}); refusing to guess")
+    other = wrong_kind(source, task, obj) if task is not None else None
+    if other is not None:
+        raise CheckpointMismatchError(other)
     expected = "; ".join(f"{layout.name}: {layout.looks_like}" for layout in layouts)
     keys = [str(k) for k in list(obj)[:6]]
     raise CheckpointMismatchError(f"{source} is not a {what} (top-level keys {keys}; expected {expected})")
