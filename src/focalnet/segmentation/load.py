@@ -180,7 +180,6 @@ def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
     if not os.path.exists(source):
         raise FileNotFoundError(f"checkpoint not found: {source}")
     obj = _read_file(source)
-    check_one_task(obj, "segmentation", source)  # a file holding a detector too is refused, not half-read
     layout = recognise_layout(obj, layouts(), source, "focalnet segmentation model", task="segmentation")
     meta, sd, extra = layout.read(obj, source)
     return check_meta(meta, sd, source), sd, _check_extra(extra, source)
