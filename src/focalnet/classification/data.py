@@ -53,6 +53,8 @@ def find_classes(root: str | os.PathLike) -> list[str]:
 
 def resolve_split(data: str | os.PathLike, split: str) -> Path:
     """``data/split`` when it exists, else ``data`` itself when it directly holds class folders."""
+    if not data:
+        raise ValueError("no dataset: give --data DIR (an ImageFolder root) or data.path in the config")
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"dataset folder not found: {data}")
