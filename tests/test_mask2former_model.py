@@ -218,6 +218,19 @@ def test_forward_shapes_and_logits(one_thread):
     torch.testing.assert_close(single[0], logits[1], rtol=0, atol=1e-5)
 
 
+def test_single_small_image_with_one_channel_per_group(one_thread):
+    """conv_dim 32 = one channel per GroupNorm group: a 32 px image's 1x1 coarsest map is one value per
+    group (F.group_norm refuses it); its normalised values are 0, the output the GroupNorm bias."""
+    torch.manual_seed(0)
+    model = randomize_(_tiny(num_classes=2), seed=5).eval()
+    with torch.no_grad():
+        logits, masks = model.forward_logits(torch.randn(1, 3, 32, 32))
+        proj = model.sem_seg_head.pixel_decoder.input_proj[0]
+        coarse = proj(torch.randn(1, 128, 1, 1))  # the stride-32 level of the tiny backbone: 128 channels
+    assert logits.shape == (1, 6, 3) and masks.shape == (1, 6, 8, 8) and torch.isfinite(masks).all()
+    torch.testing.assert_close(coarse.flatten(), proj[1].bias, rtol=0, atol=0)
+
+
 def test_training_backward_reaches_every_parameter(one_thread):
     torch.manual_seed(0)
     # no stochastic depth (a dropped block has no gradient), random weights (the deformable attention's

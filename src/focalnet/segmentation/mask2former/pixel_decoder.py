@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ...ops import MSDeformAttn
 
-__all__ = ["ConvNorm", "DeformableEncoderLayer", "MSDeformAttnPixelDecoder", "sine_position_embedding"]
+__all__ = ["ConvNorm", "DeformableEncoderLayer", "GroupNorm32", "MSDeformAttnPixelDecoder", "sine_position_embedding"]
 
 
 def sine_position_embedding(
@@ -55,6 +55,21 @@ def sine_position_embedding(
     pos_y = _encode(y)[:, None, :].expand(height, width, num_feats)
     pos_x = _encode(x)[None, :, :].expand(height, width, num_feats)
     return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm with 32 groups that also takes a map of one value per group (a 1x1 coarsest level of a
+    single small image with 32 channels: the normalised values are 0, the output the bias), where
+    ``F.group_norm`` refuses it as a training batch of one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(32, channels)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if x.shape[0] * (x.shape[1] // self.num_groups) * x[0, 0].numel() == 1:  # x - mean is 0 exactly
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return (x - x) * self.weight.view(shape) + self.bias.view(shape)
+        return super().forward(x)
 
 
 class ConvNorm(nn.Conv2d):
@@ -165,7 +180,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.conv_dim = conv_dim
         # coarsest first, as the encoder reads them
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim))
+            nn.Sequential(nn.Conv2d(c, conv_dim, kernel_size=1), GroupNorm32(conv_dim))
             for c in in_channels[self.num_fpn_levels :][::-1]
         )
         layers = [
@@ -175,8 +190,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.transformer = _EncoderOnly(conv_dim, layers, num_levels)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         for j, c in enumerate(in_channels[: self.num_fpn_levels]):
-            self.add_module(f"adapter_{j + 1}", ConvNorm(c, conv_dim, 1, nn.GroupNorm(32, conv_dim)))
-            self.add_module(f"layer_{j + 1}", ConvNorm(conv_dim, conv_dim, 3, nn.GroupNorm(32, conv_dim), relu=True))
+            self.add_module(f"adapter_{j + 1}", ConvNorm(c, conv_dim, 1, GroupNorm32(conv_dim)))
+            self.add_module(f"layer_{j + 1}", ConvNorm(conv_dim, conv_dim, 3, GroupNorm32(conv_dim), relu=True))
         self.reset_parameters()
 
     @torch.no_grad()
