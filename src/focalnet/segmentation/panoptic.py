@@ -103,7 +103,7 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
                         f"{path}: a mode {im.mode} PNG; panoptic segment ids need an RGB PNG (id = R + 256 G + 256^2 B)"
                     )
                 im.load()
-                arr = np.asarray(im)
+                rgba = np.asarray(im if im.mode == "RGBA" else im.convert("RGBA"))
     except (PanopticFormatError, FileNotFoundError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -113,7 +113,8 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:  # decoding: every failure here is a problem of the file
         first = str(e).splitlines()[0] if str(e) else ""
         raise PanopticFormatError(f"cannot read panoptic PNG {path}: {type(e).__name__}: {first}") from None
-    return rgb_to_id(arr)
+    # R + 256 G + 256^2 B: the little-endian 32-bit word of each RGBA pixel without its alpha byte
+    return (rgba.view("<u4")[..., 0] & 0xFFFFFF).astype(np.int32)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

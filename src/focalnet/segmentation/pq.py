@@ -18,8 +18,8 @@ Differences from panopticapi, on inputs it does not define: the ground-truth are
 (panopticapi reads the JSON's ``area``; COCO's equal the PNG's), a set where no category occurs gives 0
 with ``n = 0`` (panopticapi divides by zero), and every file problem is one ``ValueError`` line naming
 the image and file (panopticapi's ``KeyError``s and crashes). Memory is flat in the number of images:
-one image pair at a time per thread; the per-image work is vectorised (one ``np.unique`` over the
-combined ids).
+one image pair at a time per thread. The per-image work is vectorised: pixels become dense segment
+indices (``np.searchsorted`` on the few listed ids) and one ``np.bincount`` gives every intersection.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ import numpy as np
 
 from .panoptic import PanopticCategory, Segment, load_panoptic_json, parse_segments, read_id_png, valid_image_id
 
-__all__ = ["OFFSET", "PQStat", "add_pq_parser", "cmd_pq", "format_pq_table", "pq_compute"]
-
-OFFSET = 256**3  # segment ids are < 256^3: gt * OFFSET + pred is a unique int64 per pair
+__all__ = ["PQStat", "add_pq_parser", "cmd_pq", "format_pq_table", "pq_compute"]
 
 
 def _lookup(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -50,6 +48,23 @@ def _lookup(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     order = np.argsort(keys, kind="stable")
     pos = np.clip(np.searchsorted(keys[order], query), 0, keys.size - 1)
     return np.where(keys[order][pos] == query, order[pos], -1)
+
+
+def _positions(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: 0 for void (0), ``1 + r`` for the id of rank ``r`` among ``ids`` (unique, not 0),
+    ``len(ids) + 1`` for any other value; and each id's row ``1 + r``."""
+    n = ids.size
+    if values.dtype not in (np.int32, np.int64):  # ids (< 256^3) are exact in both
+        values = values.astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    big = np.iinfo(values.dtype).max
+    table = np.concatenate([[0], ids[order], [big]]).astype(values.dtype)  # a sentinel no id reaches
+    pos = np.searchsorted(table, values)
+    if not np.array_equal(table[pos], values):  # values the ids do not list (rare): their own slot
+        pos = np.where(table[pos] == values, pos, n + 1)
+    rows = np.empty(n, dtype=np.int64)
+    rows[order] = np.arange(1, n + 1)
+    return pos, rows
 
 
 def _as_segments(segments: Iterable[Segment | Mapping[str, Any]]) -> tuple[Segment, ...]:
@@ -95,66 +110,58 @@ class PQStat:
                 f"image {image}: prediction is {pred_ids.shape[::-1]} but ground truth {gt_ids.shape[::-1]}"
             )
         gsegs, psegs = _as_segments(gt_segments), _as_segments(pred_segments)
-        g = gt_ids.reshape(-1).astype(np.int64)
-        p = pred_ids.reshape(-1).astype(np.int64)
-        if g.size and (min(g.min(), p.min()) < 0 or max(g.max(), p.max()) >= OFFSET):
-            raise ValueError(f"image {image}: segment ids must lie in 0..{OFFSET - 1}")
-        pairs, inter = np.unique(g * OFFSET + p, return_counts=True)
-        pg, pp = pairs // OFFSET, pairs % OFFSET
+        g_id = np.array([s.id for s in gsegs], dtype=np.int64)
+        p_id = np.array([s.id for s in psegs], dtype=np.int64)
+        ng, npr = len(gsegs), len(psegs)
+        # the confusion of segments: rows ground truth (void, its segments by id, ids the JSON does not
+        # list), columns prediction (likewise); one bincount over the pixels
+        g_pos, g_rows = _positions(gt_ids.reshape(-1), g_id)
+        p_pos, p_rows = _positions(pred_ids.reshape(-1), p_id)
+        conf = np.bincount(g_pos * (npr + 2) + p_pos, minlength=(ng + 2) * (npr + 2)).reshape(ng + 2, npr + 2)
 
         # the prediction's own consistency, as panopticapi checks it
-        p_id = np.array([s.id for s in psegs], dtype=np.int64)
-        in_png = np.unique(pp[pp != 0])
-        not_listed = in_png[_lookup(p_id, in_png) < 0]
-        if not_listed.size:
-            raise ValueError(
-                f"image {image}: predicted PNG id(s) {not_listed[:8].tolist()} not in the JSON's segments_info"
-            )
-        not_drawn = p_id[_lookup(in_png, p_id) < 0]
-        if not_drawn.size:
-            raise ValueError(f"image {image}: predicted segment(s) {not_drawn[:8].tolist()} of the JSON not in the PNG")
+        if conf[:, npr + 1].any():
+            extra = np.unique(pred_ids.reshape(-1)[p_pos == npr + 1])
+            raise ValueError(f"image {image}: predicted PNG id(s) {extra[:8].tolist()} not in the JSON's segments_info")
         p_cat = self._cat_index(np.array([s.category_id for s in psegs], dtype=np.int64), "predicted", image)
-        g_id = np.array([s.id for s in gsegs], dtype=np.int64)
+        p_area = conf[:, p_rows].sum(0)
+        if (p_area == 0).any():
+            missing = p_id[p_area == 0]
+            raise ValueError(f"image {image}: predicted segment(s) {missing[:8].tolist()} of the JSON not in the PNG")
         g_cat = self._cat_index(np.array([s.category_id for s in gsegs], dtype=np.int64), "ground-truth", image)
         g_crowd = np.array([s.iscrowd for s in gsegs], dtype=bool)
-
-        # areas, and each prediction's intersection with void
-        gi, pi = _lookup(g_id, pg), _lookup(p_id, pp)
-        p_area = np.zeros(len(psegs), dtype=np.int64)
-        np.add.at(p_area, pi[pi >= 0], inter[pi >= 0])
-        g_area = np.zeros(len(gsegs), dtype=np.int64)
-        np.add.at(g_area, gi[gi >= 0], inter[gi >= 0])
-        p_void = np.zeros(len(psegs), dtype=np.int64)
-        at_void = (pg == 0) & (pi >= 0)
-        np.add.at(p_void, pi[at_void], inter[at_void])
+        g_area = conf[g_rows].sum(1)
+        p_void = conf[0, p_rows]  # each prediction's pixels in void
+        inter = conf[g_rows][:, p_rows]
 
         # matches: same category, not crowd, IoU > 0.5
         k = len(self.categories)
         iou, tp = np.zeros(k, dtype=np.float64), np.zeros(k, dtype=np.int64)
         fp, fn = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
-        cand = (gi >= 0) & (pi >= 0)
-        cand[cand] &= ~g_crowd[gi[cand]] & (g_cat[gi[cand]] == p_cat[pi[cand]])
-        ci, cp, cin = gi[cand], pi[cand], inter[cand]
+        ci, cp = np.nonzero(inter)
+        same = ~g_crowd[ci] & (g_cat[ci] == p_cat[cp])
+        ci, cp = ci[same], cp[same]
+        cin = inter[ci, cp]
         ious = cin / (p_area[cp] + g_area[ci] - cin - p_void[cp])
         hit = ious > 0.5
         np.add.at(tp, g_cat[ci[hit]], 1)
         np.add.at(iou, g_cat[ci[hit]], ious[hit])
-        g_matched = np.zeros(len(gsegs), dtype=bool)
+        g_matched = np.zeros(ng, dtype=bool)
         g_matched[ci[hit]] = True
-        p_matched = np.zeros(len(psegs), dtype=bool)
+        p_matched = np.zeros(npr, dtype=bool)
         p_matched[cp[hit]] = True
 
         # false negatives: unmatched non-crowd ground truth
         np.add.at(fn, g_cat[~g_matched & ~g_crowd], 1)
         # false positives: unmatched predictions not mostly in void or their category's crowd region
-        crowd_of = {int(g_cat[j]): int(g_id[j]) for j in np.flatnonzero(g_crowd & ~g_matched)}  # the last wins
+        crowd_row = np.full(k, -1, dtype=np.int64)
+        for j in np.flatnonzero(g_crowd):  # one crowd segment per category: the last listed, as panopticapi
+            crowd_row[g_cat[j]] = j
+        rows = crowd_row[p_cat]
         ignored = p_void.astype(np.float64)
-        for j in np.flatnonzero(~p_matched):
-            crowd = crowd_of.get(int(p_cat[j]))
-            if crowd is not None:
-                at = _lookup(pairs, np.array([crowd * OFFSET + p_id[j]], dtype=np.int64))[0]
-                ignored[j] += inter[at] if at >= 0 else 0
-        counted = ~p_matched & ~(ignored / np.maximum(p_area, 1) > 0.5)
+        with_crowd = np.flatnonzero(rows >= 0)
+        ignored[with_crowd] += inter[rows[with_crowd], with_crowd]
+        counted = ~p_matched & ~(ignored / p_area > 0.5)
         np.add.at(fp, p_cat[counted], 1)
         return iou, tp, fp, fn
 
