@@ -69,8 +69,8 @@ FOCALNET_BOUNDS: dict[str, Bound] = {
     "drop_path_rate": Bound(0, 1),
 }
 
-# settings without a table of their own (a detector head's, DINO's, a segmentor's) are bounded by their
-# name: the first pattern that matches the key's last part applies
+# integer settings without a table of their own (a detector head's, DINO's, a segmentor's) are bounded by
+# their name: the first pattern that matches the key's last part applies
 COUNT_BOUNDS: tuple[tuple[re.Pattern[str], Bound], ...] = (
     (re.compile(r"(^|_)(heads|nheads|points|levels)$"), Bound(1, 64)),
     (re.compile(r"(^|_)(layers|depth|stages|convs|stacks|iters?)$"), Bound(0, 64)),
@@ -131,6 +131,9 @@ def check_bounds(
             if isinstance(value, Mapping):
                 check_bounds(value, {}, name + ".", by_name=True)
                 continue
+            ints = value if isinstance(value, (list, tuple)) else [value]
+            if not ints or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+                continue  # the name bounds counts and sizes (integers): ratios and flags are not theirs
             spec = count_bound(key)
         if spec is not None:
             check_value(name, value, spec)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bounds import SIDE, Bound, BoundsError, check_bounds, check_normalization
 from .models.focalnet import FocalNet, FocalNetBackbone, FocalNetConfig, PretrainedCfg
 from .models.registry import get_variant, match_variant
 from .weights.checks import build_checked, check_config_size, expect_names
@@ -322,6 +323,17 @@ def _stored_pretrained_cfg(model: FocalNet, stored: Any, source: str) -> None:
         if not isinstance(stored["interpolation"], str):
             raise MalformedCheckpointError(f"{source}: stored pretrained_cfg 'interpolation' must be a name")
         pc.interpolation = stored["interpolation"]
+    try:  # sizes and normalisation within bounds: a 100000-px input or a std of 0 is refused here
+        if len(pc.input_size) != 3:
+            raise BoundsError(f"input_size must be [channels, height, width], got {list(pc.input_size)}")
+        check_bounds(
+            {"input_size": list(pc.input_size[1:]), "crop_pct": pc.crop_pct},
+            {"input_size": SIDE, "crop_pct": Bound(0.01, 1.0)},
+            "pretrained_cfg.",
+        )
+        check_normalization(pc.mean, pc.std, "pretrained_cfg", model.cfg.in_chans)
+    except BoundsError as e:
+        raise MalformedCheckpointError(f"{source}: stored {e}") from None
 
 
 def model_from_checkpoint(path: str | os.PathLike | Checkpoint, **overrides: Any) -> FocalNet | FocalNetBackbone:

@@ -11,6 +11,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ..bounds import SIDE, check_bounds, check_normalization
+
 __all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "DetectionTransform", "detection_transform"]
 
 
@@ -48,7 +50,14 @@ def detection_transform(
     image_std: Sequence[float] | None = None,
     train_resize: bool = False,
 ) -> DetectionTransform:
-    """A :class:`DetectionTransform` padding to multiples of 32 (ImageNet mean/std unless given)."""
+    """A :class:`DetectionTransform` padding to multiples of 32 (ImageNet mean/std unless given). The sizes
+    and the normalisation every detector reads from its file or config are checked here (one line naming
+    the setting: a test side of 100000 px or a std of 0 would give a huge allocation or NaN scores)."""
+    check_bounds({"min_size": min_size, "max_size": max_size}, {"min_size": SIDE, "max_size": SIDE}, "model.")
+    if image_mean is not None or image_std is not None:
+        check_normalization(
+            list(image_mean or IMAGENET_DEFAULT_MEAN), list(image_std or IMAGENET_DEFAULT_STD), "detector image_mean/std"
+        )
     return DetectionTransform(
         min_size,
         max_size,

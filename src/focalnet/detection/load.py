@@ -31,6 +31,7 @@ from ..weights.checks import (
     ModelTooLargeError,
     NonFiniteWeightsError,
     build_checked,
+    check_one_task,
     check_tensors,
     expect_mapping,
     expect_names,
@@ -161,6 +162,7 @@ def load_detector(
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     obj = safe_torch_load(path)
+    check_one_task(obj, "detection", source)  # a file holding a segmentor too is refused, not half-read
     layout = recognise_layout(obj, source)
     check_tensors(layout.weights(obj), source)  # before any reader touches a tensor
     try:

@@ -189,8 +189,10 @@ class OutputRule:
       the command, size and modification time of every file the rule let a command write; a file changed
       since is someone else's), unless ``overwrite`` (``--overwrite``).
 
-    After the checks pass, the claimed files are recorded in their folders' manifests (written atomically),
-    so that a command killed half-way may be run again; :meth:`finish` records their sizes and times.
+    After the checks pass, the claimed files' folders are created; :meth:`finish` (called when the command
+    ends, also when it fails) records the claimed files written by then in their folders' manifests
+    (atomically), so that running the command again may replace them. A file written by a run that was
+    killed (SIGKILL) before it could record it needs ``--overwrite``: the safe direction.
     """
 
     def __init__(self, command: str, inputs: Iterable[PathLike | None] = (), *, overwrite: bool = False) -> None:
@@ -253,15 +255,13 @@ class OutputRule:
         entry = _read_manifest(p.parent).get(p.name)
         if not entry or entry.get("command") != self.command:
             return False
-        if entry.get("size") is None:  # claimed by a run that did not finish: its file
-            return True
         return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
 
     def claim(
         self, paths: Iterable[PathLike], folder: PathLike | None = None, what: str = "output"
     ) -> list[Path]:
-        """Check every file of ``paths`` (:meth:`check`) and, when all pass, record them as this command's
-        in their folders' manifests (creating the folders); returns them as absolute paths."""
+        """Check every file of ``paths`` (:meth:`check`) and, when all pass, take them as this command's
+        (creating their folders); returns them as absolute paths."""
         checked = [self.check(p, folder, what) for p in paths]
         by_folder: dict[Path, set[str]] = {}
         for p in checked:
@@ -270,9 +270,11 @@ class OutputRule:
             man = d / MANIFEST
             if man.is_symlink() or (man.exists() and not man.is_file()):
                 raise OutputPathError(f"{what} folder {d}: {MANIFEST} is not a regular file; remove it")
+        from .files import make_output_dir
+
         for d, names in by_folder.items():
+            make_output_dir(d, "output folder")
             self._claimed.setdefault(d, set()).update(names)
-            self._write_manifest(d, {n: {"command": self.command} for n in names})
         return checked
 
     def finish(self) -> None:
@@ -289,9 +291,6 @@ class OutputRule:
                 self._write_manifest(d, stats)
 
     def _write_manifest(self, folder: Path, entries: dict[str, dict]) -> None:
-        from .files import make_output_dir
-
-        make_output_dir(folder, "output folder")
         files = _read_manifest(folder)
         files.update(entries)
         tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"

@@ -29,7 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..weights.checks import build_checked, check_loadable, check_tensors, expect_mapping, expect_names
+from ..bounds import BoundsError, check_normalization
+from ..weights.checks import (
+    build_checked,
+    check_loadable,
+    check_one_task,
+    check_tensors,
+    expect_mapping,
+    expect_names,
+)
 from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
 from ..weights.infer import infer_structure, stored_config
 from ..weights.io import atomic_save, safe_torch_load
@@ -154,9 +162,20 @@ def _check_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
         ):
             raise MalformedCheckpointError(f"{source}: stored extra {k!r} must be a list of numbers")
+    try:  # a std of 0 or NaN divides every pixel by zero: the prediction would be one class, silently
+        check_normalization(extra.get("mean", [0.0]), extra.get("std", [1.0]), "stored extra", 3)
+    except BoundsError as e:
+        raise MalformedCheckpointError(f"{source}: {e}") from None
     for k in ("test", "data", "config"):
         if extra.get(k) is not None:
             expect_mapping(extra, k, source)
+    if extra.get("test") is not None:  # test sizes within their bounds before any image is touched
+        from .evaluate import TestConfig
+
+        try:
+            TestConfig.from_stored(extra["test"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise MalformedCheckpointError(f"{source}: stored extra.test: {e}") from None
     return extra
 
 
@@ -180,6 +199,7 @@ def read_segmentor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
     if not os.path.exists(source):
         raise FileNotFoundError(f"checkpoint not found: {source}")
     obj = _read_file(source)
+    check_one_task(obj, "segmentation", source)  # a file holding a detector too is refused, not half-read
     layout = recognise_layout(obj, layouts(), source, "focalnet segmentation model", task="segmentation")
     meta, sd, extra = layout.read(obj, source)
     return check_meta(meta, sd, source), sd, _check_extra(extra, source)

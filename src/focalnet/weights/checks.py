@@ -37,6 +37,7 @@ __all__ = [
     "check_config_size",
     "check_loadable",
     "build_checked",
+    "check_one_task",
     "expect_mapping",
     "expect_names",
 ]
@@ -269,3 +270,40 @@ def expect_names(names: Any, count: int, source: str, key: str = "class_names") 
     if not all(isinstance(n, str) for n in names):
         raise MalformedCheckpointError(f"{source}: stored {key} must hold strings only")
     return list(names)
+
+
+def _task_marks(obj: Mapping[str, Any]) -> dict[str, str]:
+    """``{task: the mark}`` of every task whose file marks ``obj`` carries (a segmentor's format or meta,
+    a detector's config or heads), read from the top level and the state dicts it holds."""
+    marks: dict[str, str] = {}
+    if "detection_config" in obj or obj.get("format") == "focalnet-dino":
+        marks["detection"] = "detection_config" if "detection_config" in obj else "format focalnet-dino"
+    if obj.get("format") == "focalnet-segmentation" or "segmentation_meta" in obj:
+        marks["segmentation"] = "segmentation_meta" if "segmentation_meta" in obj else "format focalnet-segmentation"
+    for key in ("model", "state_dict", "model_state_dict"):
+        sd = obj.get(key)
+        if not isinstance(sd, Mapping):
+            continue
+        top = {k.split(".")[0] for k in list(sd)[:100_000] if isinstance(k, str)}
+        if "decode_head" in top:
+            marks.setdefault("segmentation", f"{key}.decode_head")
+        for head in ("rpn_head", "roi_head", "bbox_head", "roi_heads", "rpn"):
+            if head in top:
+                marks.setdefault("detection", f"{key}.{head}")
+    return marks
+
+
+def check_one_task(obj: Any, task: str, source: str) -> None:
+    """:class:`CheckpointMismatchError` (one line) where a loaded file carries the marks of another task's
+    model besides ``task``'s (a dict holding both a segmentor and a detector would otherwise be read by
+    either task, each taking its part silently). Each task's loading path calls it on the loaded object."""
+    if not isinstance(obj, Mapping):
+        return
+    marks = _task_marks(obj)
+    other = {t: m for t, m in marks.items() if t != task}
+    if other and task in marks:
+        ((t, m),) = list(other.items())[:1]
+        raise CheckpointMismatchError(
+            f"{source} holds a {task} model ({marks[task]}) and a {t} model ({m}); refusing to guess which "
+            "one to load: keep one per file"
+        )

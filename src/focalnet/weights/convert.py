@@ -114,12 +114,21 @@ def invert_rules(rules: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """``"original"``, ``"timm"`` or ``"transformers"``, from the key names; ``ValueError`` otherwise."""
     keys = list(sd)
-    if any(k.startswith(("focalnet.embeddings", "embeddings.patch_embeddings")) for k in keys):
-        return "transformers"
-    if any(k.startswith("stem.proj") for k in keys):
-        return "timm"
-    if any(k.startswith(("patch_embed.proj", "backbone.patch_embed.proj")) for k in keys):
-        return "original"
+    marks = {
+        "transformers": next(
+            (k for k in keys if k.startswith(("focalnet.embeddings", "embeddings.patch_embeddings"))), None
+        ),
+        "timm": next((k for k in keys if k.startswith("stem.proj")), None),
+        "original": next((k for k in keys if k.startswith(("patch_embed.proj", "backbone.patch_embed.proj"))), None),
+    }
+    found = [name for name, key in marks.items() if key is not None]
+    if len(found) > 1:  # one set would be loaded and the other ignored, silently
+        both = " and ".join(f"{n} ({marks[n]!r})" for n in found)
+        raise CheckpointMismatchError(
+            f"the file holds the keys of several layouts, {both}; refusing to guess: keep one"
+        )
+    if found:
+        return found[0]
     raise CheckpointMismatchError(
         "unrecognized checkpoint layout: expected FocalNet keys such as 'patch_embed.proj.weight' "
         f"(original), 'stem.proj.weight' (timm) or 'focalnet.embeddings...' (transformers); first keys: {keys[:5]}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from ...bounds import FOCALNET_BOUNDS, SIDE, Bound, check_bounds
+from ...bounds import FOCALNET_BOUNDS, SIDE, Bound, check_bounds, check_normalization
 from ...models.focalnet import FocalNetBackbone
 from ..backbone import BACKBONE_KEYWORDS, build_backbone, pop_backbone_options
 from ..spec import resolve_options
@@ -38,6 +38,28 @@ __all__ = [
 
 # the released DINO_5scale_focalnet_large_fl4 backbone; focal windows: the variant's own
 BACKBONE_DEFAULTS: dict[str, Any] = {"backbone": "focalnet_large_fl4", "focal_windows": None, "drop_path_rate": 0.3}
+
+
+# the bounds of every count and size of DINOConfig (from a file or model.dino; see focalnet.bounds)
+DINO_BOUNDS: dict[str, Any] = {
+    "backbone_overrides": FOCALNET_BOUNDS,
+    "num_classes": Bound(1, 100_000),
+    "num_feature_levels": Bound(1, 8),
+    "hidden_dim": Bound(32, 4096),
+    "nheads": Bound(1, 64),
+    "num_queries": Bound(1, 10_000),
+    "enc_layers": Bound(0, 32),
+    "dec_layers": Bound(1, 32),
+    "dim_feedforward": Bound(1, 65_536),
+    "enc_n_points": Bound(1, 64),
+    "dec_n_points": Bound(1, 64),
+    "dn_number": Bound(0, 10_000),
+    "dn_labelbook_size": Bound(1, 100_000),
+    "num_select": Bound(1, 10_000),
+    "min_size": SIDE,
+    "max_size": SIDE,
+    "out_indices": Bound(0, 7, max_len=8),
+}
 
 
 @dataclass
@@ -70,30 +92,11 @@ class DINOConfig:
     image_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
     image_std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
-    BOUNDS: ClassVar[dict[str, Any]] = {
-        "backbone_overrides": FOCALNET_BOUNDS,
-        "num_classes": Bound(1, 100_000),
-        "num_feature_levels": Bound(1, 8),
-        "hidden_dim": Bound(32, 4096),
-        "nheads": Bound(1, 64),
-        "num_queries": Bound(1, 10_000),
-        "enc_layers": Bound(0, 32),
-        "dec_layers": Bound(1, 32),
-        "dim_feedforward": Bound(1, 65_536),
-        "enc_n_points": Bound(1, 64),
-        "dec_n_points": Bound(1, 64),
-        "dn_number": Bound(0, 10_000),
-        "dn_labelbook_size": Bound(1, 100_000),
-        "num_select": Bound(1, 10_000),
-        "min_size": SIDE,
-        "max_size": SIDE,
-        "out_indices": Bound(0, 7, max_len=8),
-    }
-
     def __post_init__(self) -> None:
         # counts from a file or a flag within bounds before anything is derived or built from them
         # (enc_layers=10**6 never finished building; nheads=0 divided by zero)
-        check_bounds({k: getattr(self, k) for k in self.BOUNDS}, self.BOUNDS, "dino.")
+        check_bounds({k: getattr(self, k) for k in DINO_BOUNDS}, DINO_BOUNDS, "dino.")
+        check_normalization(self.image_mean, self.image_std, "dino.image_mean/image_std")
         if self.out_indices is None:
             n = min(4, self.num_feature_levels - 1) if self.num_feature_levels > 1 else 1
             self.out_indices = tuple(range(4 - n, 4))
