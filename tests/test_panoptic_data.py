@@ -338,3 +338,17 @@ def test_hostile_panoptic_files_through_the_dataset(synth, tmp_path_factory, edi
     for i in range(len(ds)):
         img, t = ds[i]
         assert t["masks"].shape[1:] == img.shape[1:] and ((t["labels"] >= 0) & (t["labels"] < 4)).all()
+
+
+def test_the_synthetic_set_is_deterministic_and_complete(tmp_path):
+    """The helper the learning test uses: same arguments, same bytes; things, stuff, crowd and void occur."""
+    a = write_synthetic_panoptic(tmp_path / "a", 4, 2, 64, seed=9)
+    b = write_synthetic_panoptic(tmp_path / "b", 4, 2, 64, seed=9)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 2 * (4 + 2) + 2
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    ds = build_panoptic_dataset(a, "train")
+    segs = [s for i in range(len(ds)) for s in ds[i]["segments"]]
+    cats = {s.category_id for s in segs}
+    assert {17, 21} <= cats and cats & {1, 3} and not ds.problems
+    assert any((ds[i]["ids"] == 0).any() for i in range(len(ds)))
