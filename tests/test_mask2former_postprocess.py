@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from focalnet.segmentation.mask2former.postprocess import (
     instance_inference,
     panoptic_inference,
+    panoptic_maps,
     resize_mask_logits,
     semantic_inference,
 )
@@ -236,3 +237,47 @@ def test_resize_mask_logits_crops_the_padding_after_upsampling():
     assert torch.allclose(out.mean((1, 2)), up[0, :, :30, :17].mean((1, 2)), atol=0.05)
     const = resize_mask_logits(torch.full((1, 4, 4), 2.5), (16, 16), (13, 9), (100, 70))
     assert torch.allclose(const, torch.full((1, 100, 70), 2.5))
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, cls, masks):
+        return self.fn(cls, masks)
+
+
+def test_the_tensor_functions_trace_to_onnx_with_dynamic_sizes(tmp_path, one_thread):
+    """semantic_inference, panoptic_maps and instance_inference (without boxes) exported once (8 queries,
+    20x24) give the PyTorch results on ONNX Runtime for another query count and size."""
+    import warnings
+
+    ort = pytest.importorskip("onnxruntime")
+    is_thing = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    functions = {
+        "semantic": lambda c, m: semantic_inference(c, m),
+        "panoptic": lambda c, m: panoptic_maps(c, m, is_thing),
+        "instance": lambda c, m: tuple(instance_inference(c, m, boxes=False).values()),
+    }
+    g = torch.Generator().manual_seed(5)
+
+    def inputs(q, h, w):
+        cls = torch.randn(q, 7, generator=g) * 3
+        cls[: q // 2, :6] += torch.eye(q // 2, 6) * 8  # some confident queries, so that segments exist
+        return cls, torch.randn(q, h, w, generator=g) * 3
+
+    for name, fn in functions.items():
+        module = _Wrapped(fn)
+        path = tmp_path / f"{name}.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs(8, 20, 24), str(path), dynamo=False, input_names=["c", "m"],
+                              opset_version=17, dynamic_axes={"c": {0: "q"}, "m": {0: "q", 1: "h", 2: "w"}})  # fmt: skip
+        cls, masks = inputs(12, 33, 17)
+        expected = fn(cls, masks)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = ort.InferenceSession(str(path)).run(None, {"c": cls.numpy(), "m": masks.numpy()})
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert a.shape == tuple(b.shape) and torch.allclose(torch.from_numpy(a).to(b.dtype), b, atol=1e-5), name

@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine.options import add_threads_arg
+from .engine.distributed import resolve_device
+from .engine.files import write_json
+from .engine.options import add_device_arg, add_json_arg, add_progress_arg, add_threads_arg, json_file
+from .engine.outputs import OutputRule
 
 __all__ = ["run_benchmark", "format_table", "register", "DEFAULT_PATHS", "ALL_PATHS"]
 
@@ -433,7 +436,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown paths {sorted(bad)}; choose from {','.join(ALL_PATHS)}")
     if args.reps < 1:
         raise ValueError(f"--reps must be at least 1, got {args.reps}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)  # no GPU: the one message of every command
+    legacy = json_file(args)
+    targets = [t for t in (legacy, Path(args.output) / "benchmark.json" if args.output else None) if t]
+    rule = OutputRule("benchmark", [], overwrite=False)
+    if targets:
+        rule.claim(targets, what="--output")  # before hours of timing
     res = run_benchmark(
         args.model,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
@@ -447,12 +455,15 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         train=not args.no_train,
         compile_train=args.compile_train,
         device=device,
-        log=(lambda s: None) if args.quiet else print,
+        log=(lambda s: None) if args.no_progress or args.json is True else print,
     )
-    print(format_table(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.json}")
+    print(json.dumps(res, indent=2) if args.json is True else format_table(res))
+    for target in targets:
+        write_json(target, res)
+        if args.json is not True:
+            print(f"wrote {target}")
+    rule.finish()
+    json_file(args, note=True)  # the old --json FILE: a note that it goes
     return 0
 
 
@@ -474,7 +485,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
     p.add_argument("--compile-train", action="store_true", help="also time a compiled training step")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--quiet", action="store_true")
+    add_device_arg(p)
+    add_json_arg(p, "DIR/benchmark.json")
+    p.add_argument("--output", "--out", dest="output", metavar="DIR", help="folder for benchmark.json")
+    add_progress_arg(p)  # --no-progress (old name: --quiet)
     p.set_defaults(func=_cmd_benchmark)

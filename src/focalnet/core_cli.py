@@ -198,15 +198,28 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .classification.evaluate import fit_channels, image_mode
+    from .classification.predict import class_labels
+    from .engine.images import collect_images
+    from .engine.options import json_file
     from .engine.outputs import OutputRule
     from .factory import create_model, model_from_checkpoint
-    from .models import imagenet_class_names
+    from .models import FocalNet
 
-    rule = OutputRule("classify", [*args.images, args.checkpoint], overwrite=args.overwrite)
-    if args.json:  # before anything is read
-        rule.claim([args.json], what="--json")
+    if args.checkpoint and args.pretrained:  # as `classification train` refuses the pair
+        raise ValueError("give --checkpoint FILE or --pretrained (the released weights of --model), not both")
+    paths = [str(p) for p in collect_images(args.images)] if args.images else []  # folders: their images
+    rule = OutputRule("classify", [*paths, args.checkpoint], overwrite=args.overwrite)
+    legacy = json_file(args)  # before anything is read
+    if legacy:
+        rule.claim([legacy], what="--json")
+    if args.output:
+        rule.claim([Path(args.output) / "predictions.json"], args.output, what="--output")
     if args.checkpoint:
         model = model_from_checkpoint(args.checkpoint)
+        if not isinstance(model, FocalNet):  # a detection/segmentation file gives a backbone: no classes
+            from .weights.kind import wrong_kind
+
+            raise ValueError(wrong_kind(args.checkpoint, "classification") or f"{args.checkpoint} has no classifier")
         weights = f"checkpoint {args.checkpoint}"
     else:
         from .models import get_variant
@@ -221,10 +234,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model.eval()
     mode = image_mode(model)
     images: list[tuple[str, Image.Image]] = []
-    if args.images:
+    if paths:
         from .engine.images import open_image
 
-        for p in args.images:
+        for p in paths:
             try:
                 images.append((p, open_image(p, mode)))
             except (OSError, ValueError) as e:
@@ -243,33 +256,42 @@ def cmd_classify(args: argparse.Namespace) -> int:
         mean=fit_channels(pc.mean, model),
         std=fit_channels(pc.std, model),
     )
-    names = getattr(model, "class_names", None) or imagenet_class_names(model.num_classes)
-    print(f"weights: {weights}")
+    # the labels `classification predict` prints: stored names (wnids with their description), else ImageNet's
+    names = class_labels(getattr(model, "class_names", None), model.num_classes)
+    text = args.json is False
+    if text:
+        print(f"weights: {weights}")
     results = []
     with torch.no_grad():
         for label, img in images:
             probs = model(tf(img).unsqueeze(0)).softmax(-1)[0]
             top = probs.topk(min(args.topk, probs.numel()))
             preds = [
-                {"class": names[i] if names else str(i), "index": int(i), "prob": float(p)}
+                {"class": names[i], "index": int(i), "prob": float(p)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist())
             ]
             results.append({"image": label, "top": preds})
-            print(f"\n{label}")
-            for r in preds:
-                print(f"  {r['prob']:6.2%}  {r['class']}")
-    if args.json:
-        from .engine.files import write_json
+            if text:
+                print(f"\n{label}")
+                for r in preds:
+                    print(f"  {r['prob']:6.2%}  {r['class']}")
+    payload = {"weights": weights, "results": results}
+    if args.json is True:
+        print(json.dumps(payload, indent=2))
+    from .engine.files import write_json
 
-        write_json(args.json, {"weights": weights, "results": results})
-        rule.finish()
+    for target in [legacy, Path(args.output) / "predictions.json" if args.output else None]:
+        if target:
+            write_json(target, payload)
+    rule.finish()
+    json_file(args, note=True)  # the old --json FILE: a note that it goes
     return 0
 
 
 def register(subparsers: Any) -> None:
     """Add ``models``, ``info``, ``convert`` and ``classify`` to the ``focalnet`` parser (their one-line help
     is in :data:`focalnet.cli.COMMANDS`)."""
-    from .engine.options import add_overwrite_arg
+    from .engine.options import add_json_arg, add_overwrite_arg
 
     p = subparsers.add_parser(
         "models",
@@ -315,13 +337,14 @@ def register(subparsers: Any) -> None:
         "code 2 when they cannot be had), any checkpoint (--checkpoint, e.g. the demo's), or random weights "
         "(said so). Without images: a sample photo of a cat shipped with scikit-image.",
     )
-    p.add_argument("images", nargs="*", help="image files (default: a scikit-image sample photo)")
+    p.add_argument("images", nargs="*", help="image files or folders (default: a scikit-image sample photo)")
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (see `focalnet models`)")
     p.add_argument(
         "--pretrained", nargs="?", const=True, default=None, metavar="TAG", help="use released weights (optional tag)"
     )
     p.add_argument("--checkpoint", help="any checkpoint that model_from_checkpoint reads")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image")
-    p.add_argument("--json", help="also write the predictions to this JSON file")
+    add_json_arg(p, "DIR/predictions.json")
+    p.add_argument("--output", "--out", dest="output", metavar="DIR", help="folder for predictions.json")
     add_overwrite_arg(p)
     p.set_defaults(func=cmd_classify)

@@ -121,7 +121,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model_name=args.model,
         pretrained=args.pretrained or False,
         img_size=args.img_size,
-        batch=args.batch,
+        batch=args.batch_size,
         opset=args.opset,
         fuse=not args.no_fuse,
         fp16=args.fp16,
@@ -156,7 +156,7 @@ def _export_classifier_unchecked(args: argparse.Namespace, checkpoint: str | Non
     model.eval()
     pc = getattr(model, "pretrained_cfg", None)
     size = args.img_size or (pc.input_size[-1] if pc is not None else 224)
-    example = torch.randn(args.batch, model.cfg.in_chans, size, size)
+    example = torch.randn(args.batch_size, model.cfg.in_chans, size, size)
     if args.format == "onnx":
         out = export_onnx(model, args.out, example=example, opset=args.opset, dynamo=True, fuse=not args.no_fuse)
     else:
@@ -170,6 +170,8 @@ def _export_classifier_unchecked(args: argparse.Namespace, checkpoint: str | Non
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``focalnet export``."""
+    from .engine.options import add_old_spelling, positive_int
+
     p = subparsers.add_parser("export")
     p.add_argument(
         "source",
@@ -192,7 +194,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="size of the traced example (any size works later); checks use 2 more",
     )
-    p.add_argument("--batch", type=int, default=1, help="batch of the traced example (classifiers)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the traced example (classifiers)")
+    add_old_spelling(p, "--batch", "--batch-size")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--fp16", action="store_true", help="float16 weights for GPU execution providers (not run on CPU)")
     p.add_argument("--dynamo", action="store_true", help="classifiers: the torch.export-based exporter, unchecked")

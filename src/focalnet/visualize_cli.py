@@ -160,8 +160,10 @@ def visualize_images(
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
+    from .engine.images import collect_images
     from .weights import PretrainedUnavailableError
 
+    args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted
     try:
         model, weights, notes = _load_model(args)
     except PretrainedUnavailableError as e:  # asked for the released weights: never fall back to random
@@ -192,7 +194,7 @@ def register(subparsers: Any) -> None:
         "visualize",
         description="Gating maps, modulator and focal kernels of a FocalNet on images.",
     )
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files or folders (their images, recursively)")
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default focalnet_tiny_srf)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")

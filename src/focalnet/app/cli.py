@@ -24,8 +24,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"error: `focalnet app` needs Gradio, which is not installed: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    import torch
-
+    from ..engine.distributed import resolve_device
     from ..weights import PretrainedUnavailableError
     from . import core
     from .guard import Guard, OneLineTracebacks, TempFiles
@@ -34,7 +33,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     if args.allow_load is not None and not Path(args.allow_load).is_dir():
         print(f"error: --allow-load {args.allow_load}: not a folder", file=sys.stderr)
         return 2
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)  # no GPU: the one message of every command
     try:
         models = core.load_models(
             args.checkpoint or [],
@@ -90,6 +89,8 @@ def _positive_mb(text: str) -> float:
 
 def register(subparsers: Any) -> None:
     """Add ``focalnet app`` to the CLI (Gradio is imported only when the command runs)."""
+    from ..engine.options import add_device_arg
+
     p = subparsers.add_parser(
         "app",
         help="local web app: the modulation maps, classification, detection and segmentation of your images",
@@ -112,7 +113,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p, default="auto")
     p.add_argument(
         "--allow-load",
         metavar="DIR",

@@ -11,9 +11,11 @@ from typing import Any
 
 from ..engine.options import (
     FlagTable,
+    add_device_arg,
+    add_json_arg,
     add_shared_options,
-    check_device,
     config_from_args,
+    json_file,
     off,
     raise_if_interrupted,
 )
@@ -101,7 +103,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--head-subset", choices=["none", "in1k"], default="none")
     r.add_argument("--ema", action="store_true")
     r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--json", help="also write the predictions to this JSON file")
+    add_json_arg(r, "DIR/predictions.json")
     add_shared_options(r, "predict")
     r.set_defaults(func=cmd_predict)
 
@@ -111,10 +113,11 @@ def register(subparsers: Any) -> None:
     h.add_argument("--img-size", type=int, default=224)
     h.add_argument("--warmup", type=int, default=3)
     h.add_argument("--runs", type=int, default=10)
-    h.add_argument("--device", type=check_device, default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    add_device_arg(h, default="auto")
     h.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     h.add_argument("--channels-last", action="store_true")
-    h.add_argument("--json", help="write the result to this JSON file")
+    add_json_arg(h, "DIR/throughput.json")
+    h.add_argument("--output", "--out", dest="output", metavar="DIR", help="folder for throughput.json")
     h.set_defaults(func=cmd_throughput)
 
     c = sub.add_parser("configs", help="list the bundled recipes, or print one resolved")
@@ -231,15 +234,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import collect_images, predict
 
     pre = _pretrained(args)
+    device = resolve_device(args.device)  # no GPU: the one message, before anything is read
     images = collect_images(args.images)
     # before anything is read: no output replaces an input (images, checkpoint), a run's files, or a file
     # this command did not write (--overwrite)
     rule = OutputRule("classification predict", [*images, args.checkpoint], overwrite=args.overwrite)
-    if args.json:
-        rule.claim([args.json], what="--json")
+    legacy = json_file(args)
+    if legacy:
+        rule.claim([legacy], what="--json")
     if args.output:
         rule.claim([Path(args.output) / "predictions.json"], args.output, what="--output")
-    loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
+    if args.checkpoint and str(args.checkpoint).endswith(".onnx"):  # a `focalnet export` file, on ONNX Runtime
+        from .export import load_onnx_classifier
+
+        loaded = load_onnx_classifier(args.checkpoint)
+    else:
+        loaded = load_classifier(args.checkpoint, model_name=args.model, pretrained=pre, use_ema=args.ema)
     results = predict(
         loaded,
         images,
@@ -247,18 +257,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         head_subset=args.head_subset,
         batch_size=args.batch_size,
-        device=resolve_device(args.device),
+        device=device,
     )
-    for r in results:
+    payload = {"weights": loaded.source, "results": results}
+    if args.json is True:
+        print(json.dumps(payload, indent=2))
+    for r in results if args.json is False else []:
         print(f"\n{r['image']}")
         if "error" in r:
             print(f"  error: {r['error']}")
             continue
         for p in r["top"]:
             print(f"  {p['prob']:7.2%}  {p['class']}")
-    payload = {"weights": loaded.source, "results": results}
-    if args.json:
-        write_json(args.json, payload)
+    if legacy:
+        write_json(legacy, payload)
+        json_file(args, note=True)  # the old --json FILE: a note that it goes
     if args.output:
         write_json(Path(args.output) / "predictions.json", payload)
     rule.finish()
@@ -270,14 +283,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    from ..engine import write_json
+    from ..engine import resolve_device, write_json
+    from ..engine.outputs import OutputRule
     from .throughput import measure_throughput
 
+    device = resolve_device(args.device)  # no GPU: the one message, before anything is built
+    rule = OutputRule("classification throughput", [], overwrite=False)
+    legacy = json_file(args)
+    targets = [t for t in (legacy, Path(args.output) / "throughput.json" if args.output else None) if t]
+    if targets:
+        rule.claim(targets, what="--output")
     r = measure_throughput(
         args.model,
         batch_size=args.batch_size,
         img_size=args.img_size,
-        device=args.device,
+        device=device,
         warmup=args.warmup,
         runs=args.runs,
         amp=args.amp,
@@ -289,10 +309,11 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     )
     if "paper_v100_images_per_second" in r:
         line += f"; paper (V100, batch 128, fp32): {r['paper_v100_images_per_second']}"
-    print(line)
-    print(json.dumps(r))
-    if args.json:
-        write_json(args.json, r)
+    print(json.dumps(r, indent=2) if args.json is True else line)
+    for target in targets:
+        write_json(target, r)
+    rule.finish()
+    json_file(args, note=True)  # the old --json FILE: a note that it goes
     return 0
 
 

@@ -5,34 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..engine.images import ImageDecodeError, open_image
-from .data import IMG_EXTENSIONS, describe_wnid
+from ..engine.images import ImageDecodeError, collect_images, open_image
+from .data import describe_wnid
 from .evaluate import LoadedClassifier, head_logits
 
 __all__ = ["collect_images", "class_labels", "predict"]
 
 log = logging.getLogger("focalnet")
-
-
-def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in folders."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not out:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-    return out
 
 
 def class_labels(class_names: Sequence[str] | None, num_outputs: int, head_subset: str = "none") -> list[str]:

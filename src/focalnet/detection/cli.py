@@ -129,7 +129,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders (their images, recursively, sorted)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
@@ -259,11 +259,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .load import load_detector
+    from ..engine.images import collect_images
     from .predict import predict_images, prediction_files
 
-    missing = [p for p in args.images if not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted
     out = args.output or "predictions"
     rule = OutputRule("detection predict", [*args.images, args.checkpoint], overwrite=args.overwrite)
     drawn, json_path = prediction_files(args.images, out)
@@ -289,8 +288,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         names = ", ".join(f"{d['label']} {d['score']:.2f}" for d in r["detections"][:10])
         print(f"{r['image']}: {len(r['detections'])} detection(s){': ' + names if names else ''}")
+    failed = sum("error" in r for r in records)
+    if failed == len(records):  # nothing was readable: no "wrote ..." line
+        print(f"error: none of the {failed} input image(s) could be read", file=sys.stderr)
+        return 1
     print(f"wrote {json_path} and the drawn images in {out}")
-    return 0 if all("error" not in r for r in records) else 1
+    return 0 if not failed else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -11,11 +11,25 @@ import errno
 import os
 import stat
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageDecodeError", "check_regular_file", "open_image", "to_uint8_array", "safe_posterize", "patch_posterize"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageDecodeError",
+    "check_regular_file",
+    "collect_images",
+    "open_image",
+    "patch_posterize",
+    "safe_posterize",
+    "to_uint8_array",
+]
+
+# the files a folder given as input contributes (named directly, a file of any name is tried)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class ImageDecodeError(ValueError):
@@ -153,3 +167,29 @@ def patch_posterize(transform: object) -> int:
             if isinstance(v, (list, tuple)):
                 stack.extend(v)
     return n
+
+
+def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The images of every predict command's inputs: files named directly (whatever their name), and the
+    image files (:data:`IMAGE_EXTENSIONS`) found recursively in folders, sorted, hidden ones skipped.
+    ``FileNotFoundError`` for an input that does not exist, ``ValueError`` when there is no image at all."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = (
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and f.is_file()
+            )
+            out += sorted(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    if not out:
+        names = ", ".join(str(i) for i in inputs)
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {names or 'the inputs'}")
+    return out

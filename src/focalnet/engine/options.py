@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -27,12 +28,17 @@ __all__ = [
     "COMMAND_KINDS",
     "FlagTable",
     "add_dry_run_arg",
+    "add_device_arg",
+    "add_json_arg",
+    "add_old_spelling",
     "add_overwrite_arg",
+    "add_progress_arg",
     "add_shared_options",
     "add_threads_arg",
     "check_device",
     "config_from_args",
     "flag_values",
+    "json_file",
     "off",
     "positive_int",
     "raise_if_interrupted",
@@ -186,6 +192,87 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     """``--overwrite`` of the commands outside the three tasks that write files (convert, export, classify,
     visualize, benchmark): the same flag as the tasks' evaluate and predict (:class:`~focalnet.engine.outputs.OutputRule`)."""
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP[0])
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The ``--device`` option (``auto|cpu|cuda|cuda:N``, checked by :func:`check_device`) of the commands
+    outside the three tasks (``classification throughput``, ``benchmark``, ``app``): the tasks' own."""
+    flags, settings, _ = next(row for row in _SHARED if row[0] == ("--device",))
+    parser.add_argument(*flags, **settings, default=default)
+
+
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` of the commands outside the three tasks (``demo``, ``benchmark``), with their old
+    name ``--quiet`` kept for one release (a note says so)."""
+    flags, settings, _ = next(row for row in _SHARED if row[0] == ("--no-progress",))
+    parser.add_argument(*flags, **settings)
+    add_old_spelling(parser, "--quiet", "--no-progress")
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(text: str) -> None:
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+class _OldSpelling(argparse.Action):
+    """An option's old name, kept for one release: it sets what the new one sets and says so once."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        _note_once(f"{option_string} is now {self.new}; the old name goes in the next release")
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept ``old`` as a hidden alias of the option ``new`` (same destination, type and number of values)
+    for one release, with a note on stderr when it is used."""
+    action = parser._option_string_actions[new]
+    nargs = 0 if action.nargs == 0 else action.nargs
+    extra = {} if nargs == 0 else {"type": action.type, "metavar": action.metavar}
+    parser.add_argument(old, action=_OldSpelling, dest=action.dest, new=new, nargs=nargs, **extra)
+
+
+def add_json_arg(parser: argparse.ArgumentParser, files: str = "") -> None:
+    """``--json``: print the results as JSON on stdout instead of text, as every command with ``--json``
+    (files go under ``--output DIR``; ``files`` names them in the help). The old ``--json FILE`` of a few
+    commands still writes FILE for one release (:func:`json_file`; the output rule checks it like any
+    output, so ``--json image.png`` meant as a switch is refused, not written)."""
+    where = f"; --output DIR writes {files}" if files else ""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FILE",
+        help=f"print the results as JSON instead of text{where} (--json FILE: deprecated, still written)",
+    )
+
+
+def json_file(args: argparse.Namespace, note: bool = False) -> str | None:
+    """The file of the deprecated ``--json FILE`` (``None`` for the switch or no ``--json``); ``note``: also
+    say, once, that the spelling goes (commands ask at their end, so that a refusal stays one line)."""
+    value = getattr(args, "json", None)
+    if not isinstance(value, str):
+        return None
+    if note:
+        _note_once(
+            "--json FILE is deprecated and goes in the next release: --json prints the JSON, "
+            "--output DIR writes the command's JSON file in DIR"
+        )
+    return value
 
 
 def add_compile_arg(parser: argparse.ArgumentParser) -> None:

@@ -163,7 +163,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders (their images, recursively, sorted)")
     p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
     _add_test_args(p)
     add_compile_arg(p)
@@ -358,11 +358,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
     from ..models.inference import inference_path
     from .load import load_segmentor
+    from ..engine.images import collect_images
     from .predict import predict_images
 
     from ..engine.outputs import OutputRule
     from .predict import prediction_files
 
+    args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted
     device = resolve_device(args.device)
     out = args.output or "predictions"
     rule = OutputRule("segmentation predict", [*args.images, args.checkpoint], overwrite=args.overwrite)
@@ -392,6 +394,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = ", ".join(f"{k} {v:.1f}%" for k, v in list(r["class_percent"].items())[:5])
         print(f"{r['image']}: {r['color']}  ({top})")
     done = sum("error" not in r for r in records)
+    if not done:  # nothing was readable: no "wrote ..." line
+        print(f"error: none of the {len(records)} input image(s) could be read", file=sys.stderr)
+        return 1
     print(f"wrote {done} prediction(s) to {out} (predictions.json)")
     return 0 if done == len(records) else 1  # 1: some inputs failed, as detection predict
 

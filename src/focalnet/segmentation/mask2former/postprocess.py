@@ -3,9 +3,9 @@
 quarter-resolution logits there): the semantic, panoptic and instance procedures of the detectron2 code.
 
 Everything is tensor operations without loops over pixels or queries. :func:`semantic_inference`,
-:func:`instance_inference` and :func:`panoptic_maps` (the tensor part of :func:`panoptic_inference`:
-fixed-shape per-query outputs, no Python control flow on values) can be traced for export;
-:func:`panoptic_inference` adds the Python list of segments.
+:func:`instance_inference` (``boxes=False``) and :func:`panoptic_maps` (the tensor part of
+:func:`panoptic_inference`: fixed-shape per-query outputs, no Python control flow on values) trace to ONNX
+(opset 17) with dynamic query count and size; :func:`panoptic_inference` adds the Python list of segments.
 
 >>> import torch
 >>> cls, masks = torch.tensor([[0.0, 9.0, 0.0]]), torch.full((1, 2, 3), 5.0)
@@ -79,8 +79,9 @@ def panoptic_maps(
     probs = mask_logits.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     q = probs.shape[0]
-    # dropped queries weigh -1, below every kept one (>= 0), so the argmax is the one over the kept queries
-    weighted = torch.where(keep[:, None, None], scores[:, None, None] * probs, torch.full_like(probs, -1.0))
+    # dropped queries weigh in [-2, -1], below every kept one (>= 0): the argmax is the one over the kept
+    weighted = probs * torch.where(keep, scores, -1.0)[:, None, None]
+    weighted -= (~keep).to(probs.dtype)[:, None, None]
     owner = weighted.argmax(0)  # [H, W]
     foreground = probs.gather(0, owner[None])[0] >= 0.5
     flat = owner.flatten()
@@ -141,6 +142,7 @@ def instance_inference(
     mask_logits: Tensor,
     topk: int | None = None,
     thing_ids: Collection[int] | None = None,
+    boxes: bool = True,
 ) -> dict[str, Tensor]:
     """Instance segmentation of one image: the ``topk`` (default: the number of queries) best of the
     ``Q * K`` (query, class) pairs by class probability; each keeps its query's mask (``logit > 0``) and
@@ -148,7 +150,8 @@ def instance_inference(
     panoptic model's instance output) pairs of other classes are dropped after the top-k. Returns
     ``{"masks": bool [k, H, W], "scores" [k], "labels" int64 [k], "boxes" [k, 4]}``, by decreasing class
     probability; a box holds the mask's pixel edges (x2 = last column + 1, as detectron2's ``BitMasks``),
-    zeros for an empty mask."""
+    zeros for an empty mask. ``boxes=False`` leaves the boxes out; so it traces to ONNX (torchvision's
+    ``masks_to_boxes`` exports a boolean index assignment that ONNX Runtime cannot broadcast)."""
     q, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
     probs = class_logits.softmax(-1)[:, :-1].flatten()
     top, index = probs.topk(min(topk or q, probs.numel()))
@@ -163,6 +166,8 @@ def instance_inference(
     masks = logits > 0
     inside = masks.flatten(1).to(logits.dtype)
     mask_score = (logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
-    boxes = masks_to_boxes(masks)
-    boxes[:, 2:] += inside.sum(1, keepdim=True).gt(0).to(boxes.dtype)
-    return {"masks": masks, "scores": top * mask_score, "labels": labels, "boxes": boxes}
+    out = {"masks": masks, "scores": top * mask_score, "labels": labels}
+    if boxes:
+        out["boxes"] = masks_to_boxes(masks)
+        out["boxes"][:, 2:] += inside.sum(1, keepdim=True).gt(0).to(out["boxes"].dtype)
+    return out
