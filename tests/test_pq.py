@@ -334,3 +334,49 @@ def test_pq_hostile_predictions_give_a_result_or_one_line(synth, tmp_path_factor
         "segmentation", "pq", "--gt-json", str(gt_json), "--pred-json", str(pj), "--pred-folder", str(pred_dir)
     )
     assert (rc == 0 and "All" in out) or (rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err)
+
+
+def _rank_sums(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    rng = np.random.default_rng(7)
+    pairs = [_random_pair(rng) for _ in range(6)]
+    stat = PQStat(CATS)
+    for gt, pred in pairs[rank::world]:  # each process scores its share of the images
+        (gi, gs), (pi, ps) = _to_ids(gt), _to_ids(pred)
+        stat.update(gi, gs, pi, ps)
+    stat.all_reduce()
+    dist.destroy_process_group()
+    Path(out).write_text(json.dumps(stat.summary()))
+
+
+def test_pq_statistics_sum_over_processes(tmp_path):
+    """Two gloo processes scoring half of the images each end with the one-process result."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_rank_sums, args=(r, 2, str(tmp_path / "store"), str(tmp_path / f"{r}.json")))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    rng = np.random.default_rng(7)
+    stat = PQStat(CATS)
+    for gt, pred in [_random_pair(rng) for _ in range(6)]:
+        (gi, gs), (pi, ps) = _to_ids(gt), _to_ids(pred)
+        stat.update(gi, gs, pi, ps)
+    one = json.loads(json.dumps(stat.summary()))
+    for r in range(2):
+        got = json.loads((tmp_path / f"{r}.json").read_text())
+        assert got["num_images"] == 6 and got["per_class"].keys() == one["per_class"].keys()
+        for c, v in one["per_class"].items():  # IoU sums added in another order: equal to rounding
+            assert got["per_class"][c] == {**v, **{m: pytest.approx(v[m], abs=1e-12) for m in ("pq", "sq", "rq")}}
+        for k in ("All", "Things", "Stuff"):
+            assert got[k] == pytest.approx(one[k], abs=1e-12)
+    stat.all_reduce()  # one process: nothing changes
+    assert json.loads(json.dumps(stat.summary())) == one

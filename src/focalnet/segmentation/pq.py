@@ -186,6 +186,22 @@ class PQStat:
         ``segments_info`` dicts with ``id``, ``category_id``, ``iscrowd``; categories as in the files)."""
         self.add(self.image_stats(gt_ids, gt_segments, pred_ids, pred_segments, image))
 
+    def all_reduce(self) -> None:
+        """Sum the statistics over the processes of a ``torch.distributed`` run (each process scored its
+        share of the images); a no-op in one process. Sums are exact: counts and IoU sums in float64."""
+        import torch
+
+        from ..engine import all_reduce
+
+        state = torch.from_numpy(np.stack([self.iou, self.tp, self.fp, self.fn]).astype(np.float64))
+        count = torch.tensor([float(self.num_images)], dtype=torch.float64)
+        all_reduce(state)
+        all_reduce(count)
+        s = state.numpy()
+        self.iou = s[0].copy()
+        self.tp, self.fp, self.fn = (np.rint(s[i]).astype(np.int64) for i in (1, 2, 3))
+        self.num_images = int(count.item())
+
     def __iadd__(self, other: PQStat) -> PQStat:
         if other.cat_ids.tolist() != self.cat_ids.tolist():
             raise ValueError("PQStat: cannot add statistics of other categories")
