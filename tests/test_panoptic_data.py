@@ -296,7 +296,14 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=4), st.just([]), st.just({})
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=4),
+    st.just([]),
+    st.just({}),
+    st.sampled_from([".", "/", "..", "a\x00b", "/dev/zero"]),
 )
 FIELDS = ["id", "category_id", "iscrowd", "segments_info", "file_name", "image_id", "width", "height", "isthing", None]
 

@@ -310,7 +310,7 @@ def _entries(
         info = images.get(ann.get("image_id"))
         name = info.get("file_name") if isinstance(info, dict) else None
         if not isinstance(name, str) or not name:
-            name = Path(ann["file_name"]).with_suffix(".jpg").name  # detectron2's convention
+            name = f"{Path(ann['file_name']).stem}.jpg"  # detectron2's convention
         size = None
         if isinstance(info, dict) and _is_int(info.get("width")) and _is_int(info.get("height")):
             size = (info["width"], info["height"])
