@@ -129,6 +129,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     def classifier() -> LoadedModel:
         return _classifier(load_classifier(p))
 
+    from ..weights.kind import file_kind
+
+    found = file_kind(p)  # keys and metadata only: the loader of the file's own task answers for it
+    if not found.checkpoint:
+        raise ValueError(f"{p} is not a readable checkpoint: it is {found.what}")
+    loaders = {"segmentation": segmentor, "detection": detector, "classification": classifier}
+    if found.task in loaders:
+        try:
+            return loaders[found.task]()
+        except Exception as e:  # noqa: BLE001 - its own loader's one line says what is wrong with it
+            raise ValueError(f"{p} is {found.what} that cannot be loaded: {one_line(e)}") from e
     problems = []
     for kind, load in (("segmentation model", segmentor), ("detector", detector), ("classifier", classifier)):
         try:
