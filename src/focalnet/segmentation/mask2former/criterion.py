@@ -305,6 +305,10 @@ class Mask2FormerCriterion(nn.Module):
             raise ValueError(f"pred_logits has {logits.shape[-1]} classes, expected {self.num_classes} + 1")
         self.check_targets(targets, logits.shape[0])
         num_masks = self.num_masks(targets, logits.device)
+        # the masks as float on the predictions' device once, not once per layer and image (every layer
+        # samples them at new points)
+        dev = outputs["pred_masks"].device
+        targets = [{"labels": t["labels"].to(dev), "masks": t["masks"].to(dev, torch.float32)} for t in targets]
         losses = self.set_losses(outputs, targets, num_masks, generator)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs") or []):
