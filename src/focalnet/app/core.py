@@ -66,6 +66,13 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def knows(self, shown: int = 10) -> str:
+        """What the model can answer, for the line next to its result (a digits model given a photo still
+        names a digit): ``"knows 10 classes: 0, 1, ..., 9; anything else comes out as one of them"``."""
+        names = [str(n) for n in self.class_names]
+        listed = ", ".join(names if len(names) <= shown else [*names[: shown - 1], "...", names[-1]])
+        return f"knows {len(names)} classes: {listed}; anything else comes out as one of them"
+
 
 @dataclass
 class AppModels:

@@ -152,6 +152,7 @@ def build_app(
             return empty_classify(f"**Could not classify {_name(image)}:** {core.one_line(e)}")
         h, w = r["crop"].shape[:2]
         status = f"{r['where']}; input {w}x{h} as the model was evaluated (resize, centre crop, normalise)."
+        status += f" The model {clf.knows()}."  # a digits model shown a photo still answers a digit
         top = _unique_labels(r["top"]) if r["top"] else None
         return top, r["gates"], r["modulator"], r["kernels"], str(npz), status
 
