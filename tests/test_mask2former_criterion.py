@@ -177,6 +177,22 @@ def test_images_without_targets_give_only_the_class_loss():
         assert float(x.detach()) * 2 == pytest.approx(float(y.detach()), rel=1e-6) and float(x.detach()) > 0
 
 
+def test_autocast_leaves_costs_and_losses_in_float32(one_thread):
+    """Mixed precision (here CPU bfloat16 autocast) must not round the matching costs (detectron2 turns
+    autocast off there) nor the losses."""
+    gen = torch.Generator().manual_seed(6)
+    outputs, targets = _predictions(gen, layers=1), _targets(gen, counts=(4, 3))
+    crit = Mask2FormerCriterion(K, num_points=400)
+    coords = torch.rand(1, 400, 2, generator=gen)
+    args = (outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"], coords)
+    plain = crit.matcher.cost_matrix(*args)
+    plain_losses = crit(outputs, targets, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(crit.matcher.cost_matrix(*args), plain)
+        mixed = crit(outputs, targets, torch.Generator().manual_seed(0))
+    assert all(mixed[k].dtype == torch.float32 and torch.equal(mixed[k], plain_losses[k]) for k in plain_losses)
+
+
 def test_seeded_generator_repeats_and_seeds_differ(one_thread):
     gen = torch.Generator().manual_seed(3)
     outputs, targets = _predictions(gen, layers=2), _targets(gen, counts=(3, 2))

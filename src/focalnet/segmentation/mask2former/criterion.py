@@ -145,15 +145,16 @@ class Mask2FormerMatcher:
     def cost_matrix(
         self, class_logits: Tensor, mask_logits: Tensor, labels: Tensor, masks: Tensor, coords: Tensor
     ) -> Tensor:
-        """The ``[Q, N]`` cost of one image at the points ``coords [P, 2]``."""
-        cost = -class_logits.float().softmax(-1)[:, labels]
-        pred = point_sample(mask_logits[:, None].float(), coords.expand(mask_logits.shape[0], -1, -1))[:, 0]
-        tgt = point_sample(masks[:, None].float(), coords.expand(masks.shape[0], -1, -1))[:, 0]
-        return (
-            self.cost_class * cost
-            + self.cost_mask * batch_sigmoid_ce_cost(pred, tgt)
-            + self.cost_dice * batch_dice_cost(pred, tgt)
-        )
+        """The ``[Q, N]`` cost of one image at the points ``coords [P, 2]``, in float32 (autocast off)."""
+        with torch.autocast(mask_logits.device.type, enabled=False):
+            cost = -class_logits.float().softmax(-1)[:, labels]
+            pred = point_sample(mask_logits[:, None].float(), coords.expand(mask_logits.shape[0], -1, -1))[:, 0]
+            tgt = point_sample(masks[:, None].float(), coords.expand(masks.shape[0], -1, -1))[:, 0]
+            return (
+                self.cost_class * cost
+                + self.cost_mask * batch_sigmoid_ce_cost(pred, tgt)
+                + self.cost_dice * batch_dice_cost(pred, tgt)
+            )
 
     @torch.no_grad()
     def __call__(
