@@ -1,4 +1,6 @@
-"""Semantic segmentation: FocalNet UPerNet (+ FCN auxiliary head) on ADE20K-format or folder data.
+"""Segmentation: FocalNet UPerNet (+ FCN auxiliary head) on ADE20K-format or folder data, and Mask2Former
+(panoptic, semantic, instance; :mod:`focalnet.segmentation.mask2former`); one spec per segmentor in
+:data:`SEGMENTORS`.
 
 >>> from focalnet.segmentation import upernet
 >>> model = upernet("focalnet_tiny_srf", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1),
@@ -30,6 +32,8 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
     from .model import FCNHead, HeadConfig, UPerHead, UPerNet, upernet, upernet_from_meta
     from .predict import colorize, overlay, palette, predict_image, predict_images
+    from .registry import SEGMENTORS, get_segmentor, register_segmentor
+    from .spec import SegmentorSpec
     from .train import SegmentationConfig, load_segmentation_config, train
     from .transforms import TestTransform, TrainTransform
 
@@ -39,7 +43,9 @@ __all__ = [
     "DataConfig",
     "FCNHead",
     "HeadConfig",
+    "SEGMENTORS",
     "SegmentationConfig",
+    "SegmentorSpec",
     "SegmentationDataset",
     "TestConfig",
     "TestTransform",
@@ -51,9 +57,11 @@ __all__ = [
     "check_segmentor",
     "convert_segmentor",
     "focalnet_to_mmseg",
+    "get_segmentor",
     "is_mmseg_segmentor",
     "mmseg_to_focalnet",
     "read_segmentor",
+    "register_segmentor",
     "colorize",
     "confusion_matrix",
     "evaluate",

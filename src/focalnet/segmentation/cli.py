@@ -114,22 +114,33 @@ TRAIN_FLAGS: FlagTable = {
     "max_images": "eval.max_images",
     "eval_every": "eval.every",
     "no_eval": off("eval.enabled"),
+    "segmentor": "model.segmentor",
+    "task": "task",
+    "train_annotations": "universal.train_json",
+    "val_annotations": "universal.val_json",
+    "train_png_dir": "universal.train_png_dir",
+    "val_png_dir": "universal.val_png_dir",
 }
 
 
 def register(subparsers: Any) -> None:
     """Add ``focalnet segmentation ...`` to the main parser."""
+    from .universal_cli import TASK_CHOICES, add_coco_file_args, add_segmentor_args  # torch-free
+
     seg = subparsers.add_parser("segmentation")
     sub = seg.add_subparsers(dest="seg_command", required=True)
 
     p = sub.add_parser(
         "train",
-        help="train a FocalNet UPerNet",
-        description="Train a FocalNet UPerNet. Settings: defaults (the ADE20K recipe) < --config "
+        help="train a FocalNet segmentor (UPerNet, Mask2Former: --segmentor)",
+        description="Train a FocalNet segmentor: UPerNet (semantic) or Mask2Former (--segmentor mask2former "
+        "--task panoptic|semantic|instance). Settings: defaults (the UPerNet ADE20K recipe) < --config "
         "< options < --set key=value. Works under torchrun.",
     )
     p.add_argument("--backbone", help="FocalNet variant, e.g. focalnet_tiny_srf (see `focalnet models`)")
+    add_segmentor_args(p)
     _add_data_args(p, train=True)
+    add_coco_file_args(p, train=True)
     p.add_argument("--config", help="YAML file or shipped config name, e.g. upernet_focalnet_tiny_srf_ade20k_160k")
     p.add_argument("--iters", type=int, help="optimizer steps (default 160000)")
     p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
@@ -148,13 +159,20 @@ def register(subparsers: Any) -> None:
     add_shared_options(p, "train")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="mIoU of a trained model (single/multi-scale, whole/slide, flip)")
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU of a trained model (single/multi-scale, whole/slide, flip); PQ or mask AP of a Mask2Former",
+    )
     p.add_argument(
         "--checkpoint",
         required=True,
         help="OUTPUT/model.pt, a training checkpoint or an original mmsegmentation UPerNet file",
     )
     _add_data_args(p, train=False)
+    add_coco_file_args(p, train=False)
+    p.add_argument(
+        "--task", choices=TASK_CHOICES, help="Mask2Former: the task to evaluate (default: the one it was trained for)"
+    )
     p.add_argument("--split", choices=["train", "val"], default="val")
     _add_test_args(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -172,12 +190,16 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser(
         "convert",
-        help="original mmsegmentation UPerNet file <-> focalnet segmentation file",
-        description="Convert a released (mmsegmentation 0.x) FocalNet UPerNet file into this package's "
-        "format (--to focalnet, the default) or write any segmentation file in the original layout "
-        "(--to original). The file is checked strictly against the model it describes first.",
+        help="original layout (mmsegmentation UPerNet, official Mask2Former) <-> focalnet segmentation file",
+        description="Convert an original segmentation file (a released mmsegmentation 0.x FocalNet UPerNet, an "
+        "official Mask2Former .pth or model-zoo .pkl) into this package's format (--to focalnet, the default), "
+        "or write any segmentation file in its segmentor's original layout (--to original). The file is "
+        "checked strictly against the model it describes first.",
     )
-    p.add_argument("input", help="original UPerNet .pth or one of ours (model.pt, checkpoint-*.pt)")
+    p.add_argument(
+        "input",
+        help="original UPerNet .pth, official Mask2Former .pth/.pkl, or one of ours (model.pt, checkpoint-*.pt)",
+    )
     p.add_argument("output")
     p.add_argument("--to", choices=["focalnet", "original"], default="focalnet")
     p.set_defaults(func=cmd_convert)
@@ -287,11 +309,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import DataConfig, build_dataset
     from .evaluate import evaluate
     from .load import load_segmentor
+    from .universal_cli import evaluate_command, is_universal
 
     dist = init_distributed(args.device or "auto")
     model, extra = load_segmentor(args.checkpoint)
     inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     model.to(dist.device)
+    if is_universal(model.meta):  # Mask2Former: PQ, mIoU or mask AP by task
+        return evaluate_command(args, model, extra, _test_config(args, extra.get("test")))
     stored = dict(extra.get("data") or {})
     layout = args.layout or stored.get("layout", "ade20k")
     same_layout = layout == stored.get("layout", layout)
@@ -324,7 +349,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.output)
         if args.output
         else Path(args.checkpoint).resolve().parent
-        / (f"eval-{args.split}-{test_cfg.mode}" + ("-ms" if test_cfg.multi_scale else "") + ("-flip" if test_cfg.flip else ""))
+        / (
+            f"eval-{args.split}-{test_cfg.mode}"
+            + ("-ms" if test_cfg.multi_scale else "")
+            + ("-flip" if test_cfg.flip else "")
+        )
     )
     rule = OutputRule("segmentation evaluate", [args.checkpoint, args.data], overwrite=args.overwrite)
     if dist.is_main:  # before the evaluation runs
@@ -360,6 +389,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .load import load_segmentor
     from ..engine.images import collect_images
     from .predict import predict_images
+    from .universal_cli import is_universal
 
     from ..engine.outputs import OutputRule
     from .predict import prediction_files
@@ -374,6 +404,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     model.to(device)
     test_cfg = _test_config(args, extra.get("test"))
+    if is_universal(getattr(model, "meta", None)):  # Mask2Former: panoptic PNGs + JSON, label PNGs, overlays
+        from .universal_cli import predict_command
+
+        return predict_command(args, model, extra, test_cfg, rule)
     records = predict_images(
         model,
         args.images,
@@ -404,12 +438,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_segmentor
     from .load import read_segmentor
+    from .registry import segmentor_of
 
     out = convert_segmentor(args.input, args.output, to=args.to)
     meta, sd, _ = read_segmentor(out)
     n = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     print(
-        f"wrote {out} ({args.to} layout): UPerNet on {meta['backbone']}, {meta['num_classes']} classes, "
+        f"wrote {out} ({args.to} layout): {segmentor_of(meta).title} on {meta['backbone']}, {meta['num_classes']} classes, "
         f"{n / 1e6:.3f}M parameters"
     )
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..weights.errors import MalformedCheckpointError
 from ..weights.layouts import Layout
-from .segmentors import UPERNET
+from .segmentors import MASK2FORMER, UPERNET
 from .spec import Read, SegmentorSpec
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 DEFAULT_SEGMENTOR = "upernet"
 
 # every segmentor: name -> spec (one line each)
-SEGMENTORS: dict[str, SegmentorSpec] = {s.name: s for s in (UPERNET,)}
+SEGMENTORS: dict[str, SegmentorSpec] = {s.name: s for s in (UPERNET, MASK2FORMER)}
 
 
 def register_segmentor(spec: SegmentorSpec, *, replace: bool = False) -> SegmentorSpec:

@@ -18,11 +18,13 @@ from typing import Any
 from ..weights.checks import check_tensors
 from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
 from ..weights.layouts import Layout
+from .mask2former.model import MASK2FORMER_BACKBONE_DEFAULTS, Mask2FormerConfig, mask2former, mask2former_from_meta
+from .mask2former.official import is_official_mask2former, official_to_ours, ours_to_official
 from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
-from .model import UPERNET_BACKBONE_DEFAULTS, HeadConfig, upernet, upernet_from_meta
+from .model import IMAGENET_MEAN, IMAGENET_STD, UPERNET_BACKBONE_DEFAULTS, HeadConfig, upernet, upernet_from_meta
 from .spec import Read, SegmentorSpec
 
-__all__ = ["UPERNET", "stored_head"]
+__all__ = ["UPERNET", "MASK2FORMER", "MMSEG_LAYOUT", "MASK2FORMER_OFFICIAL_LAYOUT", "stored_head"]
 
 
 def stored_head(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -107,4 +109,95 @@ UPERNET = SegmentorSpec(
     layouts=(MMSEG_LAYOUT,),
     write=focalnet_to_mmseg,
     recipe="upernet_focalnet_tiny_srf_ade20k_160k",
+)
+
+
+# ----------------------------------------------------------------------------------------- Mask2Former
+def _check_dataset_meta(meta: dict[str, Any], source: str) -> None:
+    """``thing_classes`` (one bool per class) and ``category_ids`` (one distinct integer per class), where
+    stored: what panoptic inference and the COCO panoptic files need besides the weights."""
+    n = meta["num_classes"]
+    things = meta.get("thing_classes")
+    if things is not None:
+        if not isinstance(things, (list, tuple)) or len(things) != n or not all(isinstance(t, bool) for t in things):
+            raise MalformedCheckpointError(f"{source}: stored thing_classes must be a list of {n} booleans")
+        meta["thing_classes"] = list(things)
+    ids = meta.get("category_ids")
+    if ids is not None:
+        if (
+            not isinstance(ids, (list, tuple))
+            or len(ids) != n
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**31 for i in ids)
+            or len(set(ids)) != n
+        ):
+            raise MalformedCheckpointError(f"{source}: stored category_ids must be a list of {n} distinct integers")
+        meta["category_ids"] = list(ids)
+
+
+def _check_mask2former_head(meta: Mapping[str, Any], sd: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The stored :class:`Mask2FormerConfig` (known fields, types, bounds) and the dataset's thing classes
+    and category ids; sizes against the tensors are the strict build's to compare."""
+    meta = dict(meta)
+    try:
+        meta["head"] = Mask2FormerConfig.from_dict(stored_head(meta, source)).to_dict()
+    except (TypeError, ValueError) as e:
+        raise MalformedCheckpointError(f"{source}: stored head settings are invalid: {e}") from None
+    _check_dataset_meta(meta, source)
+    return meta
+
+
+def _official_weights(obj: Mapping[str, Any]) -> Any:
+    model = obj.get("model")
+    return model if isinstance(model, Mapping) else obj
+
+
+def _is_official_mask2former(obj: Mapping[str, Any]) -> bool:
+    return "format" not in obj and "segmentation_meta" not in obj and is_official_mask2former(_official_weights(obj))
+
+
+def _read_official(obj: Mapping[str, Any], source: str) -> Read:
+    sd = check_tensors(_official_weights(obj), source)  # string keys, tensors, sizes: before any shape is read
+    try:
+        meta, ours = official_to_ours(sd)
+    except (CheckpointMismatchError, MalformedCheckpointError) as e:
+        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
+        raise type(e)(msg) from None
+    stored = obj.get("focalnet_meta") if sd is not obj else None  # what our writer adds (names, things, ids)
+    if stored is not None:
+        if not isinstance(stored, Mapping):
+            raise MalformedCheckpointError(f"{source}: stored 'focalnet_meta' must be a mapping")
+        meta.update({k: stored[k] for k in ("class_names", "thing_classes", "category_ids") if k in stored})
+    extra = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "mask2former"}  # detectron2's
+    return meta, ours, extra
+
+
+def _write_official(meta: Mapping[str, Any], sd: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """detectron2's checkpoint ``{"model": state dict}`` plus ``focalnet_meta`` (class names, thing classes,
+    category ids: keys detectron2 leaves alone)."""
+    keep = {k: meta.get(k) for k in ("class_names", "thing_classes", "category_ids") if meta.get(k) is not None}
+    return {"model": ours_to_official(sd), "focalnet_meta": keep}
+
+
+MASK2FORMER_OFFICIAL_LAYOUT: Layout[Read] = Layout(
+    "mask2former",
+    "{'model': {...}} (or a bare state dict) with backbone./sem_seg_head.pixel_decoder./sem_seg_head.predictor. "
+    "keys: an official Mask2Former .pth, or a model zoo .pkl",
+    _is_official_mask2former,
+    _read_official,
+)
+
+MASK2FORMER = SegmentorSpec(
+    name="mask2former",
+    title="Mask2Former",
+    summary="masked-attention mask transformer: panoptic, semantic or instance masks (Cheng et al., CVPR 2022)",
+    build=mask2former,
+    from_meta=mask2former_from_meta,
+    check_head=_check_mask2former_head,
+    backbone_defaults=dict(MASK2FORMER_BACKBONE_DEFAULTS),
+    head_defaults=Mask2FormerConfig().to_dict(),
+    tasks=("panoptic", "semantic", "instance"),
+    config_field="mask2former",
+    layouts=(MASK2FORMER_OFFICIAL_LAYOUT,),
+    write=_write_official,
+    recipe="mask2former_focalnet_tiny_coco_panoptic",
 )

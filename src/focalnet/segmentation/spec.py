@@ -39,6 +39,8 @@ class SegmentorSpec:
       checked for type and against the tensors, raising the errors of :mod:`focalnet.weights.errors`;
     * ``backbone_defaults``: what the released recipe changes in the FocalNet backbone;
     * ``head_defaults``: every head setting ``build`` takes, with the released value;
+    * ``config_field``: the ``model`` section's field of a training config holding these settings
+      (UPerNet: ``head``, Mask2Former: ``mask2former``);
     * ``tasks``: the tasks of :data:`TASKS` it predicts (the first is its default);
     * ``layouts``: the original checkpoint layouts it reads (ours, ``model.pt`` and training
       checkpoints, are the package's); each ``recognise`` must exclude every other layout;
@@ -56,6 +58,7 @@ class SegmentorSpec:
     backbone_defaults: Mapping[str, Any]
     head_defaults: Mapping[str, Any]
     tasks: tuple[str, ...]
+    config_field: str = "head"
     layouts: tuple[Layout[Read], ...] = ()
     write: Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
     recipe: str | None = None

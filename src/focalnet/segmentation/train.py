@@ -47,7 +47,9 @@ from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
 from .load import build_segmentor, read_segmentor, save_segmentor
 from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, upernet, upernet_from_meta
+from .registry import DEFAULT_SEGMENTOR, get_segmentor
 from .transforms import TrainTransform
+from .universal import UniversalConfig, train_universal
 
 __all__ = [
     "ModelConfig",
@@ -78,6 +80,12 @@ class ModelConfig:
         default_factory=lambda: {"focal_windows": [9, 9, 9, 9], "drop_path_rate": 0.3}
     )
     head: HeadConfig = field(default_factory=HeadConfig)
+    # which segmentor (focalnet.segmentation.registry.SEGMENTORS); `head` is UPerNet's settings,
+    # `mask2former` Mask2Former's (Mask2FormerConfig fields over the released recipe's)
+    segmentor: str = "upernet"
+    mask2former: dict[str, Any] = field(default_factory=dict)
+
+    BOUNDS: ClassVar[dict[str, Any]] = {"backbone_overrides": FOCALNET_BOUNDS, "mask2former": {}}
 
 
 @dataclass
@@ -118,6 +126,7 @@ class OptimConfig:
     power: float = 1.0
     min_lr: float = 0.0
     layer_decay: float | None = None  # optional layer-wise lr decay (not in the original recipe)
+    backbone_lr_mult: float = 1.0  # the backbone's lr multiplier (Mask2Former: 0.1)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_iters < 0:
@@ -151,6 +160,7 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     iters: int = 160000
+    epochs: int = 0  # > 0: an epoch-based run of that many passes over the data (replaces iters; Mask2Former COCO)
     # the run length the warm-up was set for: a run of another length gets the same warm-up share, and a
     # run much shorter than it is a trial whose evaluations use a share of the validation images (0: no
     # scaling). Filled from the recipe by load_segmentation_config
@@ -196,6 +206,8 @@ class SegmentationConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: RunConfig = field(default_factory=RunConfig)
+    task: str = "semantic"  # semantic | panoptic | instance (the segmentor's tasks)
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
 
 
 def config_path(name: str) -> Path:
@@ -392,6 +404,11 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     r = cfg.train
     run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
+    spec = get_segmentor(cfg.model.segmentor)
+    if cfg.task not in spec.tasks:
+        raise ConfigError(f"{spec.title} is trained for {', '.join(spec.tasks)}, not {cfg.task!r} (--task)")
+    if spec.name != DEFAULT_SEGMENTOR:  # the universal segmentors: their data, loss and metrics, the same loop
+        return train_universal(cfg, out, dist, run_id, _extra(cfg))
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
         raise ConfigError(
