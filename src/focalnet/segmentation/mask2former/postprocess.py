@@ -104,6 +104,17 @@ def panoptic_maps(
     return seg_map, segment_id, scores, labels
 
 
+def _thing_mask(thing_ids: Collection[int], class_logits: Tensor) -> Tensor:
+    """A bool ``[K]`` with the ``thing_ids`` set (contiguous indices, checked against ``K``)."""
+    num_classes = class_logits.shape[-1] - 1
+    ids = [int(i) for i in thing_ids]
+    if any(not 0 <= i < num_classes for i in ids):
+        raise ValueError(f"thing_ids must lie in 0..{num_classes - 1}, got {sorted(ids)}")
+    is_thing = torch.zeros(num_classes, dtype=torch.bool, device=class_logits.device)
+    is_thing[ids] = True
+    return is_thing
+
+
 def panoptic_inference(
     class_logits: Tensor,
     mask_logits: Tensor,
@@ -115,12 +126,7 @@ def panoptic_inference(
     ``{"id", "category_id" (contiguous class index), "isthing", "score", "area"}`` per segment, in id
     order (see :func:`panoptic_maps`; a merged stuff segment's score is the largest of its queries').
     ``thing_ids`` are the thing classes' contiguous indices; every other class is stuff."""
-    num_classes = class_logits.shape[-1] - 1
-    is_thing = torch.zeros(num_classes, dtype=torch.bool, device=class_logits.device)
-    ids = [int(i) for i in thing_ids]
-    if any(not 0 <= i < num_classes for i in ids):
-        raise ValueError(f"thing_ids must lie in 0..{num_classes - 1}, got {sorted(ids)}")
-    is_thing[ids] = True
+    is_thing = _thing_mask(thing_ids, class_logits)
     seg_map, segment_id, scores, labels = panoptic_maps(
         class_logits, mask_logits, is_thing, object_mask_threshold, overlap_threshold
     )
@@ -154,13 +160,11 @@ def instance_inference(
     ``masks_to_boxes`` exports a boolean index assignment that ONNX Runtime cannot broadcast)."""
     q, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
     probs = class_logits.softmax(-1)[:, :-1].flatten()
-    top, index = probs.topk(min(topk or q, probs.numel()))
+    top, index = probs.topk(min(q if topk is None else max(topk, 0), probs.numel()))
     labels = index % num_classes
     query = torch.div(index, num_classes, rounding_mode="floor")
     if thing_ids is not None:
-        is_thing = torch.zeros(num_classes, dtype=torch.bool, device=class_logits.device)
-        is_thing[[int(i) for i in thing_ids]] = True
-        keep = is_thing[labels]
+        keep = _thing_mask(thing_ids, class_logits)[labels]
         top, labels, query = top[keep], labels[keep], query[keep]
     logits = mask_logits[query]
     masks = logits > 0
