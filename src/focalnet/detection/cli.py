@@ -130,7 +130,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("predict", help="detect objects in images: drawn PNGs and detections.json")
     p.add_argument("images", nargs="+", help="image files or folders (their images, recursively, sorted)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="model.pt, any layout evaluate reads, or an .onnx export")
     p.add_argument("--score-thr", type=float, default=0.5)
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
@@ -269,8 +269,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rule.claim([*drawn, json_path], out)  # before the model is read: nothing is written on a refusal
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
     device = resolve_device(args.device)
-    model, meta = load_detector(args.checkpoint, device, **overrides)
-    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
+    if str(args.checkpoint).endswith(".onnx"):  # an export of `focalnet export`, run on ONNX Runtime
+        from .export import load_onnx_detector
+
+        if overrides:
+            raise ValueError("--min-size/--max-size are part of an ONNX export's graph; export again to change them")
+        model, meta = load_onnx_detector(args.checkpoint)
+    else:
+        model, meta = load_detector(args.checkpoint, device, **overrides)
+        inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
     records = predict_images(
         model,
         args.images,

@@ -32,7 +32,7 @@ from .registry import get_detector
 __all__ = ["DetectorGraph", "CHECK_SIZES", "export_detector", "OnnxDetector", "load_onnx_detector"]
 
 #: image sizes (height, width) of the export check: the traced one first, then two others
-CHECK_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (427, 320), (360, 544))
+CHECK_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (427, 320), (400, 400))
 
 
 class DetectorGraph(nn.Module):
@@ -139,8 +139,7 @@ class OnnxDetector:
         return self
 
     def to(self, device: Any) -> OnnxDetector:
-        if torch.device(device).type != "cpu":
-            raise ValueError("an ONNX detector runs on ONNX Runtime's CPU provider here; use --device cpu")
+        """No-op: ONNX Runtime's CPU provider runs it whatever ``device`` is (inputs and outputs are CPU tensors)."""
         return self
 
     def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:

@@ -37,8 +37,9 @@ def _traced_resize(image: Tensor, min_size: float, max_size: float) -> Tensor:
     like Python does in eager mode (torchvision's traced path computes them in float32, which can make the
     output one pixel smaller, say 159 instead of 160 for 200 x 0.8, and then pads differently)."""
     hw = torch._shape_as_tensor(image)[-2:].to(torch.float64)
-    limits = torch.tensor([min_size, max_size], dtype=torch.float64)  # float64 constants: no float32 step
-    scale = torch.minimum(limits[0] / hw.min(), limits[1] / hw.max())
+    # 1-d tensors throughout: the exporter casts 0-d ones (scalars) to float32
+    limits = torch.tensor([min_size, max_size], dtype=torch.float64)
+    scale = torch.amin(limits / torch.sort(hw).values, dim=0, keepdim=True)
     size = torch.floor(hw * scale).to(torch.int64)
     return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]
 

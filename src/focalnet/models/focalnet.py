@@ -438,7 +438,8 @@ class PatchEmbed(nn.Module):
         if pad:
             H, W = x.shape[-2:]
             ph, pw = (-H) % self.stride, (-W) % self.stride
-            if torch.compiler.is_compiling() or ph or pw:  # compiled: no guard on the size, no recompile
+            # compiled: no guard on the size, no recompile; traced (ONNX): the pad stays in the graph for any size
+            if torch.compiler.is_compiling() or torch.jit.is_tracing() or ph or pw:
                 x = F.pad(x, (0, pw, 0, ph))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 

@@ -182,7 +182,11 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("predict", help="label PNGs, colour masks and overlays for images")
     p.add_argument("images", nargs="+", help="image files or folders (their images, recursively, sorted)")
-    p.add_argument("--checkpoint", required=True, help="OUTPUT/model.pt or an original mmsegmentation UPerNet file")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="OUTPUT/model.pt, an original mmsegmentation UPerNet file, or an .onnx file of focalnet export",
+    )
     _add_test_args(p)
     add_compile_arg(p)
     add_shared_options(p, "predict")
@@ -400,9 +404,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rule = OutputRule("segmentation predict", [*args.images, args.checkpoint], overwrite=args.overwrite)
     files = [f for named in prediction_files(args.images, out).values() for f in named]
     rule.claim([*files, Path(out) / "predictions.json"], out)  # before anything is read
-    model, extra = load_segmentor(args.checkpoint)
-    inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
-    model.to(device)
+    if str(args.checkpoint).endswith(".onnx"):  # an export of `focalnet export`, run on ONNX Runtime
+        from .export import load_onnx_segmentor
+
+        model, extra = load_onnx_segmentor(args.checkpoint), {}
+    else:
+        model, extra = load_segmentor(args.checkpoint)
+        inference_path(model, compile=args.compile)  # fused (and compiled) backbone: same outputs within 1e-5
+        model.to(device)
     test_cfg = _test_config(args, extra.get("test"))
     if is_universal(getattr(model, "meta", None)):  # Mask2Former: panoptic PNGs + JSON, label PNGs, overlays
         from .universal_cli import predict_command

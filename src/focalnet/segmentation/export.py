@@ -42,8 +42,9 @@ def rescaled_size(image: Tensor, scale: Sequence[float]) -> Tensor:
     """mmcv ``imrescale``'s output ``(h, w)`` of an ``H x W x C`` tensor as int64 tensors, traceable (the
     same float64 arithmetic as :func:`~focalnet.segmentation.transforms.rescale_size`)."""
     hw = torch._shape_as_tensor(image)[:2].to(torch.float64)
-    limits = torch.tensor([max(scale), min(scale)], dtype=torch.float64)
-    factor = torch.minimum(limits[0] / hw.max(), limits[1] / hw.min())
+    # 1-d tensors throughout: the exporter casts 0-d ones (scalars) to float32
+    limits = torch.tensor([min(scale), max(scale)], dtype=torch.float64)
+    factor = torch.amin(limits / torch.sort(hw).values, dim=0, keepdim=True)
     return torch.floor(hw * factor + 0.5).to(torch.int64).clamp(min=1)
 
 

@@ -90,8 +90,11 @@ def predict_image(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> np.ndarray:
-    """``H x W`` uint8 class ids of one image (array or path) at its original size."""
+    """``H x W`` uint8 class ids of one image (array or path) at its original size (an ONNX export,
+    :class:`~focalnet.segmentation.export.OnnxSegmentor`, runs its own graph: ``cfg`` is the file's)."""
     img = read_image(image) if not isinstance(image, np.ndarray) else image
+    if hasattr(model, "label_map"):
+        return model.label_map(img)
     model.eval()
     return predict_probs(model, img, cfg, device, mean, std).argmax(0).to(torch.uint8).cpu().numpy()
 
