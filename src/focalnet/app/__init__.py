@@ -7,16 +7,21 @@
 Gradio is imported only by :mod:`focalnet.app.ui`, when the app starts.
 """
 
-from .core import (
-    AppModels,
-    LoadedModel,
-    classify_image,
-    detect_image,
-    load_checkpoint,
-    load_models,
-    segment_image,
-    write_examples,
-)
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `focalnet app --help` loads no torch
+    from .core import (
+        AppModels,
+        LoadedModel,
+        classify_image,
+        detect_image,
+        load_checkpoint,
+        load_models,
+        segment_image,
+        write_examples,
+    )
 
 __all__ = [
     "AppModels",
@@ -28,3 +33,5 @@ __all__ = [
     "segment_image",
     "write_examples",
 ]
+
+lazy_exports(__name__)
