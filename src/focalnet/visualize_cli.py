@@ -11,10 +11,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads when the command runs: `focalnet visualize --help` needs none
+    import torch
 
 __all__ = ["register", "visualize_images", "prepare_images", "top_classes"]
 
@@ -53,6 +55,8 @@ def prepare_images(
     crop = size or pc.input_size[-1]
     crops = [viz.center_crop(img, crop, pc.crop_pct, pc.interpolation) for img in images]
     mean, std = fit_channels(pc.mean, model), fit_channels(pc.std, model)
+    import torch
+
     return torch.stack([viz.image_to_tensor(c, mean, std) for c in crops]), [np.asarray(c) for c in crops]
 
 
