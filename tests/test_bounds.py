@@ -25,9 +25,10 @@ MAX_S = 60.0
 
 
 def _classifier(path: Path, **pretrained: object) -> Path:
-    import focalnet
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+
+    import focalnet
 
     focalnet.save_model(
         focalnet.create_model("focalnet_tiny_srf", embed_dim=16, depths=(1, 1, 1, 1), num_classes=3), path
@@ -72,8 +73,26 @@ def _cases(root: Path) -> dict[str, tuple[list[str], str]]:
     img = root / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(img)
     out = str(root / "out")
-    cls_train = ["classification", "train", "--model", "focalnet_tiny_srf", "--data", str(root / "none"), "--output", out]
-    det_train = ["detection", "train", "--config", "dino_focalnet_cpu_tiny", "--data", str(root / "none"), "--output", out]
+    cls_train = [
+        "classification",
+        "train",
+        "--model",
+        "focalnet_tiny_srf",
+        "--data",
+        str(root / "none"),
+        "--output",
+        out,
+    ]
+    det_train = [
+        "detection",
+        "train",
+        "--config",
+        "dino_focalnet_cpu_tiny",
+        "--data",
+        str(root / "none"),
+        "--output",
+        out,
+    ]
     seg_train = ["segmentation", "train", "--config", "upernet_focalnet_tiny_srf_ade20k_160k", "--data", str(root)]
     seg_train += ["--output", out]
 
@@ -116,7 +135,10 @@ def _cases(root: Path) -> dict[str, tuple[list[str], str]]:
         # SystemError: error return without exception set
         "det-file-depths": (
             [
-                "detection", "predict", str(img), "--checkpoint",
+                "detection",
+                "predict",
+                str(img),
+                "--checkpoint",
                 det_file("mask_rcnn", "detection_config.model.backbone_overrides.depths", depths),
             ],
             "depths",
@@ -124,13 +146,22 @@ def _cases(root: Path) -> dict[str, tuple[list[str], str]]:
         "seg-train-stride": (seg_train + ["--set", "eval.mode=slide", "eval.stride=[1,1]"], "eval.stride"),
         # killed by the OOM killer (13.4 GB)
         "seg-file-scale": (
-            ["segmentation", "predict", str(img), "--checkpoint", str(_segmentor(root / "scale.pt", test={"scale": [100000, 100000]}))],
+            [
+                "segmentation",
+                "predict",
+                str(img),
+                "--checkpoint",
+                str(_segmentor(root / "scale.pt", test={"scale": [100000, 100000]})),
+            ],
             "scale",
         ),  # fmt: skip
         # > 300 s on a 160x120 image
         "seg-file-slide": (
             [
-                "segmentation", "predict", str(img), "--checkpoint",
+                "segmentation",
+                "predict",
+                str(img),
+                "--checkpoint",
                 str(_segmentor(root / "slide.pt", test={"mode": "slide", "crop_size": [1, 1], "stride": [1, 1]})),
             ],
             "crop_size",
@@ -142,7 +173,12 @@ def _cases(root: Path) -> dict[str, tuple[list[str], str]]:
         ),
         # 13.3 GB before a bomb error
         "cls-file-input-size": (
-            ["classify", str(img), "--checkpoint", str(_classifier(root / "size.safetensors", input_size=[1, 100000, 100000]))],
+            [
+                "classify",
+                str(img),
+                "--checkpoint",
+                str(_classifier(root / "size.safetensors", input_size=[1, 100000, 100000])),
+            ],
             "input_size",
         ),  # fmt: skip
         # visualize exited 0 with NaN maps ("8 (nan%)")

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -185,7 +186,8 @@ def _tiny_segmentor_file(path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda o: o["meta"]["backbone_config"].update(embed_dim=100000), "backbone_config disagrees"),
+        (lambda o: o["meta"]["backbone_config"].update(embed_dim=4096), "backbone_config disagrees"),
+        (lambda o: o["meta"]["backbone_config"].update(embed_dim=100000), r"embed_dim: 100000 is outside .*\[1, 4096\]"),
         (lambda o: o["meta"]["head"].update(bogus=1), r"head settings \['bogus'\] are not HeadConfig fields"),
         (lambda o: o["meta"].update(num_classes=10**9), "does not fit the model"),
         (lambda o: o["state_dict"]["decode_head.conv_seg.weight"].fill_(float("nan")), "decode_head.conv_seg.weight"),
@@ -224,9 +226,13 @@ def test_detection_file_settings_checked_before_building(tmp_path):
         "category_ids": [1, 2],
         "num_classes": 3,
     }
-    obj["detection_config"]["model"]["fpn_channels"] = 10**6
+    obj["detection_config"]["model"]["fpn_channels"] = 8192  # within its bound, not the tensors' width
     torch.save(obj, tmp_path / "big.pt")
     with pytest.raises(ValueError, match="does not fit the model"):
+        load_detector(tmp_path / "big.pt")
+    obj["detection_config"]["model"]["fpn_channels"] = 10**6  # beyond its bound: named before any build
+    torch.save(obj, tmp_path / "big.pt")
+    with pytest.raises(ValueError, match=r"fpn_channels: 1000000 is outside the allowed range \[1, 8192\]"):
         load_detector(tmp_path / "big.pt")
     obj["detection_config"]["model"]["fpn_channels"] = 16
     obj["model"]["roi_heads.box_predictor.cls_score.weight"][0, 0] = float("inf")
@@ -378,7 +384,8 @@ def test_class_names_not_matching_the_head_is_a_clear_error(tmp_path, capsys):
 
     m = create_model("focalnet_tiny_srf", embed_dim=8, depths=(1, 1, 1, 1), num_classes=3)
     save_model(m, tmp_path / "m.safetensors", class_names=["a", "b"])
-    for cmd in (["classify", "--checkpoint"], ["classification", "predict", "x.png", "--checkpoint"]):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    for cmd in (["classify", "--checkpoint"], ["classification", "predict", str(tmp_path / "x.png"), "--checkpoint"]):
         capsys.readouterr()
         assert main([*cmd, str(tmp_path / "m.safetensors")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -11,7 +11,18 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["font_path", "font_size_for", "text_color_on", "legend_strip", "banner", "watermark", "UNTRAINED_MARK"]
+from .bounds import MAX_DRAW_SIDE, MAX_LEGEND_FONT
+
+__all__ = [
+    "fit_to_side",
+    "font_path",
+    "font_size_for",
+    "text_color_on",
+    "legend_strip",
+    "banner",
+    "watermark",
+    "UNTRAINED_MARK",
+]
 
 UNTRAINED_MARK = "random weights (untrained): not meaningful"
 
@@ -28,8 +39,23 @@ def font_path() -> str | None:
 
 
 def font_size_for(width: int, height: int) -> int:
-    """Label text height for an image: ~1/40 of its short side, at least 11 px."""
-    return max(11, round(min(width, height) / 40))
+    """Label text height for an image: ~1/40 of its short side, at least 11 px and at most
+    :data:`~focalnet.bounds.MAX_LEGEND_FONT` (a 1 x 60000 image once asked for a 1500-px font)."""
+    return min(MAX_LEGEND_FONT, max(11, round(min(width, height) / 40)))
+
+
+def fit_to_side(image: np.ndarray | Image.Image, max_side: int = MAX_DRAW_SIDE) -> tuple[np.ndarray, float]:
+    """``image`` (H x W x C uint8 array or PIL image) as an array reduced so that its long side is at most
+    ``max_side`` (area resampling), and the scale applied (1.0: unchanged). Predictions and drawings of larger
+    images are made at that size, so that a 258 KB PNG of 9400 x 9400 black pixels costs what a 4096-px
+    image does."""
+    pil = image if isinstance(image, Image.Image) else None
+    w, h = pil.size if pil is not None else (image.shape[1], image.shape[0])
+    if max(h, w) <= max_side:
+        return np.asarray(image), 1.0
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray((pil or Image.fromarray(image)).resize(size, Image.Resampling.BOX)), scale
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -350,9 +350,12 @@ def detect_image(loaded: LoadedModel, image: Image.Image, score_thr: float = 0.5
     ``{"image": the drawing (boxes, masks, "name score" labels, or "no detections above the score
     threshold" on a banner), "detections": its JSON records}``. The detector runs once per image; other
     thresholds reuse its output."""
-    from ..detection.predict import detect, detection_records, draw_detections, no_detections_note
+    from ..detection.predict import detect, detection_records, draw_detections, no_detections_note, working_side
+    from ..drawing import fit_to_side
 
-    img = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    w, h = image.size  # larger images are detected and drawn at the detector's working size (as the CLI)
+    small, _ = fit_to_side(image, working_side(loaded.model, h, w))
+    img = torch.from_numpy(small.copy()).permute(2, 0, 1)
     key = ("detect", hashlib.sha1(img.numpy().tobytes()).hexdigest(), tuple(img.shape))
     det_all = _remember(loaded.cache, key, lambda: detect(loaded.model, img, 0.0, loaded.device))
     keep = det_all["scores"] >= score_thr
@@ -369,15 +372,17 @@ def segment_image(loaded: LoadedModel, image: Image.Image) -> dict[str, Any]:
     """The label map of ``image`` (RGB) with the model's stored test settings, as ``focalnet segmentation
     predict``: ``{"image": the overlay with its legend, "shares": {class: percent of the pixels},
     "label": class ids (H, W)}``."""
+    from ..drawing import fit_to_side
     from ..segmentation.evaluate import TestConfig
-    from ..segmentation.predict import overlay_with_legend, predict_image
+    from ..segmentation.predict import overlay_with_legend, predict_image, working_side
 
     extra = loaded.meta
-    img = np.asarray(image)
+    test = TestConfig.from_stored(extra.get("test"))
+    img, _ = fit_to_side(image, working_side(test, image.size[1], image.size[0]))  # as the CLI: bounded sizes
     label = predict_image(
         loaded.model,
         img,
-        TestConfig.from_stored(extra.get("test")),
+        test,
         loaded.device,
         extra.get("mean", (123.675, 116.28, 103.53)),
         extra.get("std", (58.395, 57.12, 57.375)),

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from ..drawing import fit_to_side
 from ..engine import write_json
 from ..engine.images import open_image
 from .evaluate import masks_to_rle
@@ -163,14 +163,20 @@ def predict_images(
     ):
         path = Path(path)
         try:
-            img = torch.from_numpy(np.asarray(open_image(path)).copy()).permute(2, 0, 1)
+            pil = open_image(path)
         except (OSError, ValueError) as e:  # decoding problems (incl. decompression bombs), 16-bit rescaled
             log.warning("skipping unreadable image %s: %s", path, e)
             records.append({"image": str(path), "error": f"cannot read image: {e}"})
             continue
+        full_w, full_h = pil.size
+        arr, scale = fit_to_side(pil, working_side(model, full_h, full_w))  # reduced before any copy
+        del pil
+        img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         det = detect(model, img, score_thr, device)
-        dets = detection_records(det, class_names, category_ids, with_masks_json)
-        rec = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]), "detections": dets}
+        dets = detection_records({**det, "boxes": det["boxes"] / scale}, class_names, category_ids, with_masks_json)
+        rec = {"image": str(path), "width": full_w, "height": full_h, "detections": dets}
+        if scale != 1.0:  # boxes are in the image's own pixels; masks (RLE) at the reduced size
+            rec["reduced"] = {"from": [full_w, full_h], "to": [int(img.shape[-1]), int(img.shape[-2])]}
         if out is not None:
             drawn = draw_detections(img, det, class_names, empty_note=no_detections_note(score_thr))
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(drawn_paths[n])
@@ -180,6 +186,25 @@ def predict_images(
         write_json(json_path, records)
         rule.finish()
     return records
+
+
+def working_side(model: nn.Module, height: int, width: int) -> int:
+    """The longest side an image of ``height x width`` larger than :data:`~focalnet.bounds.MAX_DRAW_SIDE` is
+    reduced to before detection and drawing: the side the detector itself would resize it to (its test
+    ``min_size``/``max_size``), so that masks are pasted and drawn at that size rather than at a size of
+    gigapixels (a 9400 x 9400 PNG took 5-13 GB). Smaller images are left as they are (the detector's own
+    resize, same results as before)."""
+    from ..bounds import MAX_DRAW_SIDE
+
+    if max(height, width) <= MAX_DRAW_SIDE:
+        return MAX_DRAW_SIDE
+    t = getattr(model, "transform", None)
+    cfg = getattr(model, "cfg", None)
+    min_size = getattr(t, "min_size", None) or getattr(cfg, "min_size", None) or 800
+    min_size = min_size[-1] if isinstance(min_size, (list, tuple)) else min_size
+    max_size = getattr(t, "max_size", None) or getattr(cfg, "max_size", None) or 1333
+    scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
+    return max(1, min(MAX_DRAW_SIDE, round(max(height, width) * scale)))
 
 
 def prediction_files(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[list[Path], Path]:

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine.images import ImageDecodeError
+from ..drawing import fit_to_side
+from ..engine.images import ImageDecodeError, open_image
 from .data import read_image
 from .evaluate import TestConfig, predict_probs
 from .model import IMAGENET_MEAN, IMAGENET_STD
@@ -132,11 +133,14 @@ def predict_images(
 
     for n, p in enumerate(tqdm(list(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 2)):
         try:
-            img = read_image(p)
+            pil = open_image(p)
         except (ImageDecodeError, OSError) as e:  # decoding problems, missing files
             log.warning("skipping unreadable image %s: %s", p, e)
             records.append({"image": str(p), "error": f"cannot read image: {e}"})
             continue
+        full = pil.size[::-1]
+        img, scale = fit_to_side(pil, working_side(cfg, *full))  # larger images: predicted and drawn reduced
+        del pil
         label = predict_image(model, img, cfg, device, mean, std)
         color = colorize(label, nc)
         files = {k: named[k][n] for k in kinds}
@@ -145,8 +149,23 @@ def predict_images(
         drawn, shares = overlay_with_legend(img, label, names)
         Image.fromarray(drawn).save(files["overlay"])
         records.append({"image": str(p), **{k: str(v) for k, v in files.items()}, "class_percent": shares})
+        if scale != 1.0:
+            records[-1]["reduced"] = {"from": [full[1], full[0]], "to": [img.shape[1], img.shape[0]]}
     rule.finish()
     return records
+
+
+def working_side(cfg: TestConfig | None, height: int, width: int) -> int:
+    """The longest side an image of ``height x width`` larger than :data:`~focalnet.bounds.MAX_DRAW_SIDE` is
+    reduced to before prediction and drawing: the side the test ``scale`` resizes it to (the model never sees
+    more), else ``MAX_DRAW_SIDE``; smaller images keep their size (the label map at the original size)."""
+    from ..bounds import MAX_DRAW_SIDE
+
+    scale = (cfg or TestConfig()).scale
+    if max(height, width) <= MAX_DRAW_SIDE or not scale:
+        return MAX_DRAW_SIDE
+    ratio = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return max(1, min(MAX_DRAW_SIDE, round(max(height, width) * ratio)))
 
 
 def prediction_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, list[Path]]:
