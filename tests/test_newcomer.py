@@ -44,18 +44,8 @@ def _segmentation_train(tmp: Path, out: Path) -> list[str]:
     root = make_folder_dataset(tmp / "seg", n_train=2, n_val=0, size=(48, 48), num_classes=3)
     return [
         *("segmentation", "train", "--backbone", "focalnet_tiny_srf", "--data", str(root), "--layout", "folder"),
-        *(
-            "--output",
-            str(out),
-            "--iters",
-            "5000",
-            "--batch-size",
-            "1",
-            "--crop-size",
-            "32",
-            "--no-eval",
-            "--no-progress",
-        ),
+        *("--output", str(out), "--iters", "5000", "--batch-size", "2", "--crop-size", "32"),
+        *("--no-eval", "--no-progress"),
         *("--set", *TINY_SET, "train.ckpt_every=1", "optim.warmup_iters=1", "aug.scale=[48, 48]"),
     ]
 
@@ -74,8 +64,10 @@ def _detection_train(tmp: Path, out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+@pytest.mark.parametrize(
+    "task",
+    [pytest.param(t, marks=pytest.mark.slow) for t in ("classification", "segmentation")] + ["detection"],
+)  # about 22, 10-20 and 6-15 s on 2 shared cores
 def test_ctrl_c_during_training_exits_130_with_one_line_and_a_checkpoint(task, tmp_path):
     """A real SIGINT once the first checkpoint exists: the run saves, says how to go on in one ``error:``
     line and exits 130, so that ``train && evaluate`` stops."""
@@ -249,3 +241,148 @@ def test_the_app_and_info_and_classify_tell_the_kind(kinds, capsys):
     assert cli.main(["classify", str(kinds / "photo.png"), "--checkpoint", str(kinds / "segmentor.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "use `focalnet segmentation ...`" in err[-1], err
+
+
+# -------------------------------------------------------------------------------------- folders as input
+
+
+def _folder(root: Path) -> tuple[Path, list[str]]:
+    """A folder of images (one in a subfolder), a hidden one, a non-image and an unreadable .png."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for rel in ("b.png", "sub/a.jpg", ".hidden/c.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(root / rel)
+    (root / "notes.txt").write_text("no image")
+    return root, [str(root / "b.png"), str(root / "sub" / "a.jpg")]
+
+
+def test_collect_images_walks_folders_sorted_and_skips_hidden_files(tmp_path):
+    from focalnet.engine.images import collect_images
+
+    root, expected = _folder(tmp_path / "imgs")
+    (root / "z.PNG").write_bytes(b"")  # a name that says image is taken (its reader says it is broken)
+    assert [str(p) for p in collect_images([root])] == [*expected[:1], str(root / "sub" / "a.jpg"), str(root / "z.PNG")]
+    assert [str(p) for p in collect_images([root / "notes.txt", root / "b.png"])] == [
+        str(root / "notes.txt"),
+        str(root / "b.png"),
+    ]  # named directly: taken as given, in order
+    with pytest.raises(FileNotFoundError, match="no such image or folder"):
+        collect_images([root / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        collect_images([tmp_path / "empty"])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    "command",
+    ["classification predict", "detection predict", "segmentation predict", "visualize", "classify"],
+)
+def test_every_predict_command_takes_a_folder(command, kinds, tmp_path, capsys):
+    from focalnet import cli
+
+    root, expected = _folder(tmp_path / "imgs")
+    ckpt = {"detection predict": "detector.pt", "segmentation predict": "segmentor.pt"}.get(
+        command, "classifier.safetensors"
+    )
+    argv = [*command.split(), str(root), "--checkpoint", str(kinds / ckpt), "--threads", "1"]
+    if command != "classify":
+        argv += ["--output", str(tmp_path / "out")]
+    if command in ("detection predict", "segmentation predict"):
+        argv += ["--no-progress"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    where = [out.find(p) for p in expected]
+    assert all(i >= 0 for i in where) and where == sorted(where), out  # both images, in sorted order
+    assert ".hidden" not in out and "notes.txt" not in out
+
+
+def test_detection_predict_says_nothing_was_written_when_no_image_was_readable(kinds, tmp_path, capsys):
+    from focalnet import cli
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
+    argv = ["detection", "predict", str(tmp_path / "imgs"), "--checkpoint", str(kinds / "detector.pt")]
+    assert cli.main([*argv, "--output", str(tmp_path / "out"), "--no-progress", "--threads", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out
+    assert captured.err.strip().splitlines()[-1] == "error: none of the 1 input image(s) could be read"
+
+
+# ---------------------------------------------------------------------------------------------- no GPU
+
+
+def _device_commands(kinds: Path, tmp: Path) -> dict[str, list[str]]:
+    """The least each command with --device needs to get as far as choosing its device."""
+    from test_classification import make_data
+
+    data = make_data(tmp / "cls", per_class=1, classes=2, corrupt=False)
+    img = str(kinds / "photo.png")
+    out = str(tmp / "out")
+    return {
+        "classification train": ["--model", "focalnet_tiny_srf", "--data", str(data), "--output", out],
+        "classification evaluate": ["--checkpoint", str(kinds / "classifier.safetensors"), "--data", str(data)],
+        "classification predict": [img, "--checkpoint", str(kinds / "classifier.safetensors")],
+        "classification throughput": ["--model", "focalnet_tiny_srf"],
+        "detection train": ["--data", str(tmp), "--output", out],
+        "detection evaluate": ["--checkpoint", str(kinds / "detector.pt"), "--data", str(tmp)],
+        "detection predict": [img, "--checkpoint", str(kinds / "detector.pt")],
+        "segmentation train": ["--data", str(tmp), "--output", out],
+        "segmentation evaluate": ["--checkpoint", str(kinds / "segmentor.pt"), "--data", str(tmp)],
+        "segmentation predict": [img, "--checkpoint", str(kinds / "segmentor.pt")],
+        "benchmark": ["--model", "focalnet_tiny_srf"],
+        "app": ["--no-train"],
+    }
+
+
+def test_every_command_with_device_says_the_same_without_a_gpu(kinds, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from focalnet import cli
+    from test_option_meanings import LEAVES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine's case, on any machine
+    commands = _device_commands(kinds, tmp_path)
+    assert set(commands) == {c for c, p in LEAVES.items() if "--device" in p._option_string_actions}
+    for command, argv in commands.items():
+        rc = cli.main([*command.split(), *argv, "--device", "cuda", "--threads", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1] == (
+            "error: device 'cuda' requested but CUDA is not available (use --device cpu or auto)"
+        ), (command, err)
+        assert not (tmp_path / "out").exists(), command  # nothing written before the check
+
+
+# --------------------------------------------------------------------------------------------- --help
+
+_HELP = (
+    "import json, sys, time\nt = time.perf_counter()\nfrom focalnet.cli import main\ntry:\n    main({argv})\n"
+    "except SystemExit:\n    pass\nprint(json.dumps([time.perf_counter() - t, sorted(sys.modules)]), file=sys.stderr)\n"
+)
+
+
+def test_no_help_page_imports_torchvision_and_a_broken_one_breaks_none(tmp_path):
+    """Every command's ``--help``, with a torchvision that fails to import (as one built for another
+    torch): the page prints, exit 0, and torchvision is never imported (measured in ``sys.modules``)."""
+    from test_option_meanings import LEAVES
+
+    broken = tmp_path / "site" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("operator torchvision::nms does not exist")\n')
+    env = _env(PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{SRC}")
+    slow = {}
+    for command in LEAVES:
+        argv = [*command.split(), "--help"]
+        r = subprocess.run([sys.executable, "-c", _HELP.format(argv=argv)], capture_output=True, text=True, env=env)
+        seconds, modules = __import__("json").loads(r.stderr.strip().splitlines()[-1])
+        assert f"usage: focalnet {command}" in r.stdout, (command, r.stderr[-500:])
+        assert "torchvision" not in modules, command
+        if "torch" not in modules:
+            assert seconds < 1.0, (command, seconds)
+        else:
+            slow[command] = round(seconds, 2)
+    # the commands whose module imports torch at the top (demo, benchmark, export) take seconds
+    assert set(slow) <= {"demo", "benchmark", "export"}, slow
