@@ -183,9 +183,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     raise_if_interrupted(final, args.output)  # exit 130, as every interrupted command
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    keys = [k for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50") if k in final]
-    if keys:
-        print(" ".join(f"{k}={final[k]:.4f}" for k in keys))
+    from .evaluate import map_percent
+
+    if map_percent(final):
+        print(map_percent(final))  # percent, as the other tasks; metrics.json keeps pycocotools' fractions
     print(f"run folder: {args.output} (metrics.json, model.pt)")
     return 0
 
@@ -195,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..models.inference import inference_path
     from .config import DataConfig
     from .data import CocoInstances
-    from .evaluate import evaluate_detector
+    from .evaluate import evaluate_detector, map_percent
     from .load import load_detector
     from .transforms import eval_transforms
 
@@ -240,6 +241,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if f"{iou}_summary" in metrics:
                 print(f"{iou}:")
                 print("\n".join(metrics[f"{iou}_summary"]))
+        print(map_percent(metrics))  # the headline numbers in percent, as the other tasks print theirs
         if args.output:
             print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'results.json'}")
     return 0
@@ -256,10 +258,10 @@ def _check_categories(ds: Any, meta: dict[str, Any]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device
+    from ..engine.images import collect_images
     from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .load import load_detector
-    from ..engine.images import collect_images
     from .predict import predict_images, prediction_files
 
     args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted

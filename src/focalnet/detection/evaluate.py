@@ -1,6 +1,7 @@
 """COCO evaluation (pycocotools): inference over a dataset, COCO-format results, bbox/segm metrics.
 
-Metric names (fractions in [0, 1], as pycocotools and mmdetection report them):
+Metric names (fractions in [0, 1], as pycocotools and mmdetection report them, in ``metrics.json``; the
+commands print the headline ones in percent, :func:`map_percent`, as the other tasks print theirs):
 ``{bbox,segm}_mAP``, ``_mAP_50``, ``_mAP_75``, ``_mAP_s``, ``_mAP_m``, ``_mAP_l``, ``_AR_1``, ``_AR_10``,
 ``_AR_100``, ``_AR_s``, ``_AR_m``, ``_AR_l`` (the 12 ``COCOeval.stats`` in order) and
 ``{bbox,segm}_AP_per_category`` (category name -> AP@[.5:.95], ``None`` where the category has no
@@ -28,11 +29,26 @@ from torch.utils.data import DataLoader, Subset
 from ..engine import fit_workers, write_json
 from .data import CocoInstances, detection_collate
 
-__all__ = ["STAT_NAMES", "coco_evaluate", "outputs_to_coco", "run_inference", "evaluate_detector", "masks_to_rle"]
+__all__ = [
+    "STAT_NAMES",
+    "coco_evaluate",
+    "evaluate_detector",
+    "map_percent",
+    "masks_to_rle",
+    "outputs_to_coco",
+    "run_inference",
+]
 
 log = logging.getLogger("focalnet")
 
 STAT_NAMES = ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "AR_1", "AR_10", "AR_100", "AR_s", "AR_m", "AR_l"]
+
+
+def map_percent(metrics: dict[str, Any]) -> str:
+    """The headline numbers in percent, as the other tasks report theirs (``bbox_mAP=74.50%
+    bbox_mAP_50=97.50% ...``); ``metrics.json`` keeps pycocotools' fractions under the same names."""
+    keys = [k for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50") if k in metrics]
+    return " ".join(f"{k}={100 * metrics[k]:.2f}%" for k in keys)
 
 
 def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:

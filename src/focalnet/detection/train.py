@@ -34,7 +34,7 @@ from ..engine import (
 )
 from .config import DetectionConfig, detection_schedule
 from .data import CocoInstances, detection_collate
-from .evaluate import evaluate_detector
+from .evaluate import evaluate_detector, map_percent
 from .load import detector_file_meta, save_detector
 from .registry import build_from_config, get_detector
 from .transforms import eval_transforms, train_transforms
@@ -308,7 +308,6 @@ def _train(cfg: DetectionConfig, out: Path, resume: str | None, overwrite: bool,
         if (out / "metrics.json").is_file():  # the count beside the metrics; the entries in data_problems.json
             metrics = json.loads((out / "metrics.json").read_text())
             write_json(out / "metrics.json", {**metrics, "num_data_problems": len(problems)})
-        for k in ("bbox_mAP", "segm_mAP"):
-            if k in final:
-                log.info("%s = %.4f", k, final[k])
+        if map_percent(final):
+            log.info("%s", map_percent(final))  # percent, as the other tasks log theirs
     return final
