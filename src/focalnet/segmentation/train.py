@@ -356,6 +356,9 @@ def dry_run(cfg: SegmentationConfig) -> int:
             num_val = 0
 
         def build() -> nn.Module:
+            if m.checkpoint:  # the architecture the file holds (the run's own size probe; weights not copied)
+                meta = read_segmentor(m.checkpoint)[0]
+                return upernet_from_meta({**meta, "num_classes": len(names), "class_names": None})
             return _build_model(probe, len(names), names)
 
         def schedule(per_epoch: int, total: int) -> tuple[Warmup, list[str]]:
