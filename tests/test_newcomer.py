@@ -386,3 +386,55 @@ def test_no_help_page_imports_torchvision_and_a_broken_one_breaks_none(tmp_path)
             slow[command] = round(seconds, 2)
     # the commands whose module imports torch at the top (demo, benchmark, export) take seconds
     assert set(slow) <= {"demo", "benchmark", "export"}, slow
+
+
+# ------------------------------------------------------------------------------------- smaller items
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_detection_prints_map_in_percent_and_stores_fractions(kinds, tmp_path, capsys):
+    import json
+
+    from detection_synth import make_shapes
+    from focalnet import cli
+
+    ann, images = make_shapes(tmp_path / "shapes", 2, 96, split="val")
+    argv = ["detection", "evaluate", "--checkpoint", str(kinds / "detector.pt"), "--val-ann", str(ann)]
+    argv += ["--val-images", str(images), "--output", str(tmp_path / "eval"), "--no-progress", "--threads", "1"]
+    assert cli.main(argv) == 0
+    stored = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bbox_mAP="))
+    printed = dict(item.split("=") for item in line.split())
+    for key in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50"):
+        assert 0.0 <= stored[key] <= 1.0  # the file: pycocotools' fractions, as documented
+        assert printed[key] == f"{100 * stored[key]:.2f}%"  # the line: percent, as the other tasks
+
+
+def test_the_app_says_what_its_classifier_knows():
+    import torch
+
+    from focalnet.app.core import LoadedModel
+
+    digits = LoadedModel("classifier", torch.nn.Linear(1, 1), "demo", [str(i) for i in range(10)])
+    assert digits.knows() == "knows 10 classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9; anything else comes out as one of them"
+    many = LoadedModel("classifier", torch.nn.Linear(1, 1), "in1k", [f"c{i}" for i in range(1000)])
+    assert many.knows(4).startswith("knows 1000 classes: c0, c1, c2, ..., c999;")
+
+
+def test_classify_refuses_a_checkpoint_with_pretrained_and_prints_names(kinds, capsys):
+    from focalnet import cli
+
+    ckpt = str(kinds / "classifier.safetensors")
+    assert cli.main(["classify", "--checkpoint", ckpt, "--pretrained"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: give --checkpoint FILE or --pretrained (the released weights of --model), not both"
+    )
+    assert cli.main(["classify", str(kinds / "photo.png"), "--checkpoint", ckpt, "--json", "--threads", "1"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out)
+    assert {t["class"] for t in result["results"][0]["top"]} == {"a", "b", "c"}  # the stored names
+    from focalnet.classification.predict import class_labels
+
+    # an ImageNet head: the names classification predict prints, not bare indices or wnids
+    assert class_labels(None, 1000)[281] == "tabby, tabby cat" and class_labels(["n01440764"], 1) == [
+        "n01440764 (tench)"
+    ]
