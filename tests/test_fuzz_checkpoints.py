@@ -3,8 +3,8 @@
 Hypothesis edits a valid file of each task (a classifier in the original layout, a detector and a UPerNet
 in ours): keys dropped or renamed, tensors replaced by other shapes, dtypes, strides (transposed, stride-0
 views claiming absurd sizes), non-finite values or non-tensors, metadata replaced by random values of any
-type. ``predict`` and ``info`` must then either work or print one ``error:`` line for a bad input (exit 2),
-never a traceback, an unexpected exception type (the CLI marks those "run with --debug") or a signal.
+type; a Mask2Former in ours and in the official (detectron2) layout too. ``predict`` and ``info`` must then
+either work or print one ``error:`` line for a bad input (exit 2), never a traceback, an unexpected exception type (the CLI marks those "run with --debug") or a signal.
 ``FOCALNET_FUZZ_EXAMPLES`` sets the examples per task (default 25; the slow test runs 300 per task).
 """
 
@@ -34,7 +34,7 @@ from test_load_checks_seg_cls import seg_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXAMPLES = int(os.environ.get("FOCALNET_FUZZ_EXAMPLES", "25"))
-TASKS = ("classification", "detection", "segmentation")
+TASKS = ("classification", "detection", "segmentation", "mask2former", "mask2former_official")
 DTYPES = [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.uint8, torch.bool, torch.complex64]
 
 json_values = st.recursive(
@@ -64,6 +64,19 @@ def base_file(task: str) -> dict[str, Any]:
         return {"model": model.state_dict()}
     if task == "detection":
         return file_of(FOCALNET_FORMAT.name, *tiny_model("mask_rcnn"))
+    if task.startswith("mask2former"):
+        from focalnet.segmentation.registry import get_segmentor
+        from test_segmentors import tiny
+
+        model = tiny("mask2former")
+        if task == "mask2former":
+            return {
+                "format": "focalnet-segmentation",
+                "meta": dict(model.meta),
+                "extra": {},
+                "state_dict": model.state_dict(),
+            }
+        return get_segmentor("mask2former").write(dict(model.meta), model.state_dict(), {})
     model = seg_model()
     return {"state_dict": model.state_dict(), "meta": dict(model.meta)}
 
@@ -122,7 +135,7 @@ def commands(task: str, ckpt: str, root: Path) -> list[list[str]]:
         "classification": ["classification", "predict", image(str(root)), "--checkpoint", ckpt],
         "detection": ["detection", "predict", image(str(root)), "--checkpoint", ckpt, "--output", out],
         "segmentation": ["segmentation", "predict", image(str(root)), "--checkpoint", ckpt, "--output", out],
-    }[task]
+    }[task if not task.startswith("mask2former") else "segmentation"]
     return [predict, ["info", ckpt]]
 
 

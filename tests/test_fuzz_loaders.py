@@ -1,5 +1,5 @@
 """Property-based fuzzing of the data loaders (hypothesis): random bytes, truncated files, odd image
-modes and sizes, broken COCO fields, mismatched label maps. Never a traceback (only the loaders' own
+modes and sizes, broken COCO fields, mismatched label maps, broken COCO panoptic files. Never a traceback (only the loaders' own
 one-line errors), never a silent wrong result (a decoded image is 8-bit RGB of the file's size; a kept
 sample has labels in range; a skipped one is reported)."""
 
@@ -24,7 +24,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-TRIED = {"images": 0, "coco": 0, "labels": 0}
+TRIED = {"images": 0, "coco": 0, "labels": 0, "panoptic": 0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -245,3 +245,66 @@ def test_mismatched_label_maps_are_reported_never_wrong(
     assert label.shape == sample["image"].shape[:2]
     valid = label[label != 255]
     assert valid.size == 0 or int(valid.max()) < num_classes
+
+
+# ------------------------------------------------------------------------------------ COCO panoptic files
+_SEGMENT = st.dictionaries(
+    st.sampled_from(["id", "category_id", "iscrowd", "area", "bbox"]),
+    st.one_of(st.integers(-2, 2**25), st.sampled_from([1, 3, 7]), st.none(), st.text(max_size=3), st.booleans()),
+    max_size=5,
+)
+
+
+@FUZZ
+@given(
+    segments=st.lists(_SEGMENT, max_size=4),
+    png_ids=st.lists(st.integers(0, 2**24 - 1), min_size=1, max_size=3),
+    png_size=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    width=st.one_of(st.integers(-1, 30), st.none(), st.text(max_size=2)),
+    isthing=st.one_of(st.integers(-1, 2), st.none(), st.text(max_size=2)),
+)
+def test_broken_panoptic_entries_are_skipped_or_refused(tmp_path, segments, png_ids, png_size, width, isthing):
+    """A COCO panoptic JSON + PNG with random segments, ids, sizes and category fields, through the
+    Mask2Former training data (large-scale jitter): one-line errors for the file, else each image kept with
+    targets in range or skipped and reported."""
+    from focalnet.segmentation.panoptic import build_panoptic_dataset, id_to_rgb
+    from focalnet.segmentation.universal_data import LargeScaleJitter
+
+    TRIED["panoptic"] += 1
+    root = tmp_path / f"p{TRIED['panoptic']}"
+    (root / "annotations" / "panoptic_train2017").mkdir(parents=True)
+    (root / "train2017").mkdir()
+    w, h = png_size
+    ids = np.array(png_ids)[np.arange(w * h) % len(png_ids)].reshape(h, w)
+    Image.fromarray(id_to_rgb(ids)).save(root / "annotations" / "panoptic_train2017" / "1.png")
+    Image.new("RGB", (w, h), (9, 9, 9)).save(root / "train2017" / "1.jpg")
+    # one well-formed image among the noise
+    Image.fromarray(id_to_rgb(np.full((8, 8), 5))).save(root / "annotations" / "panoptic_train2017" / "2.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(root / "train2017" / "2.jpg")
+    data = {
+        "images": [
+            {"id": 1, "file_name": "1.jpg", "width": width, "height": h},
+            {"id": 2, "file_name": "2.jpg", "width": 8, "height": 8},
+        ],
+        "annotations": [
+            {"image_id": 1, "file_name": "1.png", "segments_info": segments},
+            {"image_id": 2, "file_name": "2.png", "segments_info": [{"id": 5, "category_id": 1, "iscrowd": 0}]},
+        ],
+        "categories": [{"id": 1, "name": "a", "isthing": 1}, {"id": 3, "name": "b", "isthing": isthing}],
+    }
+    (root / "annotations" / "panoptic_train2017.json").write_text(json.dumps(data))
+    try:
+        ds = build_panoptic_dataset(root, "train", LargeScaleJitter(16, (0.5, 1.5)), num_threads=1)
+    except ValueError as e:
+        assert "\n" not in str(e)
+        return
+    assert len(ds) + len(ds.problems) >= 1
+    for i in range(len(ds)):
+        item = ds[i]
+        if item is None:
+            assert ds.problems  # a skipped image is always reported
+            continue
+        image, target = item
+        labels, masks = target["labels"], target["masks"]
+        assert masks.shape[0] == labels.numel() and tuple(masks.shape[1:]) == tuple(image.shape[1:])
+        assert labels.numel() == 0 or (0 <= int(labels.min()) and int(labels.max()) < ds.num_classes)
