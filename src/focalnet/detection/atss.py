@@ -388,11 +388,11 @@ class ATSS(nn.Module):
                 lab = t["labels"]
                 if lab.shape != b.shape[:1] or (len(lab) and not (1 <= int(lab.min()) <= int(lab.max()) <= k)):
                     raise ValueError(f"target labels must be one per box, in 1..{k} (0 is the background)")
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # not int(): traced (ONNX) sizes stay dynamic
         image_list, targets = self.transform(images, targets)
         feats = list(self.backbone(image_list.tensors).values())
         cls_out, reg_out, ctr_out = self.head(feats)
-        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        sizes = [(f.shape[-2], f.shape[-1]) for f in feats]  # not int(): a traced (ONNX) graph keeps them dynamic
         anchors = grid_anchors(sizes, self.strides, self.anchor_scale, feats[0].device)
         if self.training:
             assert targets is not None

@@ -456,12 +456,13 @@ class SparseRCNN(nn.Module):
                     raise ValueError(f"expected target boxes of shape [N, 4], got {tuple(b.shape)}")
                 if len(b) and not bool((b[:, 2:] > b[:, :2]).all()):
                     raise ValueError("target boxes must have positive width and height (x1 < x2, y1 < y2)")
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # not int(): traced (ONNX) sizes stay dynamic
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         sizes = image_list.image_sizes
-        whwh = torch.tensor(
-            [[w, h, w, h] for h, w in sizes], dtype=image_list.tensors.dtype, device=image_list.tensors.device
+        # stacked from the sizes (not torch.tensor of them): a traced (ONNX) graph keeps them dynamic
+        whwh = torch.stack([torch.stack([torch.as_tensor(v) for v in (w, h, w, h)]) for h, w in sizes]).to(
+            dtype=image_list.tensors.dtype, device=image_list.tensors.device
         )
         boxes, feats = self.rpn(whwh)
         detections, losses = self.roi_heads(features, boxes, feats, sizes, whwh, targets if self.training else None)
