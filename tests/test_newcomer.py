@@ -438,3 +438,18 @@ def test_classify_refuses_a_checkpoint_with_pretrained_and_prints_names(kinds, c
     assert class_labels(None, 1000)[281] == "tabby, tabby cat" and class_labels(["n01440764"], 1) == [
         "n01440764 (tench)"
     ]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_torchscript_export_says_its_deprecation_once(kinds, tmp_path):
+    import warnings
+
+    from focalnet import cli
+
+    argv = ["export", str(kinds / "classifier.safetensors"), "--format", "torchscript", "--check"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main([*argv, "--output", str(tmp_path / "m.pt"), "--threads", "1"]) == 0
+    said = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert len(said) == 1 and "TorchScript" in said[0] and "--format onnx" in said[0], said
+    assert (tmp_path / "m.pt").stat().st_size > 0

@@ -119,9 +119,17 @@ def export_torchscript(
     path, model, x = _prepared(model, path, example, fuse)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # trace, trace_method, freeze and save each say that torch.jit is deprecated: said once below
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         traced = torch.jit.trace(model, (x,), check_trace=False)
         traced = torch.jit.freeze(traced) if hasattr(torch.jit, "freeze") else traced
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
+    warnings.warn(
+        "TorchScript (torch.jit) is deprecated in PyTorch: the file works today, ONNX (--format onnx) is the "
+        "export that stays",
+        FutureWarning,
+        stacklevel=2,
+    )
     return path
 
 
@@ -145,7 +153,9 @@ def check_export(
             got = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])
         else:
             with torch.no_grad():
-                got = torch.jit.load(str(path))(x)
+                with warnings.catch_warnings():  # its deprecation was said when the file was written
+                    warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+                    got = torch.jit.load(str(path))(x)
         worst = max(worst, float((got - ref).abs().max()))
     return worst
 
