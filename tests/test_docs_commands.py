@@ -102,6 +102,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "focalnet classification throughput --model focalnet_tiny_srf --batch-size 16 --device cpu --json tp.json": Run(slow=True),
     # docs/detection.md
     "torchrun --nproc_per_node 8 -m focalnet detection train --config mask_rcnn_focalnet_tiny_lrf_1x --data /data/coco --output runs/mask_rcnn_t_lrf_1x --backbone-checkpoint focalnet_tiny_lrf.pth": Run(),
+    "focalnet detection train --config mask_rcnn_focalnet_cpu_tiny --data ../shared/data/coco-tiny --output runs/det-tiny --epochs 40 --dry-run": Run(),
     "focalnet detection train --backbone focalnet_small_srf --detector faster_rcnn --train-ann my/train.json --train-images my/images --val-ann my/val.json --val-images my/images --output runs/mine --epochs 24 --batch-size 4 --min-size 512 --max-size 853 --set optim.lr=2e-4 model.frozen_stages=1 model.grad_checkpointing=true": Run(),
     "focalnet detection predict photo1.jpg photo2.jpg --checkpoint runs/det-tiny/model.pt --out preds --score-thr 0.5": Run(),
     "torchrun --nproc_per_node 8 -m focalnet detection train --config cascade_mask_rcnn_focalnet_tiny_lrf_3x --data /data/coco --output runs/cascade_t_lrf_3x --backbone-checkpoint focalnet_tiny_lrf.pth": Run(),
@@ -439,7 +440,7 @@ def runnable(command: str, ws: Workspace) -> tuple[list[str], bool]:
             w = matches[-1]
         argv.append(w)
     is_train = argv[0] in ("classification", "detection", "segmentation") and argv[1] == "train"
-    return (argv + ["--dry-run"] if is_train else argv), is_train
+    return (argv + ["--dry-run"] if is_train and "--dry-run" not in argv else argv), is_train
 
 
 def _newest(ws: Workspace, pattern: str) -> str:
