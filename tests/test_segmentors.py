@@ -328,3 +328,28 @@ def test_instance_task_runs_and_gives_mask_ap(tmp_path, name):
     sets = [*_head_sets(name), "aug.crop_size=[64,64]", "universal.num_points=256"]
     metrics = _train(root, tmp_path / "run", name, "instance", "--iters", "2", "--batch-size", "2", "--set", *sets)
     assert {"AP", "AP50", "AP75"} <= set(metrics) and 0 <= metrics["AP"] <= 100
+
+
+@pytest.mark.parametrize("name", UNIVERSAL)
+def test_app_shows_the_panoptic_result_predict_writes(tmp_path, name):
+    """The app's segmentation tab on a Mask2Former: the label map of `segmentation predict`, the segments
+    listed as things and stuff, the legend beside the image."""
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from focalnet.app import core
+
+    model = tiny(name)
+    model.meta["thing_classes"] = [False, False, True]
+    save_segmentor(model, tmp_path / "model.pt", {"test": {"mode": "whole", "scale": [64, 48]}})
+    img = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    rc, _, err = run_cli("segmentation", "predict", str(tmp_path / "img.png"), "--checkpoint", str(tmp_path / "model.pt"),
+                         "--output", str(tmp_path / "pred"), "--no-progress", "--threads", "1")  # fmt: skip
+    assert rc == 0, err
+    r = core.segment_image(core.load_checkpoint(tmp_path / "model.pt"), Image.fromarray(img))
+    label = np.asarray(Image.open(tmp_path / "pred" / "img_label.png"))
+    np.testing.assert_array_equal(r["label"], label)
+    assert r["image"].shape[0] == 40 and r["image"].shape[1] > 56  # the legend on the right
+    assert {s["class"] for s in r["segments"]} <= set(NAMES)
+    assert all(s["isthing"] == (s["class"] == "disc") for s in r["segments"])

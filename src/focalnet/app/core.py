@@ -379,6 +379,8 @@ def segment_image(loaded: LoadedModel, image: Image.Image) -> dict[str, Any]:
     extra = loaded.meta
     test = TestConfig.from_stored(extra.get("test"))
     img, _ = fit_to_side(image, working_side(test, image.size[1], image.size[0]))  # as the CLI: bounded sizes
+    if (getattr(loaded.model, "meta", None) or {}).get("segmentor", "upernet") != "upernet":
+        return _segment_panoptic(loaded, img, test)
     label = predict_image(
         loaded.model,
         img,
@@ -389,6 +391,26 @@ def segment_image(loaded: LoadedModel, image: Image.Image) -> dict[str, Any]:
     )
     drawn, shares = overlay_with_legend(img, label, loaded.class_names)
     return {"image": drawn, "shares": shares, "label": label}
+
+
+def _segment_panoptic(loaded: LoadedModel, img: np.ndarray, test: Any) -> dict[str, Any]:
+    """A universal segmentor's (Mask2Former's) panoptic result, as ``focalnet segmentation predict`` draws
+    it: classes coloured, every segment outlined, a legend naming things and stuff; ``"segments"`` lists
+    them (class, thing or stuff, score)."""
+    from ..segmentation.universal_eval import infer_logits, panoptic_of, panoptic_overlay
+
+    extra = loaded.meta
+    mean, std = extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375))
+    cls, masks = infer_logits(loaded.model, img, test, loaded.device, mean, std)
+    seg, info = panoptic_of(loaded.model, cls, masks)
+    label = np.full(seg.shape, 255, dtype=np.int64)
+    for s in info:
+        label[seg == s["id"]] = s["category_id"]
+    drawn, shares = panoptic_overlay(img, seg, info, loaded.class_names)
+    segments = [
+        {"class": loaded.class_names[s["category_id"]], "isthing": s["isthing"], "score": s["score"]} for s in info
+    ]
+    return {"image": drawn, "shares": shares, "label": label, "segments": segments}
 
 
 # ------------------------------------------------------------------------------------------- examples

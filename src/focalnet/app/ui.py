@@ -186,6 +186,9 @@ def build_app(
             core.log_problem("segmentation", e)
             return None, None, f"**Could not segment {_name(image)}:** {core.one_line(e)}"
         shares = {k: v / 100.0 for k, v in r["shares"].items()}
+        if "segments" in r:  # a panoptic model (Mask2Former): things counted one by one, stuff by class
+            things = sum(1 for s in r["segments"] if s["isthing"])
+            return r["image"], shares, f"{things} instance(s) and {len(r['segments']) - things} stuff segment(s)."
         return r["image"], shares, f"{len(shares)} class(es) present; shares of the pixels on the right."
 
     def load(kind: str, text: Any) -> tuple:
