@@ -69,14 +69,17 @@ FOCALNET_BOUNDS: dict[str, Bound] = {
     "drop_path_rate": Bound(0, 1),
 }
 
-# integer settings without a table of their own (a detector head's, DINO's, a segmentor's) are bounded by
-# their name: the first pattern that matches the key's last part applies
+# count and size settings without a table of their own (a detector head's, DINO's, a segmentor's) are
+# bounded by their name: the first pattern that matches the key's last part applies (to any number)
 COUNT_BOUNDS: tuple[tuple[re.Pattern[str], Bound], ...] = (
-    (re.compile(r"(^|_)(heads|nheads|points|levels)$"), Bound(1, 64)),
+    (re.compile(r"(^|_)(heads|nheads|n_points|levels)$"), Bound(1, 64)),
     (re.compile(r"(^|_)(layers|depth|stages|convs|stacks|iters?)$"), Bound(0, 64)),
-    (re.compile(r"(queries|proposals|select|detections_per_img|top_n(_\w+)?|per_img|dn_number|topk)$"), Bound(0, 10_000)),
+    (
+        re.compile(r"(queries|proposals|select|detections_per_img|top_n(_\w+)?|per_img|dn_number|topk)$"),
+        Bound(0, 10_000),
+    ),
     (re.compile(r"(dim|channels|feedforward|representation_size|hidden|embed)$"), Bound(1, 8192)),
-    (re.compile(r"(min_size|max_size|scale|img_size|image_size|crop_size|size)$"), Bound(1, MAX_IMAGE_SIDE)),
+    (re.compile(r"^(min_size|max_size|img_size|image_size|crop_size|test_size)$"), Bound(1, MAX_IMAGE_SIDE)),
     (re.compile(r"(num_classes|labelbook_size)$"), Bound(1, 100_000)),
 )
 
@@ -131,9 +134,6 @@ def check_bounds(
             if isinstance(value, Mapping):
                 check_bounds(value, {}, name + ".", by_name=True)
                 continue
-            ints = value if isinstance(value, (list, tuple)) else [value]
-            if not ints or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
-                continue  # the name bounds counts and sizes (integers): ratios and flags are not theirs
             spec = count_bound(key)
         if spec is not None:
             check_value(name, value, spec)
