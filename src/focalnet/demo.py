@@ -16,9 +16,11 @@ FocalNet-T (SRF) and shows their maps, when the weights are cached or the hub is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.options import add_threads_arg
+from .engine.options import add_progress_arg, add_threads_arg, positive_int
 from .engine.resources import set_threads
 from .engine.schedule import Warmup, fit_warmup
 from .factory import create_model, save_model
@@ -205,6 +207,21 @@ def _default_out() -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _no_empty_folder(out: Path) -> Iterator[None]:
+    """Create ``out`` (and its missing parents); remove those still empty when the block fails or is
+    interrupted."""
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for d in created:  # deepest first
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+
+
 def _plot_training(history: list[dict[str, float]], confusion: np.ndarray, test_acc: float, path: Path) -> None:
     from .visualize import new_figure, save_figure
 
@@ -309,36 +326,36 @@ def run_demo(
 
     t_start = time.perf_counter()
     out = Path(out) if out is not None else _default_out()
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    xtr, ytr, xte, yte = load_digits_tensors(image_size, seed=0)
-    if max_train is not None:
-        xtr, ytr = xtr[:max_train], ytr[:max_train]
-    model = build_demo_model(image_size)
-    if progress:
-        print(
-            f"digits: {len(xtr)} train / {len(xte)} test images at {image_size}x{image_size}; "
-            f"FocalNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {epochs} epochs"
+    with _no_empty_folder(out):  # interrupted or failed before the model is saved: no empty runs/demo-<time>/
+        torch.manual_seed(seed)
+        xtr, ytr, xte, yte = load_digits_tensors(image_size, seed=0)
+        if max_train is not None:
+            xtr, ytr = xtr[:max_train], ytr[:max_train]
+        model = build_demo_model(image_size)
+        if progress:
+            print(
+                f"digits: {len(xtr)} train / {len(xte)} test images at {image_size}x{image_size}; "
+                f"FocalNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {epochs} epochs"
+            )
+        t0 = time.perf_counter()
+        history = train_classifier(
+            model, xtr, ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
         )
-    t0 = time.perf_counter()
-    history = train_classifier(
-        model, xtr, ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
-    )
-    train_time = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(_normalize(xte[i : i + 256])) for i in range(0, len(xte), 256)])
-    pred = logits.argmax(-1)
-    test_acc = 100.0 * float((pred == yte).float().mean())
-    confusion = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(confusion, (yte.numpy(), pred.numpy()), 1)
-    if progress:
-        print(
-            f"held-out accuracy: {test_acc:.2f}% ({int((pred == yte).sum())}/{len(yte)}), trained in {train_time:.1f} s"
-        )
+        train_time = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(_normalize(xte[i : i + 256])) for i in range(0, len(xte), 256)])
+        pred = logits.argmax(-1)
+        test_acc = 100.0 * float((pred == yte).float().mean())
+        confusion = np.zeros((10, 10), dtype=np.int64)
+        np.add.at(confusion, (yte.numpy(), pred.numpy()), 1)
+        if progress:
+            print(
+                f"held-out accuracy: {test_acc:.2f}% ({int((pred == yte).sum())}/{len(yte)}), trained in {train_time:.1f} s"
+            )
 
-    ckpt = out / "model.safetensors"
-    save_model(model, ckpt, class_names=model.class_names, extra={"demo": "sklearn digits"})
+        ckpt = out / "model.safetensors"
+        save_model(model, ckpt, class_names=model.class_names, extra={"demo": "sklearn digits"})
 
     # held-out samples to visualise: the first of each digit class, then the rest
     firsts = [int((yte == c).nonzero()[0]) for c in range(10) if (yte == c).any()]
@@ -512,9 +529,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         num_samples=args.samples,
         pretrained=args.pretrained,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
-    if args.quiet:  # otherwise run_demo has reported the held-out accuracy already
+    if args.no_progress:  # otherwise run_demo has reported the held-out accuracy already
         print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
     print(f"wrote {result['out']}  (open {Path(result['out']) / 'index.html'})")
     return 0
@@ -529,14 +546,16 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--output", "--out", dest="out", type=Path, default=None, help="output folder (default: runs/demo-<timestamp>)"
     )
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", type=int, default=1, help="stage whose modulation is shown (0-based; default 1)")
     p.add_argument("--block", type=int, default=-1, help="block within the stage (default: the last)")
-    p.add_argument("--samples", type=int, default=10, help="held-out digits shown in the figures (default 10)")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--samples", type=positive_int, default=10, help="held-out digits shown in the figures (default 10)")
+    p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument(
         "--pretrained",
         action="store_true",
@@ -546,5 +565,5 @@ def register(subparsers: Any) -> None:
 
     add_threads_arg(p)
     add_dry_run_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_progress_arg(p)  # --no-progress (old name: --quiet)
     p.set_defaults(func=_cmd_demo)
