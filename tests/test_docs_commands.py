@@ -456,7 +456,7 @@ def _cases() -> list:
         marks = [pytest.mark.slow] if isinstance(outcome, Run) and outcome.slow else []
         if isinstance(outcome, Skip):
             marks = [pytest.mark.skip(reason=outcome.reason)]
-        cases.append(pytest.param(command, marks=marks, id=command[:90]))
+        cases.append(pytest.param(command, marks=marks, id=command))
     return cases
 
 
