@@ -158,9 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
+    raise_if_interrupted(result, cfg.output_dir)  # exit 130 on every rank, as every interrupted command
     if os.environ.get("RANK", "0") != "0":
         return 0
-    raise_if_interrupted(result, cfg.output_dir)  # exit 130, as every interrupted command
     if "top1" in result:
         print(
             f"final: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
