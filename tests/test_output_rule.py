@@ -275,3 +275,80 @@ def test_the_rule_refuses_devices_and_fifos_and_claims_nothing_on_a_refusal(tmp_
     assert OutputRule("classify", []).check(tmp_path / "ok.json")  # a later run of the same command
     with pytest.raises(OutputPathError, match="not written by an earlier `focalnet convert`"):
         OutputRule("convert", []).check(tmp_path / "ok.json")
+
+
+# ------------------------------------------------------------------------------------------ smaller
+
+
+def test_deleting_the_run_folder_during_training_is_one_line(tmp_path, capfd):
+    import shutil
+
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from focalnet.cli import error_line
+    from focalnet.engine import Trainer, TrainerConfig, param_groups
+
+    x = torch.randn(64, 4)
+    model = nn.Linear(4, 1)
+    cfg = TrainerConfig(output_dir=str(tmp_path / "run"), epochs=3, batch_size=8, num_workers=0, progress=False)
+    cfg.log_every = 1  # TensorBoard's writer thread is running when the folder goes
+
+    def step(m, batch, device):
+        if trainer.step == 3:
+            shutil.rmtree(tmp_path / "run")
+        xb, yb = batch
+        return nn.functional.mse_loss(m(xb).squeeze(-1), yb), {}, len(xb)
+
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-2)
+    trainer = Trainer(cfg, model, opt, TensorDataset(x, x.sum(1)), step)
+    with pytest.raises(ValueError, match="was deleted while the run was using it") as e:
+        trainer.fit()
+    line, code = error_line(e.value)
+    assert code == 2 and "\n" not in line
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_full_disk_says_no_space_left_on_device(tmp_path, monkeypatch):
+    from focalnet.cli import error_line
+    from focalnet.weights import io
+
+    def full(*a, **k):  # what torch's zip writer raises when a write fails
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    class Stat:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(io.torch, "save", full)
+    monkeypatch.setattr(io.os, "statvfs", lambda p: Stat())
+    with pytest.raises(OSError) as e:
+        io.atomic_save({"a": torch.zeros(1)}, tmp_path / "m.pt")
+    assert error_line(e.value) == (f"error: no space left on device: {tmp_path / 'm.pt'}", 2)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_real_full_disk_too(tmp_path):
+    """The same on a 1 MB tmpfs (where the machine lets us mount one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        from focalnet.weights.io import atomic_save
+
+        with pytest.raises(OSError, match="no space left on device"):
+            atomic_save({"w": torch.zeros(1_000_000)}, disk / "m.pt")
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_labels_that_are_all_ignored_say_so(tmp_path):
+    from focalnet.segmentation.data import SegmentationDataset
+
+    img, lab = _image(tmp_path / "a.png"), tmp_path / "a_label.png"
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(lab)
+    with pytest.raises(ValueError, match="no pixel is labelled in the train set"):
+        SegmentationDataset([(img, lab)], 3)
+    Image.fromarray(np.full((40, 48), 1, np.uint8)).save(lab)
+    assert len(SegmentationDataset([(img, lab)], 3)) == 1

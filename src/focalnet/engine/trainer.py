@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .curves import plot_curves
 from .distributed import DistInfo, ResumableSampler, SeededSamples, all_reduce, init_distributed
-from .files import json_default, make_output_dir, write_json
+from .files import RunFolderError, json_default, make_output_dir, write_json
 from .resources import fit_workers
 from .runs import prepare_run_folder, run_folder_lock
 
@@ -408,12 +408,35 @@ class Trainer:
                 )
             self._resume()
             restore = self._install_signals()
+            hook = threading.excepthook
+            threading.excepthook = self._quiet_when_folder_gone(hook)
             try:
                 return self._fit()
             finally:
                 restore()
                 if self._tb:
-                    self._tb.close()
+                    with suppress(OSError):  # its folder may be gone (see _check_folder)
+                        self._tb.close()
+                threading.excepthook = hook
+
+    def _quiet_when_folder_gone(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """A ``threading.excepthook`` that stays silent about a background writer's (TensorBoard's) failure
+        once the run folder is gone: the run stops with one line instead (:meth:`_check_folder`)."""
+
+        def quiet(args: Any) -> Any:
+            if isinstance(args.exc_value, OSError) and not self.out.is_dir():
+                return None
+            return hook(args)
+
+        return quiet
+
+    def _check_folder(self) -> None:
+        """One line (and the run stops) when the run folder was deleted while the run used it."""
+        if self.is_main and not self.out.is_dir():
+            raise RunFolderError(
+                f"--output {self.out} was deleted while the run was using it: the run stops (its checkpoints "
+                "and outputs went with the folder)"
+            )
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -510,6 +533,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self._check_folder()
             self._set_lr()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step)

@@ -287,6 +287,7 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.problems: list[dict[str, str]] = [dict(p, split=split) for p in problems]
         pairs = list(pairs)
+        self._labelled = False  # whether a verified label holds a pixel of a class (not ignored)
         if verify:
             pairs = self._verify(pairs, num_threads)
         if self.problems:
@@ -297,6 +298,12 @@ class SegmentationDataset(Dataset):
             log.warning("skipping %d bad sample(s) in the %s set: %s%s", len(self.problems), split, msg, more)
         if not pairs:
             raise ValueError(f"the {split} set has no usable samples" + (f" ({msg})" if self.problems else ""))
+        if verify and not self._labelled:  # the loss would be NaN from the first step ("lower the lr": wrong)
+            zero = "; 0 is ignored too (reduce_zero_label)" if reduce_zero_label else ""
+            raise ValueError(
+                f"no pixel is labelled in the {split} set: every label pixel is the ignore value "
+                f"{ignore_index} or 255{zero}; check the label files, data.ignore_index and data.reduce_zero_label"
+            )
         self.pairs = pairs
 
     def _check(self, pair: tuple[Path, Path]) -> str | None:
@@ -314,7 +321,9 @@ class SegmentationDataset(Dataset):
             return f"unreadable label {lab_p.name} ({type(e).__name__}: {e})"
         if (raw.shape[1], raw.shape[0]) != size:
             return f"image is {size[0]}x{size[1]} but label {lab_p.name} is {raw.shape[1]}x{raw.shape[0]}"
-        _, bad = map_label(raw, self.num_classes, self.ignore_index, self.reduce_zero_label)
+        lab, bad = map_label(raw, self.num_classes, self.ignore_index, self.reduce_zero_label)
+        if not self._labelled and (lab != IGNORE_INDEX).any():
+            self._labelled = True
         if bad:
             shown = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
             rng = f"1..{self.num_classes}" if self.reduce_zero_label else f"0..{self.num_classes - 1}"
