@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.options import add_progress_arg, add_threads_arg, positive_int
+from .engine.options import add_overwrite_arg, add_progress_arg, add_threads_arg, positive_int
 from .engine.resources import set_threads
+from .engine.runs import LOCK_FILE, RUN_FILE
 from .engine.schedule import Warmup, fit_warmup
 from .factory import create_model, save_model
 from .models.focalnet import FocalNet, FocalNetConfig
@@ -217,8 +219,8 @@ def _no_empty_folder(out: Path) -> Iterator[None]:
         yield
     except BaseException:
         for d in created:  # deepest first
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+            if d.is_dir() and not [f for f in d.iterdir() if f.name not in (LOCK_FILE, RUN_FILE)]:
+                shutil.rmtree(d, ignore_errors=True)  # nothing but the run's lock and record
         raise
 
 
@@ -298,8 +300,48 @@ def _photos_section(out: Path, stage: int, block: int, progress: bool) -> tuple[
     return figs, preds, []
 
 
+# every file the demo writes into its folder (a folder holding one of them, not written by an earlier demo,
+# is refused without --overwrite; see focalnet.engine.prepare_run_folder)
+DEMO_FILES = (
+    "model.safetensors",
+    "metrics.json",
+    "index.html",
+    "maps.npz",
+    "digits_grid.png",
+    "digits_gates.png",
+    "digits_modulator.png",
+    "digits_stages.png",
+    "kernels.png",
+    "training.png",
+    "imagenet_grid.png",
+    "imagenet_kernels.png",
+)
+
+
 def run_demo(
-    out: str | Path | None = None,
+    out: str | Path | None = None, epochs: int = DEFAULT_EPOCHS, *, overwrite: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Train :data:`DEMO_CONFIG` on the digits, evaluate on the held-out split, visualise the modulation
+    of held-out samples, and write everything to ``out`` (default ``runs/demo-<timestamp>``); ``options``:
+    ``batch_size``, ``lr``, ``seed``, ``image_size``, ``stage``, ``block`` (0-based), ``num_samples``,
+    ``max_train`` (only the first training samples, for quick checks), ``pretrained`` (adds the ImageNet
+    photos section when the released weights can be had), ``progress``. Returns the metrics plus ``out``
+    and the written ``files``.
+
+    The demo is a run like every ``train`` command: it holds ``out``'s run lock for its whole life (a
+    folder another run is using is refused) and refuses a folder holding another task's run or files it
+    would replace (:data:`DEMO_FILES`) that an earlier demo did not write, unless ``overwrite``.
+    """
+    from .engine.runs import prepare_run_folder, run_folder_lock
+
+    out = Path(out) if out is not None else _default_out()
+    with _no_empty_folder(out), run_folder_lock(out):
+        prepare_run_folder(out, resume=None, overwrite=overwrite, task="demo", outputs=DEMO_FILES)
+        return _run_demo(out, epochs, **options)
+
+
+def _run_demo(
+    out: Path,
     epochs: int = DEFAULT_EPOCHS,
     *,
     batch_size: int = 64,
@@ -313,19 +355,11 @@ def run_demo(
     pretrained: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train :data:`DEMO_CONFIG` on the digits, evaluate on the held-out split, visualise the modulation
-    of held-out samples (``stage``/``block``, 0-based), and write everything to ``out`` (default
-    ``runs/demo-<timestamp>``). Returns the metrics plus ``out`` and the written ``files``.
-
-    ``max_train`` keeps only the first training samples (for quick checks); ``pretrained`` adds the
-    ImageNet photos section when the released weights can be had.
-    """
     from . import visualize as viz
     from . import visualize_page as page
     from .engine import write_json
 
     t_start = time.perf_counter()
-    out = Path(out) if out is not None else _default_out()
     with _no_empty_folder(out):  # interrupted or failed before the model is saved: no empty runs/demo-<time>/
         torch.manual_seed(seed)
         xtr, ytr, xte, yte = load_digits_tensors(image_size, seed=0)
@@ -530,6 +564,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         num_samples=args.samples,
         pretrained=args.pretrained,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     if args.no_progress:  # otherwise run_demo has reported the held-out accuracy already
         print(f"test accuracy: {result['test_accuracy']:.2f}%  (total {result['total_time_s']:.0f} s)")
@@ -566,4 +601,5 @@ def register(subparsers: Any) -> None:
     add_threads_arg(p)
     add_dry_run_arg(p)
     add_progress_arg(p)  # --no-progress (old name: --quiet)
+    add_overwrite_arg(p)
     p.set_defaults(func=_cmd_demo)

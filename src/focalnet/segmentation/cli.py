@@ -255,7 +255,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(cfg, args.output, overwrite=args.overwrite)
     raise_if_interrupted(metrics, args.output)  # exit 130, as every interrupted command
     if int(os.environ.get("RANK", "0")) == 0:
-        _print_summary(metrics, args.json)
+        if cfg.model.segmentor != "upernet":  # a universal segmentor: its task's metrics
+            from .universal_cli import print_metrics
+
+            print_metrics(metrics, cfg.task, args.json)
+        else:
+            _print_summary(metrics, args.json)
     return 0
 
 

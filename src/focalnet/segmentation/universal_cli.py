@@ -17,6 +17,7 @@ __all__ = [
     "add_segmentor_args",
     "add_coco_file_args",
     "is_universal",
+    "print_metrics",
     "evaluate_command",
     "predict_command",
 ]
@@ -130,21 +131,22 @@ def _data_config(args: argparse.Namespace, model: Any, extra: dict[str, Any], ta
     return SimpleNamespace(task=task, data=dcfg, universal=ucfg, aug=None)
 
 
-def _print_metrics(metrics: dict[str, Any], task: str, as_json: bool) -> None:
+def print_metrics(metrics: dict[str, Any], task: str, as_json: bool = False) -> None:
+    """The metrics of ``task`` as ``evaluate`` prints them: panopticapi's table (panoptic), mask AP
+    (instance) or mIoU (semantic), then the image counts and files; only what ``metrics`` holds."""
     import json
 
     if as_json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "per_class_pq"}, indent=2))
         return
-    if task == "panoptic":
+    if task == "panoptic" and "panoptic" in metrics:
         from .pq import format_pq_table
 
         print(format_pq_table(metrics["panoptic"]))
-    elif task == "instance":
-        print("  ".join(f"{k} {metrics[k]:.2f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
-    else:
-        print("  ".join(f"{k} {metrics[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc") if metrics.get(k) is not None))
-    for k in ("num_images", "skipped_images", "num_skipped_samples", "metrics_file"):
+    keys = {"instance": ("AP", "AP50", "AP75", "APs", "APm", "APl"), "semantic": ("mIoU", "mAcc", "aAcc")}.get(task, ())
+    if any(metrics.get(k) is not None for k in keys):
+        print("  ".join(f"{k} {metrics[k]:.2f}" for k in keys if metrics.get(k) is not None))
+    for k in ("num_images", "skipped_images", "num_skipped_samples", "model_file", "metrics_file"):
         if k in metrics:
             print(f"{k}: {metrics[k]}")
 
@@ -197,7 +199,7 @@ def evaluate_command(args: argparse.Namespace, model: Any, extra: dict[str, Any]
     write_json(out / "metrics.json", metrics)
     rule.finish()
     metrics["metrics_file"] = str(out / "metrics.json")
-    _print_metrics(metrics, task, args.json)
+    print_metrics(metrics, task, args.json)
     return 0
 
 
