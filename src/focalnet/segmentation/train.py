@@ -365,7 +365,7 @@ def dry_run(cfg: SegmentationConfig) -> int:
             max_images = scaled_schedule(cfg, num_val)[1]
             return segmentation_warmup(cfg), [f"validation: {max_images or num_val} of {num_val} images"]
     else:  # the universal segmentors (Mask2Former): their datasets and builder
-        from .universal import build_universal_model, task_dataset
+        from .universal import build_universal_model, task_dataset, universal_warmup
 
         train_set = task_dataset(cfg, "train", True)
 
@@ -373,7 +373,7 @@ def dry_run(cfg: SegmentationConfig) -> int:
             return build_universal_model(probe, train_set)
 
         def schedule(per_epoch: int, total: int) -> tuple[Warmup, list[str]]:
-            return Warmup(min(cfg.optim.warmup_iters, max(total - 1, 0)), total, "the recipe's"), []
+            return universal_warmup(cfg, total), []
 
     return dry_run_report(
         DryRun(

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..engine import ConfigError, DistInfo, Trainer, TrainerConfig, param_groups, save_config, set_group_lrs, write_json
+from ..engine.schedule import Warmup, fit_warmup
 from ..weights.checks import check_config_size
 from .data import build_dataset
 from .load import build_segmentor, read_segmentor, save_segmentor
@@ -46,6 +47,7 @@ __all__ = [
     "build_universal_model",
     "universal_param_groups",
     "train_universal",
+    "universal_warmup",
 ]
 
 log = logging.getLogger("focalnet")
@@ -230,6 +232,12 @@ def universal_param_groups(model: nn.Module, weight_decay: float, backbone_lr_mu
 
 
 # -------------------------------------------------------------------------------------------- training
+def universal_warmup(cfg: Any, steps: int) -> Warmup:
+    """The warm-up of a universal segmentor's run of ``steps`` updates (:mod:`focalnet.engine.schedule`): the
+    recipe's warm-up iterations, at most 10 % of the run; as given when set for this run (``recipe_iters`` 0)."""
+    return fit_warmup(cfg.optim.warmup_iters, steps, 1.0 if cfg.train.recipe_iters else None, proportional=False)
+
+
 def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     """The training run of a universal segmentor (``cfg.model.segmentor``) for ``cfg.task``, in the run
     folder ``out`` that :func:`~focalnet.segmentation.train` prepared; returns the final metrics."""
@@ -278,7 +286,7 @@ def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Map
     if r.epochs > 0:  # an epoch-based recipe (COCO: 50 epochs): its length in updates
         steps = r.epochs * math.ceil(len(train_set) // (per_proc * world) / r.accum_steps)
         steps = max(steps, 1)
-    warmup = min(o.warmup_iters, max(steps - 1, 0))
+    warmup = universal_warmup(cfg, steps).steps
     scheduler = PolyLRScheduler(
         optimizer,
         t_initial=steps,
