@@ -453,3 +453,34 @@ def test_torchscript_export_says_its_deprecation_once(kinds, tmp_path):
     said = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert len(said) == 1 and "TorchScript" in said[0] and "--format onnx" in said[0], said
     assert (tmp_path / "m.pt").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_app_with_exit_130_and_one_line(tmp_path):
+    """Gradio's own wait swallows Ctrl-C (exit 0); the app waits itself and ends as every command."""
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "focalnet", "app", "--no-train", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while "ready" not in proc.stdout.readline():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().strip().splitlines()
+    assert rc == 130 and err[-1] == "error: interrupted" and sum(ln.startswith("error:") for ln in err) == 1, err
+    assert not (tmp_path / "runs").exists()
