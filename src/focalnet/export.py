@@ -106,13 +106,20 @@ def export_checkpoint(
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.outputs import refuse_input_overwrite
+    from .engine.outputs import OutputRule
 
     if args.source and args.checkpoint:
         raise ValueError("give the checkpoint once (positionally or with --checkpoint)")
     checkpoint = args.source or args.checkpoint
-    if checkpoint:
-        refuse_input_overwrite(args.out, [checkpoint], "--output")
+    rule = OutputRule("export", [checkpoint], overwrite=args.overwrite)
+    rule.claim([args.out], what="--output")  # before anything is read (the one output rule)
+    try:
+        return _export(args, checkpoint)
+    finally:
+        rule.finish()
+
+
+def _export(args: argparse.Namespace, checkpoint: str | None) -> int:
     if args.format == "torchscript" or args.dynamo:
         return _export_classifier_unchecked(args, checkpoint)
     path, what = export_checkpoint(
@@ -170,7 +177,7 @@ def _export_classifier_unchecked(args: argparse.Namespace, checkpoint: str | Non
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``focalnet export``."""
-    from .engine.options import add_old_spelling, positive_int
+    from .engine.options import add_old_spelling, add_overwrite_arg, positive_int
 
     p = subparsers.add_parser("export")
     p.add_argument(
@@ -201,4 +208,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamo", action="store_true", help="classifiers: the torch.export-based exporter, unchecked")
     p.add_argument("--no-fuse", action="store_true", help="export the weights unfolded")
     p.add_argument("--check", action="store_true", help="also print the max difference (ONNX files are always checked)")
+    add_overwrite_arg(p)
     p.set_defaults(func=_cmd_export)

@@ -165,9 +165,14 @@ def visualize_images(
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from .engine.images import collect_images
+    from .engine.outputs import OutputRule
     from .weights import PretrainedUnavailableError
 
     args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted
+    # every file it writes, claimed before anything is read (focalnet.engine.outputs.OutputRule)
+    rule = OutputRule("visualize", [*args.images, args.checkpoint], overwrite=args.overwrite)
+    names = [f"{i:02d}_{_safe_stem(p)}_{k}.png" for i, p in enumerate(args.images) for k in ("gates", "modulator")]
+    rule.claim([args.out / n for n in [*names, "grid.png", "kernels.png", "maps.npz", "index.html"]], args.out)
     try:
         model, weights, notes = _load_model(args)
     except PretrainedUnavailableError as e:  # asked for the released weights: never fall back to random
@@ -185,6 +190,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         notes=notes,
         untrained=weights.startswith("randomly"),
     )
+    rule.finish()
     for p in result["predictions"]:
         t = p["top"][0]
         print(f"{p['image']}: {t['class']} ({t['prob']:.1%})")
@@ -194,11 +200,14 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``focalnet visualize`` to the CLI."""
+    from .engine.options import add_overwrite_arg
+
     p = subparsers.add_parser(
         "visualize",
         description="Gating maps, modulator and focal kernels of a FocalNet on images.",
     )
     p.add_argument("images", nargs="+", help="image files or folders (their images, recursively)")
+    add_overwrite_arg(p)
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default focalnet_tiny_srf)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pretrained", nargs="?", const=True, default=None, help="use released weights (optional tag)")

@@ -10,7 +10,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off, raise_if_interrupted
+from ..engine.options import (
+    FlagTable,
+    add_compile_arg,
+    add_overwrite_arg,
+    add_shared_options,
+    config_from_args,
+    off,
+    raise_if_interrupted,
+)
 
 __all__ = ["TRAIN_FLAGS", "register", "resolve_config"]
 
@@ -102,7 +110,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-steps", type=int, help="iteration-based schedule (lr steps scale with it)")
     p.add_argument("--batch-size", type=int, help="images per process")
     p.add_argument("--lr", type=float)
-    p.add_argument("--min-size", type=int, help="test short side (the training scales and crops are rescaled by MIN_SIZE / the recipe's test short side)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        help="test short side (the training scales and crops are rescaled by MIN_SIZE / the recipe's test short side)",
+    )
     p.add_argument("--max-size", type=int, help="long-side limit for training and test")
     p.add_argument("--backbone-checkpoint", help="ImageNet (or detection) FocalNet checkpoint for the backbone")
     p.add_argument("--workers", type=int, help="data loader workers")
@@ -151,6 +163,7 @@ def register(subparsers: Any) -> None:
         default="focalnet",
         help="focalnet: this package's format (default); original: the detector's original layout",
     )
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("configs", help="list the detectors and the packaged detection configs")
@@ -193,14 +206,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
+    from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .config import DataConfig
     from .data import CocoInstances
     from .evaluate import evaluate_detector, map_percent
     from .load import load_detector
     from .transforms import eval_transforms
-
-    from ..engine.outputs import OutputRule
 
     if not args.data and not (args.val_ann and args.val_images):
         raise ValueError("give --data ROOT (COCO 2017 layout) or both --val-ann and --val-images")
@@ -306,9 +318,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..engine.outputs import OutputRule
     from .load import convert_detector
 
+    rule = OutputRule("detection convert", [args.input], overwrite=args.overwrite)
+    rule.claim([args.output])  # before anything is read
     print(convert_detector(args.input, args.output, to=getattr(args, "to", "focalnet")))
+    rule.finish()
     return 0
 
 

@@ -3,10 +3,11 @@
 Every ``train``, ``evaluate`` and ``predict`` command of the three tasks takes the shared options of its
 kind through :func:`add_shared_options` (same flags, destination, type, choices and help everywhere):
 
-- every kind: ``--output DIR`` (``--out``; required by ``train``), ``--device``, ``--threads``,
-  ``--no-progress``;
+- every kind: ``--output DIR`` (``--out``; required by ``train``), ``--overwrite`` (``train``: start over in
+  a folder of another run; the others: replace files they did not write, see
+  :class:`focalnet.engine.outputs.OutputRule`), ``--device``, ``--threads``, ``--no-progress``;
 - ``train`` and ``evaluate``: ``--max-images N`` (training's evaluations too);
-- ``train``: ``--resume``, ``--overwrite``, ``--set KEY=VALUE``, ``--eval-every N``, ``--no-eval``.
+- ``train``: ``--resume``, ``--set KEY=VALUE``, ``--eval-every N``, ``--no-eval``, ``--dry-run``.
 
 A training command turns its flags into its run config with :func:`config_from_args`: the config file
 (``--config``: a packaged name or a YAML file), then the flags through the task's table (flag destination

@@ -229,7 +229,9 @@ class OutputRule:
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"{what} {path} is a folder; give a file path")
         if st is not None and not stat.S_ISREG(st.st_mode):
-            raise OutputPathError(f"{what} {path} is not a regular file (a FIFO, socket or device); choose another path")
+            raise OutputPathError(
+                f"{what} {path} is not a regular file (a FIFO, socket or device); choose another path"
+            )
         hit = _clashes(p, self._inputs)
         if hit is not None:
             same = "" if hit == p else f" (it is {hit})"
@@ -257,9 +259,7 @@ class OutputRule:
             return False
         return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
 
-    def claim(
-        self, paths: Iterable[PathLike], folder: PathLike | None = None, what: str = "output"
-    ) -> list[Path]:
+    def claim(self, paths: Iterable[PathLike], folder: PathLike | None = None, what: str = "output") -> list[Path]:
         """Check every file of ``paths`` (:meth:`check`) and, when all pass, take them as this command's
         (creating their folders); returns them as absolute paths."""
         checked = [self.check(p, folder, what) for p in paths]

@@ -11,7 +11,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.options import FlagTable, add_compile_arg, add_shared_options, config_from_args, off, raise_if_interrupted
+from ..engine.options import (
+    FlagTable,
+    add_compile_arg,
+    add_overwrite_arg,
+    add_shared_options,
+    config_from_args,
+    off,
+    raise_if_interrupted,
+)
 
 __all__ = ["TRAIN_FLAGS", "register", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_convert", "cmd_configs"]
 
@@ -206,6 +214,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("output")
     p.add_argument("--to", choices=["focalnet", "original"], default="focalnet")
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("configs", help="list the shipped configs, or print one resolved")
@@ -394,14 +403,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, write_json
+    from ..engine.images import collect_images
+    from ..engine.outputs import OutputRule
     from ..models.inference import inference_path
     from .load import load_segmentor
-    from ..engine.images import collect_images
-    from .predict import predict_images
+    from .predict import predict_images, prediction_files
     from .universal_cli import is_universal
-
-    from ..engine.outputs import OutputRule
-    from .predict import prediction_files
 
     args.images = [str(p) for p in collect_images(args.images)]  # folders: their images, recursively, sorted
     device = resolve_device(args.device)
@@ -450,11 +457,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..engine.outputs import OutputRule
     from .convert import convert_segmentor
     from .load import read_segmentor
     from .registry import segmentor_of
 
+    rule = OutputRule("segmentation convert", [args.input], overwrite=args.overwrite)
+    rule.claim([args.output])  # before anything is read
     out = convert_segmentor(args.input, args.output, to=args.to)
+    rule.finish()
     meta, sd, _ = read_segmentor(out)
     n = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     print(
