@@ -264,3 +264,18 @@ def test_the_deploy_script_runs_a_detector_and_a_segmentor_without_torch(tmp_pat
     assert any(line.endswith("% of the pixels") for line in lines)
     label_map = np.asarray(Image.open(tmp_path / "label_map.png"))
     assert label_map.shape == (70, 90) and label_map.max() < 4
+
+
+def test_benchmark_rows_per_kind_time_all_three_paths_on_one_input():
+    from focalnet.benchmark import format_kinds_table, run_kinds_benchmark
+
+    res = run_kinds_benchmark(
+        ["classification", "segmentation"], tiny=True, reps=2, warmup=1, min_time=0.05, log=lambda s: None
+    )
+    assert list(res["kinds"]) == ["classification", "segmentation"]
+    for row in res["kinds"].values():
+        assert row["file_mb"] > 0.1
+        for path in ("eager", "fused", "onnxruntime"):
+            assert row[path]["images_per_s"] > 0 and row[path]["reps"] == 2
+    table = format_kinds_table(res)
+    assert table.count("\n| ") == 2 and "2 interleaved repetitions" in table

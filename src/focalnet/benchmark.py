@@ -429,7 +429,125 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the model kinds of ``--kinds``: what is built and its usual test resolution (height, width)
+KINDS = {
+    "classification": ("focalnet_tiny_srf classifier, 1000 classes", (224, 224)),
+    "detection": ("Mask R-CNN, focalnet_tiny_lrf, 81 classes (short side 800)", (800, 1067)),
+    "segmentation": ("UPerNet, focalnet_tiny_srf, 150 classes (test scale 2048x512)", (512, 683)),
+}
+
+
+def _kind_paths(kind: str, tiny: bool, workdir: Path, threads: int) -> tuple[dict[str, Callable[[], Any]], Path]:
+    """Eager, fused and ONNX Runtime callables of one model kind on the same input (the exported graph's
+    input: for detection and segmentation the uint8 image with pre- and post-processing), and the file."""
+    from .engine.onnx import ort_session, sample_image
+    from .models.inference import inference_path
+
+    kw: dict[str, Any] = {"embed_dim": 16, "depths": (1, 1, 1, 1)} if tiny else {}
+    h, w = (96, 128) if tiny else KINDS[kind][1]
+    torch.manual_seed(0)
+    path = workdir / f"{kind}.onnx"
+    if kind == "classification":
+        from .classification.export import export_classifier
+        from .factory import create_model
+
+        eager = create_model("focalnet_tiny_srf", **kw).eval()
+        fused = copy.deepcopy(eager).fuse()
+        export_classifier(eager, path, shapes=((1, h, w), (1, h - 32, w), (2, h, w - 32)))
+        x = torch.randn(1, 3, h, w)
+        feed, args = {"images": x.numpy()}, x
+    elif kind == "detection":
+        from .detection.export import DetectorGraph, export_detector
+        from .detection.registry import build_detector
+
+        det = build_detector(
+            "mask_rcnn", "focalnet_tiny_lrf", 81, **kw, **({"min_size": 96, "max_size": 128} if tiny else {})
+        )
+        eager, fused = DetectorGraph(det.eval(), True), DetectorGraph(inference_path(copy.deepcopy(det)), True)
+        meta = {"detector": "mask_rcnn", "class_names": [str(i) for i in range(80)], "category_ids": list(range(80))}
+        export_detector(det, meta, path, sizes=((h, w), (w, h), (h, h)))
+        args = sample_image(h, w)
+        feed = {"image": args.numpy()}
+    else:
+        from .segmentation import upernet
+        from .segmentation.export import SegmentorGraph, export_segmentor, exportable
+
+        seg = upernet("focalnet_tiny_srf", 150, **kw, **({"head": {"channels": 16, "aux_channels": 8}} if tiny else {}))
+        scale = (256, 64) if tiny else (2048, 512)
+        eager = SegmentorGraph(seg.eval(), scale)
+        fused = SegmentorGraph(exportable(inference_path(copy.deepcopy(seg))), scale)
+        export_segmentor(seg, {"test": {"scale": list(scale)}}, path, sizes=((h, w), (w, h), (h, h)))
+        args = sample_image(h, w)
+        feed = {"image": args.numpy()}
+    sess = ort_session(path, threads)
+    return {
+        "eager": lambda: eager(args),
+        "fused": lambda: fused(args),
+        "onnxruntime": lambda: sess.run(None, feed),
+    }, path
+
+
+def run_kinds_benchmark(
+    kinds: Sequence[str], *, tiny: bool = False, threads: int | None = None, reps: int = 5, warmup: int = 1,
+    min_time: float = 1.0, log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Per model kind at its usual resolution (``tiny``: embed_dim 16, one block per stage, 96x128 images):
+    images/s of ONNX Runtime, eager PyTorch and the fused path (:func:`~focalnet.models.inference.inference_path`),
+    interleaved in one run, and the exported file's size. Exports are checked as ``focalnet export`` checks."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="focalnet-bench-") as tmp:
+        for kind in kinds:
+            log(f"{kind}: building and exporting ({'tiny' if tiny else KINDS[kind][0]})")
+            fns, path = _kind_paths(kind, tiny, Path(tmp), threads)
+            with torch.inference_mode():
+                res = _interleaved(fns, 1, reps, warmup, min_time, torch.device("cpu"), log)
+            rows[kind] = {
+                "model": "tiny" if tiny else KINDS[kind][0],
+                "file_mb": round(path.stat().st_size / 2**20, 2),
+                **res,
+            }
+    return {
+        "kinds": rows,
+        "setup": {"threads": threads, "reps": reps, "tiny": tiny, "device": _device_name(torch.device("cpu"))},
+    }
+
+
+def format_kinds_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per kind, images/s median [min-max] of each path and the ONNX file size."""
+    lines = [
+        "| kind | model | eager img/s | fused img/s | onnxruntime img/s | ORT / eager | ONNX MB |",
+        "|" + "---|" * 7,
+    ]
+    for kind, r in results["kinds"].items():
+        cells = [
+            f"{r[p]['images_per_s']:.2f} [{r[p]['min']:.2f}-{r[p]['max']:.2f}]"
+            for p in ("eager", "fused", "onnxruntime")
+        ]
+        ratio = r["onnxruntime"]["images_per_s"] / r["eager"]["images_per_s"]
+        lines.append(f"| {kind} | {r['model']} | {' | '.join(cells)} | {ratio:.2f}x | {r['file_mb']:.1f} |")
+    s = results["setup"]
+    lines += [
+        "",
+        f"{s['device']}, {s['threads']} threads, {s['reps']} interleaved repetitions; batch 1, pre/post-processing included",
+    ]
+    return "\n".join(lines)
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.kinds:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        bad = sorted(set(kinds) - set(KINDS))
+        if bad or not kinds:
+            raise ValueError(f"unknown kinds {bad}; choose from {','.join(KINDS)}")
+        log = (lambda s: None) if args.no_progress else print
+        res = run_kinds_benchmark(
+            kinds, tiny=args.tiny, threads=args.threads, reps=args.reps, min_time=args.min_time, log=log
+        )
+        print(format_kinds_table(res))
+        return 0
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     bad = set(paths) - set(ALL_PATHS)
     if bad:
@@ -483,6 +601,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_PATHS),
         help=f"subset of {','.join(ALL_PATHS)} (default {','.join(DEFAULT_PATHS)}; {COMPILE_NOTE})",
     )
+    p.add_argument(
+        "--kinds",
+        default=None,
+        help=f"comma-separated subset of {','.join(KINDS)}: ONNX Runtime vs eager vs fused per model kind instead",
+    )
+    p.add_argument("--tiny", action="store_true", help="with --kinds: tiny models and 96x128 images (a quick check)")
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
     p.add_argument("--compile-train", action="store_true", help="also time a compiled training step")
     add_device_arg(p)
