@@ -261,3 +261,50 @@ def test_the_bounds_leave_every_packaged_config_valid():
     for name in packaged_configs("segmentation"):
         load_segmentation_config(name)
     assert all(v.cfg.replace() == v.cfg for v in VARIANTS.values())
+
+
+# ------------------------------------------------------------------------------------------ large images
+
+
+def test_a_tall_thin_image_is_drawn_bounded_with_a_bounded_legend(tmp_path):
+    """The 312-byte 1 x 60000 PNG of the issue (11.5 GB: the legend's font grew with the height)."""
+    from focalnet.bounds import MAX_DRAW_SIDE, MAX_LEGEND_FONT
+    from focalnet.drawing import font_size_for
+    from focalnet.segmentation.evaluate import TestConfig
+    from focalnet.segmentation.predict import predict_images
+    from test_load_checks_seg_cls import seg_model
+
+    Image.fromarray(np.zeros((60000, 1, 3), np.uint8)).save(tmp_path / "tall.png")
+    assert (tmp_path / "tall.png").stat().st_size < 1000
+    assert font_size_for(60000, 60000) == MAX_LEGEND_FONT
+    (rec,) = predict_images(seg_model(), [tmp_path / "tall.png"], tmp_path / "out", TestConfig(), progress=False)
+    overlay = Image.open(rec["overlay"])
+    assert max(overlay.size) <= MAX_DRAW_SIDE and overlay.width < 20 * MAX_LEGEND_FONT
+    assert rec["reduced"]["from"] == [1, 60000] and Image.open(rec["label"]).size == tuple(rec["reduced"]["to"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_a_huge_black_png_takes_under_2_gb(tmp_path, task):
+    """The 258 KB 9400 x 9400 black PNG of the issue (CLI segmentation 11.1 GB and a 1.08-gigapixel overlay;
+    the app's tabs 5.3 / 13.4 GB): predicted and drawn at the model's working size."""
+    Image.fromarray(np.zeros((9400, 9400, 3), np.uint8)).save(tmp_path / "black.png")
+    ckpt = (
+        _detector(tmp_path / "m.pt", "mask_rcnn", lambda o: None)
+        if task == "detection"
+        else _segmentor(tmp_path / "m.pt")
+    )
+    argv = [task, "predict", str(tmp_path / "black.png"), "--checkpoint", str(ckpt), "--output", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps({"big": argv + ["--no-progress"]})],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    (r,) = map(json.loads, proc.stdout.splitlines())
+    assert r["rc"] == 0, r["err"]
+    assert r["kb"] < MAX_KB and r["s"] < MAX_S, r
+    from focalnet.bounds import MAX_DRAW_SIDE
+
+    assert all(max(Image.open(p).size) <= MAX_DRAW_SIDE for p in (tmp_path / "o").glob("*.png"))
