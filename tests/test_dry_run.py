@@ -224,3 +224,20 @@ def test_demo_warmup_keeps_one_epoch_at_its_length():
     assert demo_warmup(22, 22 * DEFAULT_EPOCHS, DEFAULT_EPOCHS).steps == 22  # the released demo: one epoch
     assert demo_warmup(22, 44, 2).steps == 4  # 2 epochs: 22 x 2/12 = 3.7 -> 4, within 10 % of 44
     assert demo_warmup(22, 22, 1).steps == 2  # 1.8 -> 2, the 10 % cap
+
+
+def test_a_run_states_its_effective_schedule_in_config_yaml(tmp_path):
+    """The run folder's config.yaml says the warm-up the run used (trailing comments) and still loads."""
+    from focalnet.classification import load_classification_config, train
+
+    need(DATA / "imagenette")
+    sets = ["data.max_per_class=2", "data.img_size=32", "train.batch_size=4", "train.epochs=2", "eval.enabled=false"]
+    sets += ["model.overrides={embed_dim: 16, depths: [1, 1, 1, 1]}"]
+    cfg = load_classification_config("imagenette_cpu", [f"data.path={DATA / 'imagenette'}", *sets])
+    cfg.output_dir, cfg.train.progress = str(tmp_path / "run"), False
+    train(cfg)
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    # 20 images, batch 4: 5 updates an epoch, 10 in all; the recipe's 2 of 20 epochs scaled: 1 update
+    assert "# schedule: warm-up 1 of 10 updates (the recipe's 10 scaled to the run's length)" in text
+    again = load_classification_config(tmp_path / "run" / "config.yaml")
+    assert again.train.epochs == 2 and again.train.warmup_epochs == cfg.train.warmup_epochs
