@@ -279,3 +279,27 @@ def test_benchmark_rows_per_kind_time_all_three_paths_on_one_input():
             assert row[path]["images_per_s"] > 0 and row[path]["reps"] == 2
     table = format_kinds_table(res)
     assert table.count("\n| ") == 2 and "2 interleaved repetitions" in table
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_fp16_export_builds_passes_the_checker_and_loads_on_cpu(kind, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    import focalnet
+
+    if kind == "classification":
+        model = focalnet.create_model("focalnet_tiny_srf", embed_dim=16, depths=(1, 1, 1, 1), num_classes=3).eval()
+        focalnet.save_model(model, tmp_path / "m.safetensors")
+        ckpt = tmp_path / "m.safetensors"
+    else:
+        ckpt = tmp_path / "m.pt"
+        _tiny_segmentor_file(ckpt, None)
+    rc, out, err = run_cli("export", str(ckpt), "--output", str(tmp_path / "m.onnx"), "--img-size", "64", "--fp16")
+    assert rc == 0, err
+    assert "float16 for GPU providers" in out
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    weights = [t.data_type for t in graph.initializer if len(t.dims) > 1]
+    assert weights and all(d == TensorProto.FLOAT16 for d in weights)
+    exported = open_exported(tmp_path / "m.onnx", kind)  # inputs and outputs as declared (float32 / uint8)
+    assert exported.meta["dtype"] == "float16"

@@ -136,7 +136,24 @@ def _to_fp16(path: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, disable_shape_infer=False)
+    _topological_order(model.graph)  # the converter appends the input casts after their consumers
     onnx.save(model, str(path))
+
+
+def _topological_order(graph: Any) -> None:
+    """Reorder ``graph.node`` so that every node comes after the producers of its inputs (in place)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError("the float16 graph has nodes whose inputs nothing produces")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def write_checked(
@@ -154,7 +171,8 @@ def write_checked(
 ) -> Path:
     """Trace ``module`` on ``args`` to ONNX at ``path``, atomically: a temporary file in the same folder gets
     the graph and ``metadata``, passes ``onnx.checker`` and ``check(session)`` (the task's comparison with
-    PyTorch on ONNX Runtime; ``None``: none, as for ``fp16`` files, which the CPU runtime does not run),
+    PyTorch on ONNX Runtime; ``None``: none, as for ``fp16`` files, which are meant for GPU providers: here
+    they are only loaded),
     then replaces ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
     import onnx
 
@@ -189,8 +207,9 @@ def write_checked(
         onnx.save(model, str(tmp))
         del model
         onnx.checker.check_model(str(tmp), full_check=True)
+        session = ort_session(tmp)  # loads (a float16 file too: the CPU provider falls back where it must)
         if check is not None:
-            check(ort_session(tmp))
+            check(session)
         os.replace(tmp, path)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
