@@ -296,10 +296,10 @@ def checkpoint_from_object(
     check_finite(sd, source, allow_nonfinite)
     try:
         layout = detect_layout(sd)
-    except CheckpointMismatchError:  # a detector's or segmentor's own file: say so and which command reads it
+    except CheckpointMismatchError as e:  # a detector's or segmentor's own file: say so and which command reads it
         other = wrong_kind(source, "focalnet", raw, metadata)
         if other is None:
-            raise
+            raise CheckpointMismatchError(f"{source}: {e}") from None
         raise CheckpointMismatchError(other) from None
     return Checkpoint(sd, layout, source, file_format, config, None, extra, backbone)
 
