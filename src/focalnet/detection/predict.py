@@ -155,6 +155,7 @@ def predict_images(
         drawn_paths, json_path = prediction_files(images, out)
         rule = rule or OutputRule("detection predict", images)
         rule.claim([*drawn_paths, json_path], out)
+        rule.make_folders()
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 

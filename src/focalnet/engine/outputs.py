@@ -189,8 +189,7 @@ class OutputRule:
       the command, size and modification time of every file the rule let a command write; a file changed
       since is someone else's), unless ``overwrite`` (``--overwrite``).
 
-    After the checks pass, the claimed files' folders are created; :meth:`finish` (called when the command
-    ends, also when it fails) records the claimed files written by then in their folders' manifests
+    :meth:`finish` (called when the command ends) records the claimed files written by then in their folders' manifests
     (atomically), so that running the command again may replace them. A file written by a run that was
     killed (SIGKILL) before it could record it needs ``--overwrite``: the safe direction.
     """
@@ -260,8 +259,8 @@ class OutputRule:
         return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
 
     def claim(self, paths: Iterable[PathLike], folder: PathLike | None = None, what: str = "output") -> list[Path]:
-        """Check every file of ``paths`` (:meth:`check`) and, when all pass, take them as this command's
-        (creating their folders); returns them as absolute paths."""
+        """Check every file of ``paths`` (:meth:`check`) and, when all pass, take them as this command's;
+        returns them as absolute paths. Nothing is created (:meth:`make_folders` does it)."""
         checked = [self.check(p, folder, what) for p in paths]
         by_folder: dict[Path, set[str]] = {}
         for p in checked:
@@ -270,12 +269,16 @@ class OutputRule:
             man = d / MANIFEST
             if man.is_symlink() or (man.exists() and not man.is_file()):
                 raise OutputPathError(f"{what} folder {d}: {MANIFEST} is not a regular file; remove it")
-        from .files import make_output_dir
-
         for d, names in by_folder.items():
-            make_output_dir(d, "output folder")
             self._claimed.setdefault(d, set()).update(names)
         return checked
+
+    def make_folders(self) -> None:
+        """Create the folders of the claimed files (when the command is about to write them)."""
+        from .files import make_output_dir
+
+        for d in self._claimed:
+            make_output_dir(d, "output folder")
 
     def finish(self) -> None:
         """Record the size and time of every claimed file written by now (call it once the command is done)."""

@@ -128,6 +128,7 @@ def predict_images(
     named = prediction_files(paths, out)
     rule = rule or OutputRule("segmentation predict", paths)
     rule.claim([f for k in kinds for f in named[k]], out)  # before any image is read (the class doc's rule)
+    rule.make_folders()
     records: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
