@@ -189,9 +189,9 @@ class OutputRule:
       the command, size and modification time of every file the rule let a command write; a file changed
       since is someone else's), unless ``overwrite`` (``--overwrite``).
 
-    :meth:`finish` (called when the command ends) records the claimed files written by then in their folders' manifests
-    (atomically), so that running the command again may replace them. A file written by a run that was
-    killed (SIGKILL) before it could record it needs ``--overwrite``: the safe direction.
+    :meth:`finish` (called when the command ends) records the claimed files written by then in their
+    folders' manifests (atomically), so that running the command again may replace them. A file written by
+    a run that was killed before it could record it needs ``--overwrite``: the safe direction.
     """
 
     def __init__(self, command: str, inputs: Iterable[PathLike | None] = (), *, overwrite: bool = False) -> None:
