@@ -484,3 +484,32 @@ def test_ctrl_c_stops_the_app_with_exit_130_and_one_line(tmp_path):
     err = proc.stderr.read().strip().splitlines()
     assert rc == 130 and err[-1] == "error: interrupted" and sum(ln.startswith("error:") for ln in err) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # five subprocesses importing torch: about 25 s on 2 shared cores
+def test_every_detection_command_names_a_broken_torchvision_and_the_fix(kinds, tmp_path):
+    """A torchvision built for another torch: every detection command says so in the README's one line."""
+    from test_option_meanings import LEAVES
+
+    broken = tmp_path / "site" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("operator torchvision::nms does not exist")\n')
+    env = _env(PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{SRC}")
+    det, img = str(kinds / "detector.pt"), str(kinds / "photo.png")
+    argv = {
+        "detection train": ["--data", str(tmp_path), "--output", str(tmp_path / "run")],
+        "detection evaluate": ["--checkpoint", det, "--data", str(tmp_path)],
+        "detection predict": [img, "--checkpoint", det, "--output", str(tmp_path / "pred")],
+        "detection convert": [det, str(tmp_path / "converted.pt")],
+        "detection configs": [],
+    }
+    assert set(argv) == {c for c in LEAVES if c.startswith("detection ")}
+    for command, args in argv.items():
+        r = subprocess.run(
+            [sys.executable, "-m", "focalnet", *command.split(), *args], capture_output=True, text=True, env=env
+        )
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (command, r.stderr[-800:])
+        assert lines[0].startswith("error: focalnet detection needs torchvision, which cannot be imported"), lines
+        assert "pip install --force-reinstall torchvision (the release built for the installed torch" in lines[0]
+    assert not [p for p in tmp_path.iterdir() if p.name != "site"]  # nothing written
