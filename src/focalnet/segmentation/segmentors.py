@@ -4,8 +4,8 @@ zoo's ``.pkl``).
 
 Each spec carries what the loading path needs besides the common steps: the segmentor's head settings
 checked against the tensors (``check_head``), the model rebuilt from a file's ``meta`` (``from_meta``),
-the original layouts it reads, and the writer of ``convert --to original``. Mask2Former's modules are
-imported on first use: listing the segmentors costs nothing.
+the original layouts it reads, and the writer of ``convert --to original``. The models (and torch) are
+imported on first use: listing the segmentors (``--segmentor`` choices and help) costs nothing.
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..weights.checks import check_tensors
 from ..weights.errors import CheckpointMismatchError, MalformedCheckpointError
 from ..weights.layouts import Layout
-from .mask2former.model import MASK2FORMER_BACKBONE_DEFAULTS, Mask2FormerConfig, mask2former, mask2former_from_meta
-from .mask2former.official import is_official_mask2former, official_to_ours, ours_to_official
-from .mmseg import focalnet_to_mmseg, is_mmseg_segmentor, mmseg_to_focalnet
-from .model import IMAGENET_MEAN, IMAGENET_STD, UPERNET_BACKBONE_DEFAULTS, HeadConfig, upernet, upernet_from_meta
-from .spec import Read, SegmentorSpec
+from .spec import LazyMapping, Read, SegmentorSpec
 
 __all__ = ["UPERNET", "MASK2FORMER", "MMSEG_LAYOUT", "MASK2FORMER_OFFICIAL_LAYOUT", "stored_head"]
 
@@ -37,8 +32,13 @@ def stored_head(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(head)
 
 
+def _check_tensors(sd: Any, source: str) -> dict[str, Any]:
+    from ..weights.checks import check_tensors
+
+    return check_tensors(sd, source)
+
+
 # --------------------------------------------------------------------------------------------- UPerNet
-_UPER_FIELDS = {f.name for f in fields(HeadConfig)}
 _BOUNDED = ("pool_scales",)  # sequences whose length decides how many modules are built
 
 
@@ -50,8 +50,10 @@ def _count(sd: Mapping[str, Any], prefix: str) -> int:
 def _check_upernet_head(meta: Mapping[str, Any], sd: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The stored :class:`HeadConfig` of the right types, with as many pool scales and aux convs as the
     tensors have."""
+    from .model import HeadConfig
+
     head = stored_head(meta, source)
-    unknown = sorted(set(head) - _UPER_FIELDS)
+    unknown = sorted(set(head) - {f.name for f in fields(HeadConfig)})
     if unknown:
         raise MalformedCheckpointError(f"{source}: stored head settings {unknown} are not HeadConfig fields")
     try:
@@ -75,8 +77,51 @@ def _check_upernet_head(meta: Mapping[str, Any], sd: Mapping[str, Any], source: 
     return dict(meta)
 
 
+def _build_upernet(*args: Any, **kwargs: Any) -> Any:
+    from .model import upernet
+
+    return upernet(*args, **kwargs)
+
+
+def _upernet_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> Any:
+    from .model import upernet_from_meta
+
+    return upernet_from_meta(meta, **backbone_overrides)
+
+
+def _upernet_head_defaults() -> dict[str, Any]:
+    from .model import HeadConfig
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(HeadConfig()).items()}
+
+
+def _upernet_backbone_defaults() -> dict[str, Any]:
+    from .model import UPERNET_BACKBONE_DEFAULTS
+
+    return dict(UPERNET_BACKBONE_DEFAULTS)
+
+
+def _is_mmseg(obj: Mapping[str, Any]) -> bool:
+    from .mmseg import is_mmseg_segmentor
+
+    return (
+        "format" not in obj
+        and "segmentation_meta" not in obj
+        and isinstance(obj.get("state_dict"), Mapping)
+        and is_mmseg_segmentor(obj["state_dict"])
+    )
+
+
+def _write_mmseg(meta: Mapping[str, Any], sd: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    from .mmseg import focalnet_to_mmseg
+
+    return focalnet_to_mmseg(meta, sd, extra)
+
+
 def _read_mmseg(obj: Mapping[str, Any], source: str) -> Read:
-    check_tensors(obj["state_dict"], source)  # string keys, tensors, sizes: before any shape is read
+    from .mmseg import mmseg_to_focalnet
+
+    _check_tensors(obj["state_dict"], source)  # string keys, tensors, sizes: before any shape is read
     try:
         return mmseg_to_focalnet(obj, source)
     except (CheckpointMismatchError, MalformedCheckpointError) as e:
@@ -87,12 +132,7 @@ def _read_mmseg(obj: Mapping[str, Any], source: str) -> Read:
 MMSEG_LAYOUT: Layout[Read] = Layout(
     "mmsegmentation",
     "{'meta', 'state_dict'} with backbone./decode_head. keys (an original mmseg 0.x UPerNet)",
-    lambda obj: (
-        "format" not in obj
-        and "segmentation_meta" not in obj
-        and isinstance(obj.get("state_dict"), Mapping)
-        and is_mmseg_segmentor(obj["state_dict"])
-    ),
+    _is_mmseg,
     _read_mmseg,
 )
 
@@ -100,14 +140,14 @@ UPERNET = SegmentorSpec(
     name="upernet",
     title="UPerNet",
     summary="UPerHead + auxiliary FCN head, per-pixel classes (the released ADE20K models)",
-    build=upernet,
-    from_meta=upernet_from_meta,
+    build=_build_upernet,
+    from_meta=_upernet_from_meta,
     check_head=_check_upernet_head,
-    backbone_defaults=dict(UPERNET_BACKBONE_DEFAULTS),
-    head_defaults={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(HeadConfig()).items()},
+    backbone_defaults=LazyMapping(_upernet_backbone_defaults),
+    head_defaults=LazyMapping(_upernet_head_defaults),
     tasks=("semantic",),
     layouts=(MMSEG_LAYOUT,),
-    write=focalnet_to_mmseg,
+    write=_write_mmseg,
     recipe="upernet_focalnet_tiny_srf_ade20k_160k",
 )
 
@@ -137,6 +177,8 @@ def _check_dataset_meta(meta: dict[str, Any], source: str) -> None:
 def _check_mask2former_head(meta: Mapping[str, Any], sd: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The stored :class:`Mask2FormerConfig` (known fields, types, bounds) and the dataset's thing classes
     and category ids; sizes against the tensors are the strict build's to compare."""
+    from .mask2former.model import Mask2FormerConfig
+
     meta = dict(meta)
     try:
         meta["head"] = Mask2FormerConfig.from_dict(stored_head(meta, source)).to_dict()
@@ -152,11 +194,16 @@ def _official_weights(obj: Mapping[str, Any]) -> Any:
 
 
 def _is_official_mask2former(obj: Mapping[str, Any]) -> bool:
+    from .mask2former.official import is_official_mask2former
+
     return "format" not in obj and "segmentation_meta" not in obj and is_official_mask2former(_official_weights(obj))
 
 
 def _read_official(obj: Mapping[str, Any], source: str) -> Read:
-    sd = check_tensors(_official_weights(obj), source)  # string keys, tensors, sizes: before any shape is read
+    from .mask2former.official import official_to_ours
+    from .model import IMAGENET_MEAN, IMAGENET_STD
+
+    sd = _check_tensors(_official_weights(obj), source)  # string keys, tensors, sizes: before any shape is read
     try:
         meta, ours = official_to_ours(sd)
     except (CheckpointMismatchError, MalformedCheckpointError) as e:
@@ -174,8 +221,34 @@ def _read_official(obj: Mapping[str, Any], source: str) -> Read:
 def _write_official(meta: Mapping[str, Any], sd: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """detectron2's checkpoint ``{"model": state dict}`` plus ``focalnet_meta`` (class names, thing classes,
     category ids: keys detectron2 leaves alone)."""
+    from .mask2former.official import ours_to_official
+
     keep = {k: meta.get(k) for k in ("class_names", "thing_classes", "category_ids") if meta.get(k) is not None}
     return {"model": ours_to_official(sd), "focalnet_meta": keep}
+
+
+def _build_mask2former(*args: Any, **kwargs: Any) -> Any:
+    from .mask2former.model import mask2former
+
+    return mask2former(*args, **kwargs)
+
+
+def _mask2former_from_meta(meta: Mapping[str, Any], **backbone_overrides: Any) -> Any:
+    from .mask2former.model import mask2former_from_meta
+
+    return mask2former_from_meta(meta, **backbone_overrides)
+
+
+def _mask2former_head_defaults() -> dict[str, Any]:
+    from .mask2former.model import Mask2FormerConfig
+
+    return Mask2FormerConfig().to_dict()
+
+
+def _mask2former_backbone_defaults() -> dict[str, Any]:
+    from .mask2former.model import MASK2FORMER_BACKBONE_DEFAULTS
+
+    return dict(MASK2FORMER_BACKBONE_DEFAULTS)
 
 
 MASK2FORMER_OFFICIAL_LAYOUT: Layout[Read] = Layout(
@@ -190,11 +263,11 @@ MASK2FORMER = SegmentorSpec(
     name="mask2former",
     title="Mask2Former",
     summary="masked-attention mask transformer: panoptic, semantic or instance masks (Cheng et al., CVPR 2022)",
-    build=mask2former,
-    from_meta=mask2former_from_meta,
+    build=_build_mask2former,
+    from_meta=_mask2former_from_meta,
     check_head=_check_mask2former_head,
-    backbone_defaults=dict(MASK2FORMER_BACKBONE_DEFAULTS),
-    head_defaults=Mask2FormerConfig().to_dict(),
+    backbone_defaults=LazyMapping(_mask2former_backbone_defaults),
+    head_defaults=LazyMapping(_mask2former_head_defaults),
     tasks=("panoptic", "semantic", "instance"),
     config_field="mask2former",
     layouts=(MASK2FORMER_OFFICIAL_LAYOUT,),

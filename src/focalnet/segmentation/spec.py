@@ -5,24 +5,52 @@ there: ``model.segmentor`` validation, the ``--segmentor`` choices and help, the
 trained for (``--task``), building from a configuration and rebuilding from a file's ``meta``, the
 checkpoint layouts :func:`~focalnet.segmentation.load_segmentor` recognises, ``convert --to original``
 and the docs tables. This module imports no torch model (the command-line parser reads the registry
-lazily).
+lazily), and neither does :mod:`focalnet.segmentation.segmentors`, where the specs are declared: their
+builders, readers and defaults import the models on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..weights.layouts import Layout
+if TYPE_CHECKING:
+    from ..weights.layouts import Layout
 
-__all__ = ["TASKS", "SegmentorSpec", "Read"]
+__all__ = ["TASKS", "SegmentorSpec", "Read", "LazyMapping"]
 
 # what a segmentation model is trained and evaluated for
 TASKS = ("semantic", "panoptic", "instance")
 
 # what a layout's reader returns: (meta, state dict in our key names, extra)
 Read = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+class LazyMapping(Mapping[str, Any]):
+    """A read-only mapping computed on first use: a spec's defaults read off its model's configuration class,
+    so that listing the segmentors (``--segmentor`` choices and help) imports no model and no torch."""
+
+    def __init__(self, load: Callable[[], Mapping[str, Any]]) -> None:
+        self._load = load
+        self._data: dict[str, Any] | None = None
+
+    def _values(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = dict(self._load())
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return repr(self._values())
 
 
 @dataclass(frozen=True)

@@ -154,14 +154,15 @@ def print_metrics(metrics: dict[str, Any], task: str, as_json: bool = False) -> 
 def evaluate_command(args: argparse.Namespace, model: Any, extra: dict[str, Any], test_cfg: Any) -> int:
     """``segmentation evaluate`` of a universal segmentor: PQ/SQ/RQ (panoptic), mIoU (semantic) or mask AP
     (instance) on ``--data``; ``metrics.json`` next to the checkpoint (or in ``--output``)."""
-    from ..engine import resolve_device, write_json
+    from ..engine import init_distributed, write_json
     from ..engine.outputs import OutputRule
     from .universal import task_dataset
     from .universal_eval import evaluate_universal
 
     task = _task(args, model)
     cfg = _data_config(args, model, extra, task)
-    device = resolve_device(args.device)
+    dist = init_distributed(args.device or "auto")  # under torchrun the ranks split the images
+    device = dist.device
     model.to(device)
     names = model.class_names if task == "semantic" else None
     dataset = task_dataset(cfg, args.split, False, class_names=names)
@@ -174,7 +175,8 @@ def evaluate_command(args: argparse.Namespace, model: Any, extra: dict[str, Any]
     rule = OutputRule(
         "segmentation evaluate", [args.checkpoint, args.data], overwrite=getattr(args, "overwrite", False)
     )
-    rule.claim([out / "metrics.json"], out, "--output")
+    if dist.is_main:
+        rule.claim([out / "metrics.json"], out, "--output")
     mean, std = extra.get("mean", (123.675, 116.28, 103.53)), extra.get("std", (58.395, 57.12, 57.375))
     metrics = evaluate_universal(
         model,
@@ -185,6 +187,8 @@ def evaluate_command(args: argparse.Namespace, model: Any, extra: dict[str, Any]
         device=device,
         max_images=args.max_images or 0,
         num_workers=cfg.data.num_workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
         progress=not args.no_progress,
         mean=mean,
         std=std,
@@ -196,10 +200,11 @@ def evaluate_command(args: argparse.Namespace, model: Any, extra: dict[str, Any]
         data_problems=list(dataset.problems),
     )
     metrics["num_skipped_samples"] = len(dataset.problems) + metrics["skipped_images"]
-    write_json(out / "metrics.json", metrics)
-    rule.finish()
-    metrics["metrics_file"] = str(out / "metrics.json")
-    print_metrics(metrics, task, args.json)
+    if dist.is_main:
+        write_json(out / "metrics.json", metrics)
+        rule.finish()
+        metrics["metrics_file"] = str(out / "metrics.json")
+        print_metrics(metrics, task, args.json)
     return 0
 
 

@@ -212,16 +212,21 @@ def evaluate_universal(
         else:
             results += _instance_results(base, cls, masks, item["image_id"], dataset.category_ids, ucfg)
     base.train(was_training)
-    if world_size > 1:
-        raise NotImplementedError(
-            "panoptic and instance evaluation run in one process (the PQ/AP state is not reduced)"
-        )
-    n_skipped = torch.tensor([skipped])
-    all_reduce(n_skipped)
+    if world_size > 1:  # every rank saw its share of the images: sum the PQ counts, gather the detections
+        if stat is not None:
+            for arr in (stat.iou, stat.tp, stat.fp, stat.fn):
+                arr[:] = all_reduce(torch.from_numpy(arr).to(device)).cpu().numpy()
+        else:
+            import torch.distributed as tdist
+
+            parts: list[Any] = [None] * world_size
+            tdist.all_gather_object(parts, results)
+            results = [r for part in parts for r in part]
+    n_skipped = all_reduce(torch.tensor([skipped], device=device))
     if stat is not None:
         out = pq_metrics(stat.summary())
     else:
-        out = _mask_ap(dataset, results, [dataset.ids[i] for i in indices])
+        out = _mask_ap(dataset, results, [dataset.ids[i] for i in range(total_n)])
     out["num_images"] = total_n - int(n_skipped.item())
     out["skipped_images"] = int(n_skipped.item())
     out["test"] = {"scale": list(cfg.scale) if cfg.scale else None}
