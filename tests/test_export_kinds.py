@@ -28,9 +28,9 @@ NOT_EXPORTABLE = {
 }
 
 
-def _param(name: str, reasons: dict[str, str]) -> object:
+def _param(name: str, reasons: dict[str, str], slow: bool = False) -> object:
     marks = [pytest.mark.xfail(reason=reasons[name], strict=True)] if name in reasons else []
-    return pytest.param(name, marks=marks, id=name)
+    return pytest.param(name, marks=[*marks, *([pytest.mark.slow] if slow else [])], id=name)
 
 
 def _tiny_detector_file(name: str, path: Path) -> None:
@@ -39,7 +39,10 @@ def _tiny_detector_file(name: str, path: Path) -> None:
     from focalnet.detection.registry import build_from_config
     from focalnet.engine.config import build_config
 
-    cfg = build_config(DetectionConfig, tiny_config(name))
+    config = tiny_config(name)
+    if "detections_per_img" in DETECTORS[name].config_fields:  # fewer masks to paste: a quicker check
+        config["model"].setdefault("detections_per_img", 30)
+    cfg = build_config(DetectionConfig, config)
     torch.manual_seed(0)
     model = build_from_config(cfg.model, 3).eval()
     with torch.no_grad():
@@ -65,7 +68,8 @@ def _detections(path: Path) -> list[dict[str, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize("name", [_param(n, NOT_EXPORTABLE) for n in DETECTORS])
+# detectors with masks paste them at every checked size: 20-70 s on a loaded 2-core machine (-m slow)
+@pytest.mark.parametrize("name", [_param(n, NOT_EXPORTABLE, slow=s.masks) for n, s in DETECTORS.items()])
 def test_every_detector_exports_checked_and_predicts_the_same_on_onnxruntime(name, tmp_path):
     ckpt = tmp_path / "model.pt"
     _tiny_detector_file(name, ckpt)
