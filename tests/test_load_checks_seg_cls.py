@@ -433,18 +433,24 @@ def test_info_reports_nonfinite_weights_instead_of_refusing(tmp_path):
     assert rc == 0 and "non-finite" in out and "layers.0.blocks.0.mlp.fc1.weight" in out
 
 
-def test_training_config_too_large_is_one_line(tmp_path):
-    """``--set model.head.channels=10000000``: refused before allocation, naming the size."""
+@pytest.mark.parametrize("channels", [8192, 10000000])
+def test_training_config_too_large_is_one_line(tmp_path, monkeypatch, channels):
+    """``--set model.head.channels=N``: refused before allocation, naming the size (within the field's
+    bounds, against a 1 GB budget) or the bound (beyond it)."""
     from test_segmentation import make_folder_dataset
 
+    monkeypatch.setenv("FOCALNET_MAX_MODEL_BYTES", str(2**30))
     root = make_folder_dataset(tmp_path / "data", n_train=2, n_val=1, size=(32, 32), num_classes=3)
     args = ["segmentation", "train", "--data", str(root), "--layout", "folder", "--output", str(tmp_path / "run")]
-    args += ["--iters", "1", "--workers", "0", "--set", "model.head.channels=10000000", "data.num_workers=0"]
+    args += ["--iters", "1", "--workers", "0", "--set", f"model.head.channels={channels}", "data.num_workers=0"]
     rc, _, err = run_cli(*args)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
-    assert "ModelTooLarge" in lines[0] or "training it needs" in lines[0]
-    assert "channels 10000000" in lines[0] and "GB" in lines[0]
+    if channels > 8192:
+        assert "model.head.channels: 10000000 is outside the allowed range [1, 8192]" in lines[0]
+    else:
+        assert "ModelTooLarge" in lines[0] or "training it needs" in lines[0]
+        assert f"channels {channels}" in lines[0] and "GB" in lines[0]
     assert not (tmp_path / "run" / "model.pt").exists()
 
 

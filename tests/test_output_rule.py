@@ -352,3 +352,13 @@ def test_labels_that_are_all_ignored_say_so(tmp_path):
         SegmentationDataset([(img, lab)], 3)
     Image.fromarray(np.full((40, 48), 1, np.uint8)).save(lab)
     assert len(SegmentationDataset([(img, lab)], 3)) == 1
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "sub"])
+def test_a_run_inside_another_runs_folder_is_refused(tmp_path, inside):
+    from focalnet.engine import prepare_run_folder
+
+    before = _finished_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="lies in the run folder"):
+        prepare_run_folder(tmp_path / "run" / inside, resume=None)
+    assert _snapshot(tmp_path / "run") == before

@@ -331,7 +331,7 @@ def _stored_pretrained_cfg(model: FocalNet, stored: Any, source: str) -> None:
             {"input_size": SIDE, "crop_pct": Bound(0.01, 1.0)},
             "pretrained_cfg.",
         )
-        check_normalization(pc.mean, pc.std, "pretrained_cfg", model.cfg.in_chans)
+        check_normalization(pc.mean, pc.std, "pretrained_cfg")  # channels: fitted to the model on use
     except BoundsError as e:
         raise MalformedCheckpointError(f"{source}: stored {e}") from None
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # imported on first use (focalnet.lazy): `import focalnet...`
     from .files import RunFolderError, finite_json, make_output_dir, write_json
     from .optim import build_adamw, layer_id, param_groups, set_group_lrs
     from .options import add_shared_options, add_threads_arg, check_device, config_from_args, flag_values, off
-    from .outputs import OutputPathError, avoid_inputs, output_paths, refuse_input_overwrite
+    from .outputs import OutputPathError, OutputRule, avoid_inputs, output_paths, refuse_input_overwrite
     from .resources import available_cores, default_threads, fit_workers, keep_freed_memory, set_threads
     from .runs import lock_run_folder, prepare_run_folder, run_folder_lock, unlock_run_folder
     from .trainer import Trainer, TrainerConfig, amp_dtype, collate_skip_none, setup_logging
@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DistInfo",
     "OutputPathError",
+    "OutputRule",
     "ResumableSampler",
     "RunFolderError",
     "SeededSamples",

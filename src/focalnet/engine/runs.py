@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .files import RunFolderError, make_output_dir, write_json
-from .outputs import avoid_inputs
+from .outputs import avoid_inputs, run_folder_of
 
 __all__ = [
     "LOCK_FILE",
@@ -199,6 +199,9 @@ def prepare_run_folder(
         raise RunFolderError(f"--output {out} is a file, not a folder")
     if resume and overwrite:
         raise RunFolderError("give either --resume (continue the run) or --overwrite (start over), not both")
+    outer = run_folder_of(Path(os.path.abspath(out)))
+    if outer is not None:  # a run inside another run's folder (its checkpoints/, say) would mix their files
+        raise RunFolderError(f"--output {out} lies in the run folder {outer}; choose a folder outside it")
     took = lock_run_folder(out) if is_main else False
     try:
         if outputs:
