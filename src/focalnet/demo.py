@@ -360,36 +360,35 @@ def _run_demo(
     from .engine import write_json
 
     t_start = time.perf_counter()
-    with _no_empty_folder(out):  # interrupted or failed before the model is saved: no empty runs/demo-<time>/
-        torch.manual_seed(seed)
-        xtr, ytr, xte, yte = load_digits_tensors(image_size, seed=0)
-        if max_train is not None:
-            xtr, ytr = xtr[:max_train], ytr[:max_train]
-        model = build_demo_model(image_size)
-        if progress:
-            print(
-                f"digits: {len(xtr)} train / {len(xte)} test images at {image_size}x{image_size}; "
-                f"FocalNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {epochs} epochs"
-            )
-        t0 = time.perf_counter()
-        history = train_classifier(
-            model, xtr, ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+    torch.manual_seed(seed)
+    xtr, ytr, xte, yte = load_digits_tensors(image_size, seed=0)
+    if max_train is not None:
+        xtr, ytr = xtr[:max_train], ytr[:max_train]
+    model = build_demo_model(image_size)
+    if progress:
+        print(
+            f"digits: {len(xtr)} train / {len(xte)} test images at {image_size}x{image_size}; "
+            f"FocalNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {epochs} epochs"
         )
-        train_time = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(_normalize(xte[i : i + 256])) for i in range(0, len(xte), 256)])
-        pred = logits.argmax(-1)
-        test_acc = 100.0 * float((pred == yte).float().mean())
-        confusion = np.zeros((10, 10), dtype=np.int64)
-        np.add.at(confusion, (yte.numpy(), pred.numpy()), 1)
-        if progress:
-            print(
-                f"held-out accuracy: {test_acc:.2f}% ({int((pred == yte).sum())}/{len(yte)}), trained in {train_time:.1f} s"
-            )
+    t0 = time.perf_counter()
+    history = train_classifier(
+        model, xtr, ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+    )
+    train_time = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(_normalize(xte[i : i + 256])) for i in range(0, len(xte), 256)])
+    pred = logits.argmax(-1)
+    test_acc = 100.0 * float((pred == yte).float().mean())
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (yte.numpy(), pred.numpy()), 1)
+    if progress:
+        print(
+            f"held-out accuracy: {test_acc:.2f}% ({int((pred == yte).sum())}/{len(yte)}), trained in {train_time:.1f} s"
+        )
 
-        ckpt = out / "model.safetensors"
-        save_model(model, ckpt, class_names=model.class_names, extra={"demo": "sklearn digits"})
+    ckpt = out / "model.safetensors"
+    save_model(model, ckpt, class_names=model.class_names, extra={"demo": "sklearn digits"})
 
     # held-out samples to visualise: the first of each digit class, then the rest
     firsts = [int((yte == c).nonzero()[0]) for c in range(10) if (yte == c).any()]
