@@ -173,6 +173,13 @@ class Mask2FormerHead(nn.Module):
         mask_features, multi_scale = self.pixel_decoder(features)
         return self.predictor(multi_scale, mask_features, all_classes)
 
+    def forward_last(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """The last prediction's ``(class_logits, mask_logits)`` only, with less work than :meth:`forward`
+        (:meth:`~.transformer_decoder.MultiScaleMaskedTransformerDecoder.forward_last`; same values up to
+        rounding)."""
+        mask_features, multi_scale = self.pixel_decoder(features)
+        return self.predictor.forward_last(multi_scale, mask_features)
+
 
 class Mask2Former(nn.Module):
     """Backbone + pixel decoder + masked-attention transformer decoder (see the module docstring).
@@ -229,12 +236,10 @@ class Mask2Former(nn.Module):
         }
 
     def forward_logits(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        """The last prediction: ``(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])`` (the
-        earlier predictions' class logits are not computed)."""
-        classes, masks = self.sem_seg_head(self.backbone(pixel_values), all_classes=False)
-        logits = classes[-1]
-        assert logits is not None
-        return logits, masks[-1]
+        """The last prediction: ``(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])``. The earlier
+        predictions, which only decide the attention masks, are computed at the attended scales
+        (:meth:`Mask2FormerHead.forward_last`: the last entries of :meth:`forward` up to rounding)."""
+        return self.sem_seg_head.forward_last(self.backbone(pixel_values))
 
 
 def default_num_queries(backbone: str) -> int:

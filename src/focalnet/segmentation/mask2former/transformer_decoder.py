@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .pixel_decoder import sine_position_embedding
 
-__all__ = ["MLP", "MultiScaleMaskedTransformerDecoder", "attention_mask"]
+__all__ = ["MLP", "MultiScaleMaskedTransformerDecoder", "allowed_positions", "attention_mask"]
 
 
 def _xavier_matrices(module: nn.Module) -> None:
@@ -68,6 +68,22 @@ class CrossAttentionLayer(nn.Module):
         x = self.norm(tgt) if self.pre_norm else tgt
         attended = self.multihead_attn(x + query_pos, memory + pos, memory, attn_mask=mask, need_weights=False)[0]
         out = tgt + attended
+        return out if self.pre_norm else self.norm(out)
+
+    def attend(self, tgt: Tensor, memory: Tensor, allowed: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+        """:meth:`forward` with the mask as ``allowed`` ``[B, 1, Q, S]`` (True: attend), one mask for all the
+        heads (``nn.MultiheadAttention`` takes one copy per head): the module's projections, then
+        ``F.scaled_dot_product_attention``. Same result up to rounding."""
+        x = self.norm(tgt) if self.pre_norm else tgt
+        mha = self.multihead_attn
+        w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None)
+        (b, q_len, c), s_len, h = x.shape, memory.shape[1], mha.num_heads
+        q = F.linear(x + query_pos, w_q, b_q).view(b, q_len, h, c // h).transpose(1, 2)
+        k = F.linear(memory + pos, w_k, b_k).view(-1, s_len, h, c // h).transpose(1, 2)
+        v = F.linear(memory, w_v, b_v).view(-1, s_len, h, c // h).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out = tgt + mha.out_proj(attended.transpose(1, 2).reshape(b, q_len, c))
         return out if self.pre_norm else self.norm(out)
 
 
@@ -114,6 +130,17 @@ def attention_mask(mask_logits: Tensor, size: Sequence[int], num_heads: int) -> 
         hidden &= ~hidden.all(-1, keepdim=True)
         b, q, s = hidden.shape
         return hidden[:, None].expand(b, num_heads, q, s).reshape(b * num_heads, q, s)
+
+
+def allowed_positions(mask_logits: Tensor) -> Tensor:
+    """The cross-attention mask of :func:`attention_mask` from mask logits already at the attended scale
+    ``[B, Q, h, w]``, for ``F.scaled_dot_product_attention``: ``[B, 1, Q, h * w]``, True where a query
+    attends (``sigmoid >= 0.5``), every position of a query that would attend to none, one mask for all the
+    heads. Detached."""
+    with torch.no_grad():
+        hidden = mask_logits.flatten(2).sigmoid() < 0.5
+        hidden &= ~hidden.all(-1, keepdim=True)
+        return hidden.logical_not_().unsqueeze(1)
 
 
 class MultiScaleMaskedTransformerDecoder(nn.Module):
@@ -182,19 +209,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     ) -> tuple[list[Tensor | None], list[Tensor]]:
         """``(class logits, mask logits)``, one entry per prediction; ``all_classes=False`` computes the
         class logits of the last prediction only (the others are ``None``)."""
-        if len(multi_scale) != self.num_feature_levels:
-            raise ValueError(f"expected {self.num_feature_levels} feature maps, got {len(multi_scale)}")
-        srcs, pos, sizes = [], [], []
-        for i, x in enumerate(multi_scale):
-            h, w = int(x.shape[-2]), int(x.shape[-1])
-            sizes.append((h, w))
-            pe = sine_position_embedding(h, w, self.hidden_dim // 2, x.device, x.dtype).to(x.dtype)
-            pos.append(pe.flatten(1).t().unsqueeze(0))
-            srcs.append(self.input_proj[i](x).flatten(2).transpose(1, 2) + self.level_embed.weight[i])
-        b = srcs[0].shape[0]
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-
+        srcs, pos, sizes, query_pos, output = self._inputs(multi_scale)
         classes: list[Tensor | None] = []
         masks: list[Tensor] = []
         logits, mask = self.prediction_heads(output, mask_features, all_classes or self.num_layers == 0)
@@ -211,3 +226,48 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             classes.append(logits)
             masks.append(mask)
         return classes, masks
+
+    def _inputs(
+        self, multi_scale: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]], Tensor, Tensor]:
+        """The memory ``[B, S_l, C]``, position embeddings ``[1, S_l, C]`` and size of every level, the query
+        positions and the initial queries ``[B, Q, C]``."""
+        if len(multi_scale) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} feature maps, got {len(multi_scale)}")
+        srcs, pos, sizes = [], [], []
+        for i, x in enumerate(multi_scale):
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            sizes.append((h, w))
+            pe = sine_position_embedding(h, w, self.hidden_dim // 2, x.device, x.dtype).to(x.dtype)
+            pos.append(pe.flatten(1).t().unsqueeze(0))
+            srcs.append(self.input_proj[i](x).flatten(2).transpose(1, 2) + self.level_embed.weight[i])
+        b = srcs[0].shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        return srcs, pos, sizes, query_pos, output
+
+    def forward_last(self, multi_scale: Sequence[Tensor], mask_features: Tensor) -> tuple[Tensor, Tensor]:
+        """The last prediction only, ``(class logits [B, Q, K + 1], mask logits [B, Q, H, W])``: the same
+        values as ``forward``'s last entries up to rounding, with less work. The earlier predictions only
+        decide the attention masks, so they are computed at the scale each layer attends to, from the mask
+        features resized once per scale (bilinear resizing is linear per channel: resizing the features and
+        then taking the dot products with the mask embeddings equals resizing the dot products), and the
+        mask is one ``[B, 1, Q, S]`` for all heads (:meth:`CrossAttentionLayer.attend`)."""
+        srcs, pos, sizes, query_pos, output = self._inputs(multi_scale)
+        full = tuple(mask_features.shape[-2:])
+        small = [
+            mask_features if s == full else F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
+            for s in sizes
+        ]
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            embed = self.mask_embed(self.decoder_norm(output))
+            allowed = allowed_positions(torch.einsum("bqc,bchw->bqhw", embed, small[level]))
+            output = self.transformer_cross_attention_layers[i].attend(
+                output, srcs[level], allowed, pos[level], query_pos
+            )
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+        logits, masks = self.prediction_heads(output, mask_features)
+        assert logits is not None
+        return logits, masks
