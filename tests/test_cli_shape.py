@@ -57,9 +57,9 @@ def test_shared_options_mean_the_same_in_every_task():
     commands = _commands()
     expected = {
         "train": {"--output", "--resume", "--overwrite", "--set", "--device", "--threads", "--no-progress"}
-        | {"--max-images", "--eval-every", "--no-eval"},
-        "evaluate": {"--output", "--device", "--threads", "--no-progress", "--max-images"},
-        "predict": {"--output", "--device", "--threads", "--no-progress"},
+        | {"--max-images", "--eval-every", "--no-eval", "--dry-run"},
+        "evaluate": {"--output", "--overwrite", "--device", "--threads", "--no-progress", "--max-images"},
+        "predict": {"--output", "--overwrite", "--device", "--threads", "--no-progress"},
     }
     meanings: dict[str, set] = {}
     for kind, flags in expected.items():
@@ -69,10 +69,12 @@ def test_shared_options_mean_the_same_in_every_task():
             for flag in flags:
                 assert flag in p._option_string_actions, f"{task} {kind} lacks {flag}"
                 action = p._option_string_actions[flag]
-                meanings.setdefault(flag if flag != "--output" else f"--output ({kind})", set()).add(_meaning(action))
+                by_kind = flag in ("--output", "--overwrite")  # their help says what a train run keeps
+                meanings.setdefault(f"{flag} ({kind})" if by_kind else flag, set()).add(_meaning(action))
             assert p._option_string_actions["--out"] is p._option_string_actions["--output"]
             assert p._option_string_actions["--output"].required == (kind == "train")
-    # one meaning per option: the same in the three tasks and, but for --output, in every kind of command
+    # one meaning per option: the same in the three tasks and, but for --output and --overwrite, in every
+    # kind of command
     assert {k: len(v) for k, v in meanings.items()} == dict.fromkeys(meanings, 1)
     # the --overwrite help text exists once in the sources
     sources = [p.read_text() for p in Path(SRC, "focalnet").rglob("*.py")]
