@@ -307,3 +307,71 @@ def test_fp16_export_builds_passes_the_checker_and_loads_on_cpu(kind, tmp_path):
     assert weights and all(d == TensorProto.FLOAT16 for d in weights)
     exported = open_exported(tmp_path / "m.onnx", kind)  # inputs and outputs as declared (float32 / uint8)
     assert exported.meta["dtype"] == "float16"
+
+
+def _graph_with_metadata(path: Path, entry: str | None, out_type: int) -> None:
+    """A one-node ONNX file (uint8 image -> its label map, cast) carrying ``entry`` as its focalnet metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ReduceMax", ["image"], ["reduced"], axes=[2], keepdims=0)
+    cast = helper.make_node("Cast", ["reduced"], ["label_map"], to=out_type)
+    graph = helper.make_graph(
+        [node, cast],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["h", "w", 3])],
+        [helper.make_tensor_value_info("label_map", out_type, ["h", "w"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if entry is not None:
+        helper.set_model_props(model, {"focalnet": entry})
+    onnx.save(model, str(path))
+
+
+_VALID = {
+    "format": "focalnet-export",
+    "format_version": 1,
+    "kind": "segmentation",
+    "model": "upernet",
+    "inputs": [["image", "uint8"]],
+    "outputs": [["label_map", "int64"]],
+    "class_names": ["a", "b"],
+}
+
+
+def test_open_exported_reads_a_valid_file_and_refuses_hostile_metadata_in_one_line(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from onnx import TensorProto
+
+    _graph_with_metadata(tmp_path / "ok.onnx", json.dumps(_VALID), TensorProto.INT64)
+    ok = open_exported(tmp_path / "ok.onnx", "segmentation")
+    assert ok.run({"image": np.zeros((5, 7, 3), np.uint8)})["label_map"].shape == (5, 7)
+
+    scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8)
+    values = st.recursive(
+        scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6
+    )
+    hostile = st.one_of(
+        st.text(max_size=40),  # not JSON, or JSON of another type
+        st.builds(lambda k, v: json.dumps({**_VALID, k: v}), st.sampled_from(sorted(_VALID)), values),
+        st.builds(lambda k: json.dumps({x: y for x, y in _VALID.items() if x != k}), st.sampled_from(sorted(_VALID))),
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(entry=hostile, out_type=st.sampled_from([TensorProto.INT64, TensorProto.FLOAT]))
+    def check(entry, out_type):
+        path = tmp_path / "h.onnx"
+        _graph_with_metadata(path, entry, out_type)
+        try:
+            open_exported(path, "segmentation")
+        except ValueError as e:
+            assert "\n" not in str(e) and str(path) in str(e)
+        else:  # accepted: only what a valid file holds
+            meta = json.loads(entry)
+            fixed = [k for k in _VALID if k not in ("model", "class_names")]  # any model name, any names
+            assert out_type == TensorProto.INT64 and all(meta[k] == _VALID[k] for k in fixed)
+            assert type(meta["format_version"]) is int and meta["class_names"]
+
+    check()

@@ -254,7 +254,7 @@ def open_exported(path: str | os.PathLike, kind: str, threads: int | None = None
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise ValueError(not_ours)
-    if meta.get("format_version") != FORMAT_VERSION:
+    if type(meta.get("format_version")) is not int or meta["format_version"] != FORMAT_VERSION:
         raise ValueError(
             f"{p}: export format version {meta.get('format_version')!r}; this focalnet reads {FORMAT_VERSION}"
         )
@@ -263,16 +263,27 @@ def open_exported(path: str | os.PathLike, kind: str, threads: int | None = None
             f"{p} is a {meta.get('kind')} export ({meta.get('model')}), not a {kind} model; "
             f"use `focalnet {meta.get('kind')} predict`"
         )
-    declared_in = [tuple(i) for i in meta.get("inputs") or []]
-    declared_out = [tuple(o) for o in meta.get("outputs") or []]
+    declared_in, declared_out = _pairs(meta.get("inputs")), _pairs(meta.get("outputs"))
     found_in = [(i.name, _ORT_TYPES.get(i.type, i.type)) for i in session.get_inputs()]
     found_out = [(o.name, _ORT_TYPES.get(o.type, o.type)) for o in session.get_outputs()]
-    if found_in != declared_in or found_out != declared_out or not isinstance(meta.get("class_names"), list):
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{p}: the export's class_names must be a non-empty list of strings; refusing to run it")
+    if found_in != declared_in or found_out != declared_out:
         raise ValueError(
-            f"{p}: the graph's inputs/outputs {found_in} -> {[n for n, _ in found_out]} do not match its metadata "
-            f"({declared_in} -> {[n for n, _ in declared_out]}); refusing to run it"
+            f"{p}: the graph's inputs and outputs {found_in} -> {found_out} do not match its metadata "
+            f"({meta.get('inputs')!r:.80} -> {meta.get('outputs')!r:.80}); refusing to run it"
         )
     return Exported(p, session, meta)
+
+
+def _pairs(value: Any) -> list[tuple[str, str]] | None:
+    """``[[name, element type], ...]`` of the metadata as tuples; ``None`` for anything else."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in value
+    ):
+        return None
+    return [(v[0], v[1]) for v in value]
 
 
 # ------------------------------------------------------------------------------------- comparison rules

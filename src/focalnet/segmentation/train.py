@@ -397,6 +397,9 @@ def train(cfg: SegmentationConfig, output_dir: str | os.PathLike, overwrite: boo
     Writes ``OUTPUT/config.yaml``, ``checkpoints/``, ``metrics.json`` (with the data problems found,
     if any), ``train.log``, ``tensorboard/``, ``curves.png`` and, at the end, ``model.pt``.
     """
+    spec = get_segmentor(cfg.model.segmentor)  # before anything is written: a wrong pair is one line
+    if cfg.task not in spec.tasks:
+        raise ConfigError(f"{spec.title} is trained for {', '.join(spec.tasks)}, not {cfg.task!r} (--task)")
     out = Path(output_dir)
     dist = init_distributed(cfg.train.device)
     with run_folder_lock(out, dist.is_main):  # a running run's folder is refused before anything is touched
@@ -407,10 +410,7 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     r = cfg.train
     run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
-    spec = get_segmentor(cfg.model.segmentor)
-    if cfg.task not in spec.tasks:
-        raise ConfigError(f"{spec.title} is trained for {', '.join(spec.tasks)}, not {cfg.task!r} (--task)")
-    if spec.name != DEFAULT_SEGMENTOR:  # the universal segmentors: their data, loss and metrics, the same loop
+    if cfg.model.segmentor != DEFAULT_SEGMENTOR:  # the universal segmentors: their data, loss and metrics, the same loop
         return train_universal(cfg, out, dist, run_id, _extra(cfg))
     world = dist.world_size
     if r.batch_size % (world * r.accum_steps):
