@@ -373,17 +373,36 @@ for command in json.loads(sys.argv[1]):
 print(json.dumps([pages, "torchvision" in sys.modules]))
 """
 _ONE_HELP = """
-import json, sys, time
-t = time.perf_counter()
+import json, sys
 from focalnet.cli import main
 try:
     main([*sys.argv[1].split(), "--help"])
-except SystemExit:
-    pass
-print(json.dumps([time.perf_counter() - t, "torch" in sys.modules]), file=sys.stderr)
+except SystemExit as e:
+    code = e.code
+print(json.dumps([code, sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm")
+                               or m.count(".") == 1 and m.startswith("focalnet."))]), file=sys.stderr)
 """
-# the commands whose module imports torch at the top: their help takes seconds (torch's import)
-TORCH_AT_IMPORT = {"demo", "benchmark", "export"}
+TASKS = ("classification", "detection", "segmentation")
+
+
+def _help_pages() -> list[str]:
+    """Every node of the ``focalnet`` parser tree, by its words: ``""`` (the top), each command, each task
+    group (``"detection"``) and each of their subcommands."""
+    import argparse
+
+    from focalnet import cli
+
+    pages: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, words: str) -> None:
+        pages.append(words.strip())
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{words} {name}")
+
+    walk(cli.build_parser(), "")
+    return pages
 
 
 def test_no_help_page_imports_torchvision_and_a_broken_one_breaks_none(tmp_path):
@@ -406,17 +425,35 @@ def test_no_help_page_imports_torchvision_and_a_broken_one_breaks_none(tmp_path)
     assert not torchvision
 
 
-def test_help_pages_take_under_a_second_without_torch():
-    """Each command's ``--help`` in a fresh process: no torch and under a second, but for the commands whose
-    module imports torch at the top (:data:`TORCH_AT_IMPORT`, seconds)."""
+def test_no_help_page_imports_torch_or_another_task():
+    """``--help`` of every command, task group and subcommand (the parser tree walked) in a fresh process:
+    exit 0 without torch, torchvision or timm in ``sys.modules``, and no task package but the page's own.
+    (Measured on 2 idle cores: 0.15-0.6 s each, the segmentation pages the slowest.)"""
     import json
 
-    from test_option_meanings import LEAVES
+    pages = _help_pages()
+    assert {"", "demo", "benchmark", "export", "detection", "segmentation pq"} <= set(pages)
+    for page in pages:
+        r = subprocess.run([sys.executable, "-c", _ONE_HELP, page], capture_output=True, text=True, env=_env())
+        code, modules = json.loads(r.stderr.strip().splitlines()[-1])
+        own = page.split()[0] if page else None
+        assert code == 0 and r.stdout.startswith(f"usage: focalnet {page}".rstrip()), (page, r.stderr[-500:])
+        heavy = [m for m in modules if not m.startswith("focalnet.")]
+        tasks = {m for m in modules if m.removeprefix("focalnet.") in TASKS} - {f"focalnet.{own}"}
+        assert not heavy and not tasks, (page, heavy, tasks)
 
-    for command in sorted(set(LEAVES) - TORCH_AT_IMPORT):
-        r = subprocess.run([sys.executable, "-c", _ONE_HELP, command], capture_output=True, text=True, env=_env())
-        seconds, torch_loaded = json.loads(r.stderr.strip().splitlines()[-1])
-        assert not torch_loaded and seconds < 1.0, (command, seconds, torch_loaded)
+
+def test_the_light_parsers_show_what_the_commands_run():
+    """``demo`` and ``benchmark`` build their parsers from the heavy modules' constants read from source
+    (:func:`focalnet.lazy.module_constants`): the same values as the imported modules'."""
+    from focalnet import benchmark, benchmark_cli, demo, demo_cli
+    from focalnet.lazy import module_constants
+
+    assert demo_cli.DEFAULT_EPOCHS == demo.DEFAULT_EPOCHS
+    for name in ("ALL_PATHS", "DEFAULT_PATHS", "COMPILE_NOTE", "KINDS"):
+        assert getattr(benchmark_cli, name) == getattr(benchmark, name), name
+    with pytest.raises(LookupError, match="assigns no literal DEMO_CONFIG"):  # a call, not a literal
+        module_constants("focalnet.demo", "DEMO_CONFIG")
 
 
 # ------------------------------------------------------------------------------------- smaller items

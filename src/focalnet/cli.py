@@ -43,9 +43,9 @@ COMMANDS: dict[str, Command] = {
     "segmentation": Command("focalnet.segmentation.cli", "semantic segmentation with UPerNet (ADE20K / folders)"),
     "visualize": Command("focalnet.visualize_cli", "gating maps, modulator and focal kernels of a FocalNet on images"),
     "demo": Command(
-        "focalnet.demo", "train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it"
+        "focalnet.demo_cli", "train a small FocalNet on handwritten digits (offline, minutes on a CPU) and visualise it"
     ),
-    "benchmark": Command("focalnet.benchmark", "images/s, memory and output differences vs timm, side by side"),
+    "benchmark": Command("focalnet.benchmark_cli", "images/s, memory and output differences vs timm, side by side"),
     "export": Command("focalnet.export", "any model to checked ONNX (every task) or TorchScript (classifiers)"),
     "app": Command(
         "focalnet.app.cli", "local web app: the modulation maps and the three tasks on your images (Gradio)"

@@ -17,10 +17,23 @@ import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .classification.export import check_export, export_onnx, export_torchscript
+if TYPE_CHECKING:  # imported on first use (below): `focalnet export --help` needs neither torch nor a task
+    from .classification.export import check_export, export_onnx, export_torchscript
+
+_FROM_CLASSIFICATION = ("check_export", "export_onnx", "export_torchscript")
 
 __all__ = ["export_onnx", "export_torchscript", "check_export", "checkpoint_kind", "export_checkpoint", "register"]
+
+
+def __getattr__(name: str) -> Any:
+    """:func:`export_onnx`, :func:`export_torchscript` and :func:`check_export`, imported on first use."""
+    if name in _FROM_CLASSIFICATION:
+        from .classification import export as classification_export
+
+        return getattr(classification_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
@@ -141,6 +154,7 @@ def _export(args: argparse.Namespace, checkpoint: str | None) -> int:
     print(f"wrote {path} (ONNX, {what}; dynamic image size; {checked})")
     if args.check and what.startswith("classification") and not args.fp16:
         from .classification.evaluate import load_classifier
+        from .classification.export import check_export
 
         loaded = load_classifier(checkpoint, model_name=args.model, pretrained=args.pretrained or False)
         print(f"max |difference| against PyTorch: {check_export(loaded.model, path, 'onnx'):.2e}")
@@ -151,6 +165,7 @@ def _export_classifier_unchecked(args: argparse.Namespace, checkpoint: str | Non
     """TorchScript, or ONNX through the ``torch.export``-based exporter: classifiers, as before."""
     import torch
 
+    from .classification.export import check_export, export_onnx, export_torchscript
     from .factory import create_model, model_from_checkpoint
 
     if checkpoint and checkpoint_kind(checkpoint) != "classification":

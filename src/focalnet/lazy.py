@@ -8,19 +8,23 @@ which reads that block and resolves its names on first access.
 
 ``focalnet.detection.train`` stays the function even after the submodule of the same name is imported
 (as with the eager ``from .train import train`` it replaces).
+
+:func:`module_constants` reads a module's literal constants from its source without importing it: the
+light ``*_cli`` module of a command (its parser) shows the defaults of the heavy module that runs it.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LazyPackage", "lazy_exports"]
+__all__ = ["LazyPackage", "lazy_exports", "module_constants"]
 
 
 class LazyPackage(types.ModuleType):
@@ -68,3 +72,30 @@ def _type_checking_imports(init_file: Path) -> dict[str, str]:
                     for alias in stmt.names:
                         exports[alias.asname or alias.name] = "." * stmt.level + (stmt.module or "")
     return exports
+
+
+def module_constants(module: str, *names: str) -> tuple[Any, ...]:
+    """The values of the top-level ``NAME = <literal>`` assignments ``names`` of ``module`` (absolute
+    name), read from its source without importing it (``ast.literal_eval``: numbers, strings, tuples,
+    lists, dicts)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(f"no module named {module!r}", name=module)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names:
+            try:
+                values[target.id] = ast.literal_eval(value)
+            except ValueError:  # not a literal (a call, a name): reported below
+                values.pop(target.id, None)
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise LookupError(f"{module} assigns no literal {', '.join(missing)}")
+    return tuple(values[n] for n in names)
