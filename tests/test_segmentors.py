@@ -353,3 +353,39 @@ def test_app_shows_the_panoptic_result_predict_writes(tmp_path, name):
     assert r["image"].shape[0] == 40 and r["image"].shape[1] > 56  # the legend on the right
     assert {s["class"] for s in r["segments"]} <= set(NAMES)
     assert all(s["isthing"] == (s["class"] == "disc") for s in r["segments"])
+
+
+def test_a_task_the_segmentor_does_not_predict_is_one_line_and_writes_nothing(tmp_path):
+    root = write_synthetic_panoptic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    rc, _, err = run_cli(
+        "segmentation", "train", "--task", "panoptic", "--data", str(root), "--output", str(tmp_path / "run")
+    )
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: UPerNet is trained for semantic"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_segmentor_choices_and_help_come_from_the_registry():
+    import argparse
+
+    from focalnet.segmentation import cli
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli.register(sub)
+    train = sub.choices["segmentation"]._subparsers._group_actions[0].choices["train"]
+    action = train._option_string_actions["--segmentor"]
+    assert list(action.choices) == list(SEGMENTORS) and "nope" not in action.choices
+    text = train.format_help()
+    assert all(s.title in text and s.summary.split()[0] in text for s in SEGMENTORS.values())
+
+
+def test_docs_and_configs_name_every_segmentor():
+    """A segmentor added to the registry without its docs or recipe fails here."""
+    docs = {
+        p: (Path(__file__).parent.parent / p).read_text()
+        for p in ("docs/segmentation.md", "docs/architecture.md", "README.md")
+    }
+    rc, out, _ = run_cli("segmentation", "configs")
+    for spec in SEGMENTORS.values():
+        assert all(spec.title in text for text in docs.values()), spec.name
+        assert rc == 0 and spec.recipe in out, spec.name
+        assert f"--segmentor {spec.name}" in docs["docs/segmentation.md"] or spec.name == "upernet", spec.name
