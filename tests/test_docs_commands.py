@@ -136,7 +136,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "focalnet segmentation evaluate --checkpoint upernet_focalnet_tiny_srf_160k_ade20k.pth --data /data/ADEChallengeData2016": Run(slow=True),
     "focalnet segmentation train --checkpoint upernet_focalnet_tiny_srf_160k_ade20k.pth --data ../shared/data/camvid --layout folder --ignore-index 11 --output runs/camvid-ft --iters 2000 --batch-size 4": Run(),
     "focalnet segmentation convert upernet_t_srf.pt upernet_t_srf_original.pth --to original": Run(),
-    "focalnet segmentation pq --gt-json /data/coco/annotations/panoptic_val2017.json --gt-folder /data/coco/annotations/panoptic_val2017 --pred-json preds/panoptic.json --pred-folder preds/panoptic --json preds/pq.json": Skip(
+    "focalnet segmentation pq --gt-json /data/coco/annotations/panoptic_val2017.json --gt-folder /data/coco/annotations/panoptic_val2017 --pred-json preds/panoptic.json --pred-folder preds/panoptic --output preds": Skip(
         "needs COCO panoptic annotations, which ../shared/data lacks (tests/test_pq.py runs it on generated panoptic files)"
     ),
     # docs/deploy.md

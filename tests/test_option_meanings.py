@@ -21,8 +21,6 @@ VARIANTS = {
     "--to": "the layouts each convert command writes",
     "--set": "KEY=VALUE overrides; segmentation configs stores them (printed), the others extend",
 }
-# commands still to follow the --json rule (work in progress of other engineers when this was written)
-PENDING_JSON = {"segmentation pq"}
 
 
 def leaves() -> dict[str, argparse.ArgumentParser]:
@@ -73,8 +71,6 @@ OPTIONS = _options()
 def test_each_option_name_takes_one_kind_of_value(flag):
     kinds = {}
     for command, action in OPTIONS[flag].items():
-        if flag == "--json" and command in PENDING_JSON:
-            continue
         kinds.setdefault(_value_kind(action), []).append(command)
     if flag == "--pretrained":  # bare, it asks for the released weights everywhere
         for command in OPTIONS[flag]:
@@ -96,8 +92,6 @@ def _parse_one(parser: argparse.ArgumentParser, flag: str, words: list[str]) -> 
 
 @pytest.mark.parametrize("command", [c for c in LEAVES if "--json" in LEAVES[c]._option_string_actions])
 def test_json_is_a_switch_everywhere(command):
-    if command in PENDING_JSON:
-        pytest.skip(f"{command}: --json FILE, to follow the rule (see PENDING_JSON)")
     p = LEAVES[command]
     assert _parse_one(p, "--json", []) is True
     assert not p.parse_known_args([])[0].json if not _required(p) else True

@@ -232,28 +232,45 @@ def _write_pred(root: Path, gt_json: Path, gt_dir: Path, seed: int) -> tuple[Pat
     return js, out
 
 
-def test_pq_command_json_equals_the_api(synth, tmp_path):
+def test_pq_command_json_equals_the_api(synth, tmp_path, monkeypatch):
+    from focalnet.engine import options
+
     gt_json, gt_dir = _gt(synth)
     pj, pd = _write_pred(tmp_path, gt_json, gt_dir, 0)
     api = pq_compute(gt_json, gt_dir, pj, pd)
     assert 0.2 < api["All"]["pq"] < 0.95 and api["All"]["n"] == 4  # a mixed result: every path is used
     assert pq_compute(gt_json, gt_dir, pj, pd, num_threads=3) == api
-    out = tmp_path / "pq.json"
-    rc, stdout, stderr = run_cli(
-        *("segmentation", "pq", "--gt-json", str(gt_json), "--gt-folder", str(gt_dir)),
-        *("--pred-json", str(pj), "--pred-folder", str(pd), "--json", str(out)),
-    )
+    files = ("--gt-json", str(gt_json), "--gt-folder", str(gt_dir), "--pred-json", str(pj), "--pred-folder", str(pd))
+    out = tmp_path / "scores"
+    rc, stdout, stderr = run_cli("segmentation", "pq", *files, "--output", str(out))
     assert rc == 0, stderr
-    written = json.loads(out.read_text())
+    written = json.loads((out / "pq.json").read_text())
     for k in ("All", "Things", "Stuff"):
         assert written[k] == api[k]
         assert f"{k:10s}| {100 * api[k]['pq']:5.1f}  {100 * api[k]['sq']:5.1f}" in stdout
     assert written["per_class"] == {str(c): v for c, v in api["per_class"].items()}
     assert stdout.splitlines() == format_pq_table(api).splitlines()
+    # --json is the switch of every command: the same results as JSON on stdout, nothing written
+    rc, stdout, stderr = run_cli("segmentation", "pq", *files, "--json")
+    assert rc == 0 and json.loads(stdout) == written and stderr == "", stderr
+    # the old --json FILE writes FILE for one release, with one note
+    monkeypatch.setattr(options, "_NOTED", set())
+    old = tmp_path / "old.json"
+    rc, stdout, stderr = run_cli("segmentation", "pq", *files, "--json", str(old))
+    assert rc == 0 and json.loads(old.read_text()) == written
+    assert stdout.splitlines() == format_pq_table(api).splitlines()
+    assert [ln for ln in stderr.splitlines() if ln.startswith("note:")] == [
+        "note: --json FILE is deprecated and goes in the next release: --json prints the JSON, "
+        "--output DIR writes the command's JSON file in DIR"
+    ]
     before = pj.read_bytes()
     rc, _, stderr = run_cli("segmentation", "pq", "--gt-json", str(gt_json), "--pred-json", str(pj), "--json", str(pj))
     assert rc == 2 and stderr.startswith("error: --json") and "one of the inputs" in stderr
     assert len(stderr.strip().splitlines()) == 1 and pj.read_bytes() == before
+    (out / "pq.json").write_text("{}")  # changed since: not this command's any more
+    rc, _, stderr = run_cli("segmentation", "pq", *files, "--output", str(out))
+    assert rc == 2 and "pass --overwrite" in stderr and (out / "pq.json").read_text() == "{}"
+    assert run_cli("segmentation", "pq", *files, "--output", str(out), "--overwrite")[0] == 0
 
 
 def test_pq_memory_is_flat_in_the_number_of_images(tmp_path):

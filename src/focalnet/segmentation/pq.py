@@ -25,6 +25,7 @@ indices (``np.searchsorted`` on the few listed ids) and one ``np.bincount`` give
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -345,6 +346,8 @@ def format_pq_table(result: Mapping[str, Any], per_class: bool = False) -> str:
 
 def add_pq_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``focalnet segmentation pq``: the standalone scorer of COCO-panoptic predictions."""
+    from ..engine.options import add_json_arg, add_overwrite_arg
+
     p = subparsers.add_parser(
         "pq",
         help="PQ, SQ, RQ of COCO-panoptic predictions (panopticapi's numbers)",
@@ -356,25 +359,39 @@ def add_pq_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gt-folder", help="ground-truth PNG folder (default: --gt-json without .json)")
     p.add_argument("--pred-json", required=True, help="predictions JSON (annotations with segments_info)")
     p.add_argument("--pred-folder", help="prediction PNG folder (default: --pred-json without .json)")
-    p.add_argument("--json", metavar="OUT", help="also write the results (fractions, as panopticapi) to OUT")
     p.add_argument("--per-class", action="store_true", help="print a row per category too")
+    add_json_arg(p, "DIR/pq.json (fractions, as panopticapi)")
+    p.add_argument("--output", "--out", dest="output", metavar="DIR", help="folder for pq.json")
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_pq)
     return p
 
 
 def cmd_pq(args: argparse.Namespace) -> int:
-    """Run ``focalnet segmentation pq``: print the table, write ``--json``."""
-    from ..engine import refuse_input_overwrite, write_json
+    """Run ``focalnet segmentation pq``: print the table (``--json``: the results as JSON), write
+    ``--output DIR``/pq.json (and the deprecated ``--json FILE``)."""
+    from ..engine import finite_json, write_json
+    from ..engine.options import json_file
+    from ..engine.outputs import OutputRule
 
     gt_dir = args.gt_folder or Path(args.gt_json).with_suffix("")
     pred_dir = args.pred_folder or Path(args.pred_json).with_suffix("")
     inputs = [args.gt_json, args.pred_json, gt_dir, pred_dir]  # a folder: itself and its files
-    if args.json:
-        refuse_input_overwrite(args.json, inputs, "--json")
+    rule = OutputRule("segmentation pq", inputs, overwrite=args.overwrite)
+    legacy = json_file(args)
+    if legacy:
+        rule.claim([legacy], what="--json")
+    if args.output:
+        rule.claim([Path(args.output) / "pq.json"], args.output, what="--output")
     threads = getattr(args, "threads", None) or min(4, os.cpu_count() or 1)
     result = pq_compute(args.gt_json, gt_dir, args.pred_json, pred_dir, num_threads=threads)
-    print(format_pq_table(result, per_class=args.per_class))
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}", file=sys.stderr)
+    if args.json is True:
+        print(json.dumps(finite_json(result), indent=2))
+    else:
+        print(format_pq_table(result, per_class=args.per_class))
+    for target in (t for t in (legacy, Path(args.output) / "pq.json" if args.output else None) if t):
+        write_json(target, result)
+        print(f"wrote {target}", file=sys.stderr)
+    rule.finish()
+    json_file(args, note=True)  # the old --json FILE: a note that it goes
     return 0
