@@ -115,6 +115,7 @@ def test_cli_train_reports_and_saves(cli_run):
     assert m["num_skipped_samples"] == 1 and "img001.jpg" in m["data_problems"][0]["file"]
     assert "7" in m["data_problems"][0]["problem"]
     assert (out / "model.pt").exists() and (out / "config.yaml").exists()
+    assert "# batch 2 per process x 1 process = 2 images per update" in (out / "config.yaml").read_text()
     assert len(list((out / "checkpoints").glob("checkpoint-*.pt"))) >= 1
     model, extra = load_segmentor(out / "model.pt")
     assert model.class_names == ["sky", "road", "car"] and extra["data"]["ignore_index"] == 9
@@ -213,5 +214,5 @@ def test_shipped_configs_follow_the_model_zoo():
         if "ade20k" in name and cfg.model.segmentor == "upernet":  # Mask2Former's: tests/test_segmentors.py
             assert cfg.model.backbone in name and cfg.data.layout == "ade20k" and cfg.train.iters == 160000
             assert cfg.optim.lr == 6e-5 and cfg.optim.weight_decay == 0.01 and cfg.optim.warmup_iters == 1500
-            assert cfg.aug.crop_size == (512, 512) and cfg.train.batch_size == 16
+            assert cfg.aug.crop_size == (512, 512) and cfg.train.batch_size == 2  # per process: 16 on 8
             assert cfg.model.head.aux_weight == 0.4 and cfg.model.backbone_overrides["focal_windows"] == [9] * 4

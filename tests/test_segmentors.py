@@ -17,6 +17,7 @@ import torch
 from focalnet.engine import packaged_configs
 from focalnet.segmentation import load_segmentation_config, load_segmentor, save_segmentor
 from focalnet.segmentation.registry import SEGMENTORS, get_segmentor
+from focalnet.segmentation.train import config_path
 from panoptic_synth import CATEGORIES, write_synthetic_panoptic
 
 from conftest import run_cli
@@ -81,8 +82,9 @@ def test_recipe_defaults_are_the_builders_defaults(name):
     "recipe", [c for c in packaged_configs("segmentation") if re.match(r"mask2former_.*_coco_panoptic$", c)]
 )
 def test_mask2former_coco_recipes_are_the_reference_schedule(recipe):
-    """AdamW 1e-4, weight decay 0.05, backbone lr x0.1, clip 0.01 on the whole model, poly, 16 images, 50
-    epochs; the builder's queries for the backbone (200 for L)."""
+    """AdamW 1e-4, weight decay 0.05, backbone lr x0.1, clip 0.01 on the whole model, poly, 16 images (2 per
+    process on the 8 processes the recipe's usage line starts), 50 epochs; the builder's queries for the
+    backbone (200 for L)."""
     from focalnet.segmentation.mask2former import default_num_queries
 
     cfg = load_segmentation_config(recipe)
@@ -92,9 +94,10 @@ def test_mask2former_coco_recipes_are_the_reference_schedule(recipe):
         0.05,
         0.1,
         0.01,
-        16,
+        2,
         50,
     )
+    assert "torchrun --nproc_per_node 8 " in config_path(recipe).read_text()  # 8 x 2 = 16 images an update
     assert o.power == 0.9 and cfg.task == "panoptic" and tuple(cfg.aug.crop_size) == (1024, 1024)
     assert cfg.model.mask2former["num_queries"] == default_num_queries(cfg.model.backbone)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .schedule import Warmup, run_updates
+from .schedule import Warmup, batch_text, run_updates
 
 __all__ = ["DryRun", "check_inputs", "dry_run_report", "world_size"]
 
@@ -63,7 +63,7 @@ class DryRun:
 
     ``model``: a short description (``"mask_rcnn with focalnet_tiny_lrf"``); ``build``: the training model's
     constructor (called on the meta device); ``images``: training images per epoch (all processes);
-    ``batch_size``: per process (over all processes with ``per_process_batch=False``); ``schedule``:
+    ``batch_size``: per process (every task's ``--batch-size``); ``schedule``:
     ``(updates per epoch, total updates) -> (warm-up, notes)``, the task's own schedule rule; ``notes``: more
     lines for the config's trailing comments; ``drop_last``: whether an epoch drops its last partial batch."""
 
@@ -77,7 +77,6 @@ class DryRun:
     accum_steps: int = 1
     schedule: Callable[[int, int], tuple[Warmup, Sequence[str]]] | None = None
     notes: Sequence[str] = ()
-    per_process_batch: bool = True
     drop_last: bool = True
 
 
@@ -90,7 +89,7 @@ def dry_run_report(plan: DryRun, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     probe = check_config_size(plan.build, f"model configuration ({plan.model})", training=True)
     params = sum(p.numel() for p in probe.parameters())
-    world = world_size() if plan.per_process_batch else 1
+    world = world_size()
     per_epoch, total = run_updates(
         plan.images,
         plan.batch_size,
@@ -110,7 +109,7 @@ def dry_run_report(plan: DryRun, out: TextIO | None = None) -> int:
     length = "iteration-based" if plan.max_steps > 0 else f"{plan.epochs} epochs x {per_epoch}"
     out.write(
         f"dry run: {plan.model}, {params / 1e6:.2f}M parameters; {total} updates ({length}){warmup_text}; "
-        f"{plan.images} images per epoch; nothing written\n"
+        f"{batch_text(plan.batch_size, world, plan.accum_steps)}; {plan.images} images per epoch; nothing written\n"
     )
     out.flush()
     return 0

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MAX_WARMUP_SHARE", "Warmup", "fit_decays", "fit_warmup", "run_updates"]
+__all__ = ["MAX_WARMUP_SHARE", "Warmup", "batch_text", "fit_decays", "fit_warmup", "run_updates"]
 
 MAX_WARMUP_SHARE = 0.1  # the largest share of a run's updates a recipe's warm-up may take outside its own length
 
@@ -39,6 +39,15 @@ class Warmup:
 
     def __str__(self) -> str:
         return f"warm-up {self.steps} of {self.total} updates ({self.note})"
+
+
+def batch_text(batch_size: int, world_size: int = 1, accum_steps: int = 1) -> str:
+    """The batch of an update in words, per process and in total (``--batch-size`` is per process in every
+    task): ``"batch 2 per process x 8 processes = 16 images per update"``."""
+    parts = [f"{batch_size} per process", f"{world_size} process{'' if world_size == 1 else 'es'}"]
+    if accum_steps > 1:
+        parts.append(f"{accum_steps} accumulation steps")
+    return f"batch {' x '.join(parts)} = {batch_size * world_size * accum_steps} images per update"
 
 
 def run_updates(

@@ -151,7 +151,11 @@ def register(subparsers: Any) -> None:
     add_coco_file_args(p, train=True)
     p.add_argument("--config", help="YAML file or shipped config name, e.g. upernet_focalnet_tiny_srf_ade20k_160k")
     p.add_argument("--iters", type=int, help="optimizer steps (default 160000)")
-    p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per process (an update: x processes x --accum-steps; default 2: the recipes' 16 on 8 processes)",
+    )
     p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
     p.add_argument("--crop-size", type=int, help="square training crop (default 512)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 6e-5)")

@@ -41,7 +41,7 @@ from ..engine import (
     setup_logging,
     write_json,
 )
-from ..engine.schedule import Warmup, fit_warmup
+from ..engine.schedule import Warmup, batch_text, fit_warmup
 from ..weights.checks import check_config_size
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
@@ -165,7 +165,9 @@ class RunConfig:
     # run much shorter than it is a trial whose evaluations use a share of the validation images (0: no
     # scaling). Filled from the recipe by load_segmentation_config
     recipe_iters: int = 0
-    batch_size: int = 16  # images per optimizer step, over all processes (x accum_steps micro-batches)
+    # images per process and micro-batch, as in every task: an update takes batch_size x processes x
+    # accum_steps images (the released recipes: 2 x 8 processes = 16)
+    batch_size: int = 2
     accum_steps: int = 1
     amp: str = "auto"
     grad_clip: float | None = None
@@ -340,7 +342,7 @@ def dry_run(cfg: SegmentationConfig) -> int:
     read), the config and one summary line printed; nothing written."""
     import dataclasses
 
-    from ..engine.dryrun import DryRun, check_inputs, dry_run_report
+    from ..engine.dryrun import DryRun, check_inputs, dry_run_report, world_size
 
     m, r = cfg.model, cfg.train
     check_inputs(files=[("backbone checkpoint", m.backbone_checkpoint), ("checkpoint", m.checkpoint)])
@@ -384,9 +386,9 @@ def dry_run(cfg: SegmentationConfig) -> int:
             r.batch_size,
             epochs,
             0 if epochs > 0 else r.iters,
-            1,
+            r.accum_steps,
             schedule,
-            per_process_batch=False,  # train.batch_size counts every process's images
+            notes=[batch_text(r.batch_size, world_size(), r.accum_steps)],
         )
     )
 
@@ -412,20 +414,13 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     setup_logging(out, dist.is_main)
     if cfg.model.segmentor != DEFAULT_SEGMENTOR:  # the universal segmentors: their data, loss and metrics, the same loop
         return train_universal(cfg, out, dist, run_id, _extra(cfg))
-    world = dist.world_size
-    if r.batch_size % (world * r.accum_steps):
-        raise ConfigError(
-            f"train.batch_size {r.batch_size} is not divisible by {world} process(es) x "
-            f"{r.accum_steps} accumulation steps"
-        )
-    per_proc = r.batch_size // (world * r.accum_steps)
+    per_proc = r.batch_size  # per process and micro-batch, as in every task
     random.seed(r.seed + dist.rank)
     np.random.seed((r.seed + dist.rank) % 2**32)
     if per_proc < 2:
         raise ConfigError(
-            f"train.batch_size {r.batch_size} gives {per_proc} image per process and micro-batch; UPerNet's "
-            "BatchNorm layers (the 1x1 pyramid-pooling branch) need at least 2: raise the batch size "
-            "(or lower accum_steps)"
+            f"train.batch_size {r.batch_size}: {per_proc} image per process; UPerNet's BatchNorm layers (the "
+            "1x1 pyramid-pooling branch) need at least 2 per process: raise the batch size"
         )
     torch.manual_seed(r.seed)
 
@@ -458,6 +453,7 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
         len(train_set),
         len(val_set) if val_set else 0,
     )
+    log.info("%s", batch_text(r.batch_size, dist.world_size, r.accum_steps))
     if dist.distributed and dist.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif dist.distributed:
@@ -536,7 +532,9 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     meta = dict(base.meta)
     extra = _extra(cfg)
     if dist.is_main:
-        save_config(cfg, out / "config.yaml", run_id=run_id, notes=[f"schedule: warm-up {warmup} of {r.iters} updates"])
+        batch = batch_text(r.batch_size, dist.world_size, r.accum_steps)
+        notes = [f"schedule: warm-up {warmup} of {r.iters} updates", batch]
+        save_config(cfg, out / "config.yaml", run_id=run_id, notes=notes)
     trainer = Trainer(
         tcfg,
         model,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from ..engine import ConfigError, DistInfo, Trainer, TrainerConfig, param_groups, save_config, set_group_lrs, write_json
-from ..engine.schedule import Warmup, fit_warmup
+from ..engine.schedule import Warmup, batch_text, fit_warmup, run_updates
 from ..weights.checks import check_config_size
 from .data import build_dataset
 from .load import build_segmentor, read_segmentor, save_segmentor
@@ -250,12 +249,7 @@ def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Map
     if cfg.task not in spec.tasks:
         raise ConfigError(f"{spec.title} is trained for {', '.join(spec.tasks)}, not {cfg.task!r} (--task)")
     cfg.universal.validate()
-    world = dist.world_size
-    if r.batch_size % (world * r.accum_steps):
-        raise ConfigError(
-            f"train.batch_size {r.batch_size} is not divisible by {world} process(es) x {r.accum_steps} accumulation steps"
-        )
-    per_proc = r.batch_size // (world * r.accum_steps)
+    world, per_proc = dist.world_size, r.batch_size  # per process and micro-batch, as in every task
     random.seed(r.seed + dist.rank)
     np.random.seed((r.seed + dist.rank) % 2**32)
     torch.manual_seed(r.seed)
@@ -283,10 +277,11 @@ def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Map
     set_group_lrs(groups, o.lr)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     steps = r.iters
-    if r.epochs > 0:  # an epoch-based recipe (COCO: 50 epochs): its length in updates
-        steps = r.epochs * math.ceil(len(train_set) // (per_proc * world) / r.accum_steps)
-        steps = max(steps, 1)
+    if r.epochs > 0:  # an epoch-based recipe (COCO: 50 epochs): its length in updates, as the dry run counts
+        steps = run_updates(len(train_set), per_proc, r.epochs, world_size=world, accum_steps=r.accum_steps)[1]
     warmup = universal_warmup(cfg, steps).steps
+    batch = batch_text(per_proc, world, r.accum_steps)
+    log.info("%s", batch)
     scheduler = PolyLRScheduler(
         optimizer,
         t_initial=steps,
@@ -345,7 +340,8 @@ def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Map
         progress=r.progress,
     )
     if dist.is_main:
-        save_config(cfg, out / "config.yaml", run_id=run_id)
+        notes = [f"schedule: warm-up {warmup} of {steps} updates", batch]
+        save_config(cfg, out / "config.yaml", run_id=run_id, notes=notes)
     trainer = Trainer(
         tcfg,
         model,
