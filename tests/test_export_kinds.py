@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # what cannot be exported yet, and why (docs/deploy.md says the same)
 NOT_EXPORTABLE = {
-    "dino": "deformable attention's level shapes are Python ints and its custom autograd function has no ONNX form",
+    "dino": "deformable attention is a custom autograd function the exporter cannot trace (unordered_map::at)",
 }
 
 
@@ -121,7 +121,7 @@ def _segmentors() -> list[str]:
 
 
 SEGMENTOR_NOT_EXPORTABLE = {
-    "mask2former": "its semantic inference (query classes x masks) is not in the package's predict path yet",
+    "mask2former": "its pixel decoder's deformable attention (DINO's op) does not trace to ONNX (exporter: unordered_map::at)",
 }
 
 
