@@ -124,7 +124,7 @@ def test_recipes_of_all_released_models():
         ("model.name=focalnet_nope", "model.name: unknown model"),
         ("model.overrides.embed_dimm=8", "model.overrides"),
         ("train.amp=fp8", "train.amp"),
-        ("train.batch_size=0", "train.batch_size must be >= 1"),
+        ("train.batch_size=0", r"train.batch_size: 0 is outside the allowed range \[1, 65536\]"),
     ],
 )
 def test_config_errors_name_the_key(override, message):
