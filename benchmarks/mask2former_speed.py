@@ -17,8 +17,12 @@ Cases (``--cases``, comma-separated; default all):
   ``Mask2FormerForUniversalSegmentation(pixel_values)`` (its own inference path: every prediction).
 - ``head``: pixel decoder + transformer decoder (+ class predictor) alone, both fed the SAME multi-scale
   features (those our FocalNet-T gives for the image; both backbones give 96/192/384/768 channels at
-  strides 4-32). Ours runs as ``forward_logits`` runs it (``all_classes=False``).
-- ``memory``: peak memory of one inference of each row above, each in a fresh subprocess: ``VmHWM`` of
+  strides 4-32). ``focalnet_head`` runs as ``forward_logits`` runs it (``sem_seg_head.forward_last``: the
+  intermediate predictions, which only decide the attention masks, at the attended scales);
+  ``focalnet_head_all`` computes every prediction at full size (``forward``'s path, ``forward_logits``'s
+  before that optimisation).
+- ``memory``: peak memory of one inference of the rows above (but ``focalnet_regular``), each in a fresh
+  subprocess: ``VmHWM`` of
   ``/proc/self/status`` (the process's peak resident memory) and its rise over the resident memory just
   before the forward (the weights and, for the head rows, the features already in place).
 - ``train_memory``: peak memory of one training step at batch 2, 1024x1024 (forward, the criterion with
@@ -54,7 +58,7 @@ H, W = 800, 1216
 TRAIN_SIZE, TRAIN_BATCH, TRAIN_OBJECTS = 1024, 2, 5
 NUM_CLASSES = 133
 ALL_CASES = ("infer", "head", "memory", "train_memory")
-MEMORY_ROWS = ("focalnet_fast", "focalnet_regular", "transformers", "focalnet_head", "transformers_head")
+MEMORY_ROWS = ("focalnet_fast", "transformers", "focalnet_head", "focalnet_head_all", "transformers_head")
 TRAIN_ROWS = ("focalnet_train", "transformers_train")
 
 
@@ -115,8 +119,9 @@ def their_head(model: nn.Module) -> Callable[[list[torch.Tensor]], tuple[torch.T
     return run
 
 
-def image(batch: int = 1, h: int = H, w: int = W) -> torch.Tensor:
-    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
+def image(batch: int = 1, h: int | None = None, w: int | None = None) -> torch.Tensor:
+    """Random pixels (seed 0), ``--size`` unless given."""
+    return torch.randn(batch, 3, h or H, w or W, generator=torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------- timing
@@ -194,18 +199,24 @@ def case_head(args: argparse.Namespace) -> dict[str, Any]:
     head = model.sem_seg_head
     hf_run = their_head(theirs())
     notes = {
-        "focalnet_head": "sem_seg_head(features, all_classes=False), as forward_logits runs it",
+        "focalnet_head": "sem_seg_head.forward_last(features), as forward_logits runs it",
+        "focalnet_head_all": "sem_seg_head(features, all_classes=False): every prediction at full size",
         "transformers_head": "pixel_level_module.decoder + transformer_module + class_predictor",
     }
     with torch.inference_mode():
         features = [f.contiguous() for f in model.backbone(x)]
         print("features:", [tuple(f.shape) for f in features])
+        last = head.forward_last(features)
+        classes, masks = head(features, all_classes=False)
+        diffs = {"focalnet_head_all": _diff((classes[-1], masks[-1]), last)}
         paths = {
-            "focalnet_head": lambda: head(features, all_classes=False),
+            "focalnet_head": lambda: head.forward_last(features),
+            "focalnet_head_all": lambda: head(features, all_classes=False),
             "transformers_head": lambda: hf_run(features),
         }
         times = interleave(paths, args.reps)
-    return summarise(f"head alone on FocalNet-T's features of a {H}x{W} image", times, "transformers_head", notes, {})
+    title = f"head alone on FocalNet-T's features of a {H}x{W} image (max|diff| against focalnet_head)"
+    return summarise(title, times, "transformers_head", notes, diffs)
 
 
 # ---------------------------------------------------------------- memory (subprocesses)
@@ -282,6 +293,11 @@ def child(row: str) -> dict[str, Any]:
             if row == "focalnet_head":
 
                 def run() -> None:
+                    model.sem_seg_head.forward_last(features)
+
+            elif row == "focalnet_head_all":
+
+                def run() -> None:
                     model.sem_seg_head(features, all_classes=False)
 
             else:
@@ -309,6 +325,7 @@ def _run_children(rows: tuple[str, ...], args: argparse.Namespace) -> list[dict[
     out = []
     for row in rows:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", row, "--threads", str(args.threads)]
+        cmd += ["--size", f"{H}x{W}", "--train-size", str(TRAIN_SIZE)]
         if args.system_malloc:
             cmd.append("--system-malloc")
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -366,11 +383,16 @@ def write_json_atomic(path: str, data: Any) -> None:
 
 
 def main() -> None:
+    global H, W, TRAIN_SIZE
+    if hasattr(sys.stdout, "reconfigure"):  # the tables appear as they are measured, also into a file
+        sys.stdout.reconfigure(line_buffering=True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated, from {', '.join(ALL_CASES)}")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc as it is")
+    p.add_argument("--size", default=f"{H}x{W}", help="inference image size HxW (default %(default)s)")
+    p.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="training crop (default %(default)s)")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--child", choices=MEMORY_ROWS + TRAIN_ROWS, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -380,6 +402,13 @@ def main() -> None:
         p.error(f"unknown case(s) {unknown}; known: {list(CASES)}")
     if args.reps < 1:
         p.error("--reps must be at least 1")
+    try:
+        H, W = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        p.error(f"--size must be HxW, got {args.size!r}")
+    if min(H, W, args.train_size) < 64:
+        p.error("sizes must be at least 64")
+    TRAIN_SIZE = args.train_size
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = False
@@ -396,6 +425,8 @@ def main() -> None:
         "torch": torch.__version__,
         "malloc_keeps_freed_memory": kept,
         "reps": args.reps,
+        "size": [H, W],
+        "train": {"batch": TRAIN_BATCH, "size": TRAIN_SIZE, "objects_per_image": TRAIN_OBJECTS},
         "results": [],
     }
     try:
