@@ -309,8 +309,9 @@ def _hostile(kind: str, layout: str, obj: dict) -> tuple[dict, type]:
             obj["state_dict" if "state_dict" in obj else "model"] = list(sd.values())[:3]
             return obj, MalformedCheckpointError
         return obj, MalformedCheckpointError
-    if kind == "huge_config":  # stored settings far larger than the tensors: they disagree with them
-        obj["detection_config"]["model"]["fpn_channels"] = 10**6
+    if kind == "huge_config":  # stored settings larger than the tensors (within the field's bounds: beyond
+        # them, 10**6, they are refused as malformed before this check): they disagree with them
+        obj["detection_config"]["model"]["fpn_channels"] = 8192
         return obj, CheckpointMismatchError
     raise AssertionError(kind)
 
