@@ -145,6 +145,10 @@ COMMANDS: dict[str, Run | Skip] = {
     "focalnet export runs/imagenette/model.safetensors --output runs/imagenette.onnx": Run(),
     "focalnet detection predict photo.jpg --checkpoint runs/det-tiny.onnx --output runs/preds-onnx": Run(slow=True),
     "focalnet segmentation predict photo.jpg --checkpoint runs/camvid.onnx --out runs/seg-onnx": Run(),
+    "focalnet benchmark --kinds classification,segmentation,detection --tiny --threads 2 --reps 3 --min-time 0.5": Run(slow=True),
+    "focalnet benchmark --kinds classification,segmentation,detection --threads 2 --reps 3": Skip(
+        "about 25 minutes on 2 CPU cores (three real-size models exported, checked and timed)"
+    ),
     # docs/visualize.md
     "focalnet demo --epochs 3": Run(slow=True),
     "focalnet demo --out my_run --stage 0 --block 0": Run(slow=True),
