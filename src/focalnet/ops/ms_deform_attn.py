@@ -34,7 +34,7 @@ try:
 except ImportError:  # torch < 2.3
     from torch._dynamo import is_compiling as _is_compiling
 
-__all__ = ["MSDeformAttn", "ms_deform_attn"]
+__all__ = ["MSDeformAttn", "exporting", "level_sizes", "ms_deform_attn", "ms_deform_attn_grid_sample"]
 
 # zero padding of every level in the value table, pixels on each side: the four corners of a location clamped
 # to [-2, W] x [-2, H] are always rows of the table, and at and beyond the clamp bounds all four are padding
@@ -56,6 +56,8 @@ def ms_deform_attn(
     ``[N, Lq, M, L, P]``. Returns ``[N, Lq, M * D]`` in the promoted dtype of the three (computed in float32
     for half and bfloat16).
     """
+    if exporting():
+        return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     if len(spatial_shapes) != L:
@@ -82,6 +84,53 @@ def ms_deform_attn(
     pix = (shifted * half.to(device, wide) - 0.5).to(compute)
     out = _DeformableGather.apply(table, pix, attention_weights.to(compute).reshape(B, J), shapes, N, Lq, M, P)
     return out.view(N, Lq, M * D).to(dtype)
+
+
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` or ``torch.jit.trace`` records the model: deformable attention then
+    takes :func:`ms_deform_attn_grid_sample` (traceable, level sizes kept as traced values)."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
+def level_sizes(spatial_shapes: Sequence[tuple[Any, Any]], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[L, 2]`` ``(W_l, H_l)`` of ``spatial_shapes`` as a tensor; while tracing, built from the traced sizes
+    (``torch.tensor`` would freeze them into constants)."""
+    if exporting():
+        return torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]).to(
+            device, dtype
+        )
+    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
+
+
+def ms_deform_attn_grid_sample(
+    value: Tensor,
+    spatial_shapes: Sequence[tuple[Any, Any]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """:func:`ms_deform_attn` as per-level bilinear ``F.grid_sample`` (zero padding, ``align_corners=False``)
+    and a weighted sum over the levels and points: the Deformable DETR reference formulation, which ONNX
+    exports (``GridSample``, opset 16+). ``spatial_shapes`` may hold traced sizes (``x.shape[-2]`` while
+    tracing), so height and width stay dynamic in the graph. Forward only (no custom backward)."""
+    N, _, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    if len(spatial_shapes) != L:
+        raise ValueError(f"{len(spatial_shapes)} spatial shapes for {L} levels of sampling locations")
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    grids = (2.0 * sampling_locations.to(compute) - 1.0).transpose(1, 2).flatten(0, 1)  # [N * M, Lq, L, P, 2]
+    start = 0
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        v = value[:, start : start + h * w].to(compute)  # [N, h * w, M, D]
+        start = start + h * w
+        v = v.flatten(2).transpose(1, 2).reshape(N * M, D, h, w)
+        sampled.append(
+            F.grid_sample(v, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False)
+        )  # [N * M, D, Lq, P]
+    weights = attention_weights.to(compute).transpose(1, 2).reshape(N * M, 1, Lq, L * P)
+    out = (torch.cat(sampled, -1) * weights).sum(-1)  # [N * M, D, Lq]
+    return out.view(N, M * D, Lq).transpose(1, 2).to(dtype)
 
 
 def _level_constants(shapes: tuple[tuple[int, int], ...], P: int, device: torch.device) -> dict[str, Tensor]:
@@ -259,9 +308,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
         if reference_points.shape[-1] == 2:
             # offsets in pixels of each level: divide by (W_l, H_l)
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-            ).view(1, 1, 1, L, 1, 2)
+            normalizer = level_sizes(spatial_shapes, offsets.dtype, offsets.device).view(1, 1, 1, L, 1, 2)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer
         elif reference_points.shape[-1] == 4:
             # offsets relative to the reference box: half its size over the number of points
