@@ -248,6 +248,16 @@ class _DeformableGather(torch.autograd.Function):
         return grad_table, grad_pix, grad_attw, None, None, None, None, None
 
 
+def _softmax_last(x: Tensor) -> Tensor:
+    """``x.softmax(-1)`` for a short last dimension (the ``L * P`` weights of a head), several times faster
+    on CPU than ``torch.softmax`` there; the same values up to rounding. Half precision takes
+    ``torch.softmax`` (which autocast runs in float32)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return x.softmax(-1)
+    e = (x - x.amax(-1, keepdim=True).detach()).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention with the original parameter names and initialisation.
 
@@ -304,8 +314,12 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, self.d_model // M)
-        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        # both projections of the query in one matrix product
+        so, aw = self.sampling_offsets, self.attention_weights
+        projected = F.linear(query, torch.cat([so.weight, aw.weight]), torch.cat([so.bias, aw.bias]))
+        offsets, logits = projected.split([so.out_features, aw.out_features], -1)
+        offsets = offsets.view(N, Lq, M, L, P, 2)
+        weights = _softmax_last(logits.reshape(N, Lq, M, L * P)).view(N, Lq, M, L, P)
         if reference_points.shape[-1] == 2:
             # offsets in pixels of each level: divide by (W_l, H_l)
             normalizer = level_sizes(spatial_shapes, offsets.dtype, offsets.device).view(1, 1, 1, L, 1, 2)

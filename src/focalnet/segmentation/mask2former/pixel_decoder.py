@@ -116,7 +116,7 @@ class DeformableEncoderLayer(nn.Module):
         self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
     ) -> Tensor:
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
 
 
