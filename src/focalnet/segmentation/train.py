@@ -128,6 +128,8 @@ class OptimConfig:
     layer_decay: float | None = None  # optional layer-wise lr decay (not in the original recipe)
     backbone_lr_mult: float = 1.0  # the backbone's lr multiplier (Mask2Former: 0.1)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"lr": Bound(0, 100), "warmup_iters": Bound(0, 10**9), "power": Bound(0, 100)}
+
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_iters < 0:
             raise ValueError("lr must be > 0, weight_decay and warmup_iters >= 0")
