@@ -23,9 +23,7 @@ from conftest import randomize_, run_cli  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # what cannot be exported yet, and why (docs/deploy.md says the same)
-NOT_EXPORTABLE = {
-    "dino": "deformable attention is a custom autograd function the exporter cannot trace (unordered_map::at)",
-}
+NOT_EXPORTABLE: dict[str, str] = {}
 
 
 def _param(name: str, reasons: dict[str, str], slow: bool = False) -> object:

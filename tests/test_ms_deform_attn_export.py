@@ -88,3 +88,13 @@ def test_traced_onnx_graph_keeps_height_and_width_dynamic(tmp_path):
         got = session.run(["y"], {"x": x.numpy()})[0]
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(src=st.tuples(st.integers(1, 40), st.integers(1, 40)), dst=st.tuples(st.integers(1, 40), st.integers(1, 40)))
+def test_matrix_antialias_resize_equals_interpolate(src, dst):
+    from focalnet.detection.export import antialias_resize
+
+    x = torch.rand(1, 3, *src, generator=torch.Generator().manual_seed(src[0] * 41 + src[1]))
+    ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(antialias_resize(x, torch.tensor(dst)), ref, atol=1e-5, rtol=0)

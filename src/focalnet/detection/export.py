@@ -8,6 +8,10 @@ R-CNN, Cascade) masks pasted into it. Outputs: ``boxes`` (N x 4, x1 y1 x2 y2 in 
 (N, 1-based class indices; FocalNet-DINO's background slot dropped), ``scores`` (N) and, for detectors with
 masks, ``masks`` (N x 1 x H x W probabilities). Boxes, masks and the N kept follow the detector's own
 ``score_thresh`` and ``detections_per_img``; predict's ``--score-thr`` filters further.
+Query-based detectors (FocalNet-DINO) take :class:`QueryDetectorGraph`: DETR's test resize (antialiased,
+as two matrix products) with traced sizes, the model, then the top ``num_select`` (query, class) pairs by
+sigmoid score with boxes scaled to the image; its deformable attention traces as per-level ``grid_sample``
+(:func:`~focalnet.ops.ms_deform_attn.ms_deform_attn_grid_sample`).
 
 The export check runs the traced image and two images of other sizes and aspect ratios through ONNX
 Runtime and through the same module in PyTorch: same number of detections (aside score ties), boxes within
@@ -25,11 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
 from ..engine.onnx import check_detections, export_metadata, open_exported, sample_image, write_checked
 from .registry import get_detector
 
-__all__ = ["DetectorGraph", "CHECK_SIZES", "export_detector", "OnnxDetector", "load_onnx_detector"]
+__all__ = [
+    "DetectorGraph",
+    "QueryDetectorGraph",
+    "antialias_resize",
+    "CHECK_SIZES",
+    "export_detector",
+    "OnnxDetector",
+    "load_onnx_detector",
+]
 
 #: image sizes (height, width) of the export check: the traced one first, then two others
 CHECK_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (427, 320), (400, 400))
@@ -51,6 +64,68 @@ class DetectorGraph(nn.Module):
         if self.masks:
             out.append(det["masks"][keep])
         return tuple(out)
+
+
+def resized_size_traced(hw: Tensor, min_size: int, max_size: int) -> Tensor:
+    """:func:`~focalnet.detection.dino.model.resized_size` of an image's ``(h, w)`` (int64 tensor) as int64
+    tensors, traceable: the same float64 arithmetic in the same order (Python's ``round`` of a tie to even
+    is ``floor(x + 0.5)`` here)."""
+    f = hw.to(torch.float64)
+    short, long = torch.amin(f, 0, keepdim=True), torch.amax(f, 0, keepdim=True)
+    fitted = torch.floor(max_size * short / long + 0.5)
+    size = torch.where(long / short * min_size > max_size, fitted, torch.full_like(short, float(min_size)))
+    other = torch.floor(size * long / short)
+    return torch.where(f[1:] < f[:1], torch.cat([other, size]), torch.cat([size, other])).to(torch.int64)
+
+
+def _antialias_matrix(n_in: Tensor, n_out: Tensor) -> Tensor:
+    """``n_out x n_in`` weights of PyTorch's antialiased bilinear resize along one axis (``align_corners=False``:
+    a triangle filter widened by the scale when shrinking, normalised per output pixel)."""
+    scale = n_in.to(torch.float32) / n_out.to(torch.float32)
+    centre = (torch.arange(n_out, dtype=torch.float32) + 0.5) * scale  # type: ignore[call-overload]
+    x = (torch.arange(n_in, dtype=torch.float32)[None, :] + 0.5 - centre[:, None]) / scale.clamp(min=1.0)  # type: ignore[call-overload]
+    w = (1.0 - x.abs()).clamp(min=0.0)
+    return w / w.sum(1, keepdim=True)
+
+
+def antialias_resize(x: Tensor, size: Tensor) -> Tensor:
+    """``F.interpolate(x, size, mode="bilinear", antialias=True)`` of ``[N, C, H, W]`` as two matrix products
+    (ONNX's exporter has no antialiased resize); equal within float rounding, any traced ``size``."""
+    hw = torch._shape_as_tensor(x)[-2:]
+    return torch.einsum("ih,nchw,jw->ncij", _antialias_matrix(hw[0], size[0]), x, _antialias_matrix(hw[1], size[1]))
+
+
+class QueryDetectorGraph(nn.Module):
+    """A query-based detector (FocalNet-DINO: ``forward_raw`` on a normalised batch, ``cfg`` with
+    ``min_size``/``max_size``/``num_select``/``image_mean``/``image_std``) as a function of one uint8
+    ``H x W x 3`` image -> boxes, labels, scores: its ``preprocess`` (normalise, DETR's test resize; one
+    image needs no padding) with the sizes kept as traced values, ``forward_raw``, and its ``postprocess``
+    (top ``num_select`` over queries x classes by sigmoid score, boxes scaled to the image); label 0 (the
+    background slot) dropped as :class:`DetectorGraph` does."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+        cfg = detector.cfg
+        self.min_size, self.max_size, self.num_select = int(cfg.min_size), int(cfg.max_size), int(cfg.num_select)
+        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.image_std).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        hw = torch._shape_as_tensor(image)[:2]
+        x = (image.permute(2, 0, 1).to(torch.float32) / 255.0 - self.mean) / self.std
+        size = resized_size_traced(hw, self.min_size, self.max_size)
+        x = antialias_resize(x[None], size)
+        out = self.detector.forward_raw(x)
+        logits, boxes = out["pred_logits"][0], out["pred_boxes"][0]
+        Q, C = logits.shape
+        scores, idx = logits.sigmoid().reshape(-1).topk(min(self.num_select, Q * C))
+        query, labels = torch.div(idx, C, rounding_mode="floor"), idx % C
+        h, w = hw.to(boxes.dtype).unbind(0)
+        scale = torch.stack([w, h, w, h])
+        xyxy = box_convert(boxes, "cxcywh", "xyxy")[query] * scale
+        keep = torch.where(labels >= 1)[0]
+        return xyxy[keep], labels[keep].to(torch.int64), scores[keep]
 
 
 def output_names(masks: bool) -> list[str]:
@@ -80,7 +155,8 @@ def export_detector(
 
     spec = get_detector(meta["detector"])
     detector = inference_path(copy.deepcopy(model).cpu().eval())
-    graph = DetectorGraph(detector, spec.masks).eval()
+    query_based = hasattr(detector, "forward_raw") and not spec.masks
+    graph = (QueryDetectorGraph(detector) if query_based else DetectorGraph(detector, spec.masks)).eval()
     names = output_names(spec.masks)
     mc = meta.get("detection_config", {}).get("model", {})
     transform = getattr(detector, "transform", None)
@@ -93,8 +169,8 @@ def export_detector(
         class_names=meta["class_names"],
         source=source,
         category_ids=list(meta["category_ids"]),
-        mean=list(getattr(transform, "image_mean", []) or []),
-        std=list(getattr(transform, "image_std", []) or []),
+        mean=list(getattr(transform or getattr(detector, "cfg", None), "image_mean", []) or []),
+        std=list(getattr(transform or getattr(detector, "cfg", None), "image_std", []) or []),
         size_rules={
             "min_size": mc.get("min_size"),
             "max_size": mc.get("max_size"),

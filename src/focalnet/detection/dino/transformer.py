@@ -336,7 +336,7 @@ class DeformableTransformer(nn.Module):
         """
         if self.enc_out_class_embed is None or self.enc_out_bbox_embed is None:
             raise RuntimeError("the transformer needs its encoder heads (set by DINO)")
-        spatial_shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        spatial_shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]  # traced values while exporting
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
         pos_flat = torch.cat(
