@@ -422,11 +422,15 @@ def test_cli_train_with_the_backbone_and_size_flags(tmp_path):
     assert torch.allclose(w, w0, atol=1e-3) and not torch.equal(w, w0)  # initialised from the file, one step taken
 
 
-def test_configs_too_large_to_train_and_wrong_options_are_one_line(tmp_path):
+def test_configs_too_large_to_train_and_wrong_options_are_one_line(tmp_path, monkeypatch):
     make_shapes(tmp_path, 2, 96, split="train")
     args = ("detection", "train", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--no-progress")
+    monkeypatch.setenv("FOCALNET_MAX_MODEL_BYTES", str(2**30))  # within the field's bound, over a 1 GB budget
+    rc, _, stderr = run_cli(*args, "--set", "model.fpn_channels=8192", "model.backbone=focalnet_tiny_srf")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and "training it needs" in errors[0] and "fpn" in errors[0], stderr
     rc, _, stderr = run_cli(*args, "--set", "model.fpn_channels=1000000", "model.backbone=focalnet_tiny_srf")
-    assert rc == 2 and "training it needs" in stderr and "fpn" in stderr and stderr.count("\n") == 1, stderr
+    assert rc == 2 and "model.fpn_channels: 1000000 is outside the allowed range [1, 8192]" in stderr, stderr
     assert not (tmp_path / "run" / "model.pt").exists()
     rc, _, stderr = run_cli(*args, "--detector", "atss", "--set", "model.detector_overrides.num_queries=3")
     assert rc == 2 and "model.detector_overrides: unknown key(s) ['num_queries'] for atss" in stderr
