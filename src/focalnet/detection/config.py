@@ -254,7 +254,9 @@ def load_detection_config(
     cfg = load_config(DetectionConfig, file, overrides, values=values)
     keys = {o.split("=", 1)[0].strip() for o in overrides} | set(values or {})
     if not keys & {"optim.warmup_steps", "optim.lr_steps", "optim.recipe_epochs"} and not cfg.optim.recipe_epochs:
-        cfg.optim.recipe_epochs = float(load_config(DetectionConfig, file).epochs)
+        # the file's own length; its model (the detector a flag may name) must still validate
+        model = {k: v for k, v in (values or {}).items() if k.startswith("model.")}
+        cfg.optim.recipe_epochs = float(load_config(DetectionConfig, file, values=model).epochs)
     return cfg
 
 
