@@ -94,22 +94,41 @@ def test_every_detector_exports_checked_and_predicts_the_same_on_onnxruntime(nam
         check_detections(ref, got, box_tol=0.5 + 0.01, score_tol=2e-4)  # JSON rounds boxes to 0.01, scores to 1e-4
 
 
-def _tiny_segmentor_file(path: Path, scale: list[int] | None) -> None:
+def _tiny_segmentor_file(path: Path, scale: list[int] | None, name: str = "upernet") -> None:
     from focalnet.segmentation import save_segmentor, upernet
+    from focalnet.segmentation.mask2former import mask2former
 
     torch.manual_seed(0)
+    names = ["sky", "road", "tree", "car"]
+    if name == "mask2former":
+        head = dict(hidden_dim=32, conv_dim=32, mask_dim=32, dim_feedforward=48, enc_dim_feedforward=40)
+        head.update(enc_layers=1, dec_layers=2, num_queries=6, nheads=4, enc_heads=4)
+        model = mask2former("focalnet_tiny_srf", 4, head=head, embed_dim=16, depths=(1, 1, 1, 1), class_names=names)
+        model.meta["thing_classes"] = [False, False, True, True]
+        randomize_(model)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # confident classes (above the 0.8 threshold) and masks that vary: several segments
+            model.sem_seg_head.predictor.query_feat.weight.normal_(0, 3, generator=g)
+            model.sem_seg_head.predictor.class_embed.weight.normal_(0, 2, generator=g)
+            model.sem_seg_head.predictor.mask_embed.layers[-1].weight.normal_(0, 5, generator=g)
+        model.eval()
+        save_segmentor(model, path, {"test": {"scale": scale}})
+        return
     model = upernet(
         "focalnet_tiny_srf",
         num_classes=4,
         embed_dim=16,
         depths=(1, 1, 1, 1),
         head={"channels": 16, "aux_channels": 8},
-        class_names=["sky", "road", "tree", "car"],
+        class_names=names,
     )
     model.eval()  # default init: BatchNorm statistics stay valid
     with torch.no_grad():  # logits that vary across the image: label maps with several classes
         model.decode_head.conv_seg.weight.normal_(0, 3, generator=torch.Generator().manual_seed(1))
     save_segmentor(model, path, {"test": {"scale": scale}})
+
+
+TINY_SEGMENTORS = ("upernet", "mask2former")
 
 
 def _segmentors() -> list[str]:
@@ -118,18 +137,16 @@ def _segmentors() -> list[str]:
     return list(SEGMENTORS)
 
 
-SEGMENTOR_NOT_EXPORTABLE = {
-    "mask2former": "its pixel decoder's deformable attention (DINO's op) does not trace to ONNX (exporter: unordered_map::at)",
-}
+SEGMENTOR_NOT_EXPORTABLE: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [_param(n, SEGMENTOR_NOT_EXPORTABLE) for n in _segmentors()])
 @pytest.mark.parametrize("scale", [None, [128, 64]], ids=["original-size", "rescaled"])
 def test_every_segmentor_exports_checked_and_predicts_the_same_on_onnxruntime(name, scale, tmp_path):
-    if name != "upernet":
+    if name not in TINY_SEGMENTORS:
         pytest.xfail(SEGMENTOR_NOT_EXPORTABLE.get(name, "no tiny file recipe for it here"))
     ckpt = tmp_path / "model.pt"
-    _tiny_segmentor_file(ckpt, scale)
+    _tiny_segmentor_file(ckpt, scale, name)
     rc, out, err = run_cli("export", str(ckpt), "--output", str(tmp_path / "m.onnx"), "--img-size", "96")
     assert rc == 0, err
     meta = open_exported(tmp_path / "m.onnx", "segmentation").meta
@@ -140,19 +157,35 @@ def test_every_segmentor_exports_checked_and_predicts_the_same_on_onnxruntime(na
         low = rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)
         Image.fromarray(low).resize((w, h), Image.BICUBIC).save(tmp_path / f"img{i}.png")
         files.append(str(tmp_path / f"img{i}.png"))
-    for what, source in (("torch", ckpt), ("onnx", tmp_path / "m.onnx")):
+    runs = ("torch", "onnx")
+    for what, source in zip(runs, (ckpt, tmp_path / "m.onnx")):
         rc, _, err = run_cli(
             *("segmentation", "predict", *files, "--checkpoint", str(source), "--output", str(tmp_path / what)),
             *("--threads", "1"),
         )
         assert rc == 0, err
+    written = {w: sorted(str(p.relative_to(tmp_path / w)) for p in (tmp_path / w).rglob("*")) for w in runs}
+    assert written["torch"] == written["onnx"]
+    # at the original size the graph computes what PyTorch does; rescaled, it resizes in float where
+    # predict resizes the uint8 image with Pillow (docs/deploy.md)
+    least = 0.999 if scale is None else 0.99
     for i in range(2):
         ref = np.asarray(Image.open(tmp_path / "torch" / f"img{i}_label.png"))
         got = np.asarray(Image.open(tmp_path / "onnx" / f"img{i}_label.png"))
         assert ref.shape == got.shape and len(np.unique(ref)) > 1
-        # at the original size the graph computes what PyTorch does; rescaled, it resizes in float where
-        # predict resizes the uint8 image with Pillow (docs/deploy.md)
-        assert (ref == got).mean() >= (0.999 if scale is None else 0.99)
+        assert (ref == got).mean() >= least
+    if (tmp_path / "torch" / "panoptic.json").exists():  # a universal segmentor: COCO panoptic PNGs + JSON
+        ref_json, got_json = (json.loads((tmp_path / w / "panoptic.json").read_text()) for w in runs)
+        assert got_json["categories"] == ref_json["categories"]
+        for a, b in zip(ref_json["annotations"], got_json["annotations"]):
+            ref = np.asarray(Image.open(tmp_path / "torch" / "panoptic" / a["file_name"]))
+            got = np.asarray(Image.open(tmp_path / "onnx" / "panoptic" / b["file_name"]))
+            assert ref.shape == got.shape and (ref == got).all(-1).mean() >= least
+            if scale is None:
+                key = ["id", "category_id", "iscrowd", "area"]
+                assert [[s.get(k) for k in key] for s in b["segments_info"]] == [
+                    [s.get(k) for k in key] for s in a["segments_info"]
+                ]
 
 
 def test_classifier_export_predicts_the_same_and_carries_its_preprocessing(tmp_path):

@@ -360,8 +360,11 @@ def predict_universal(
             log.warning("skipping unreadable image %s: %s", p, e)
             records.append({"image": str(p), "error": f"cannot read image: {e}"})
             continue
-        cls, masks = infer_logits(model, img, cfg, device, mean, std)
-        seg, info = panoptic_of(model, cls, masks, ucfg)
+        if hasattr(model, "panoptic"):  # an ONNX export (export.OnnxUniversal) runs its own graph
+            seg, info = model.panoptic(img)
+        else:
+            cls, masks = infer_logits(model, img, cfg, device, mean, std)
+            seg, info = panoptic_of(model, cls, masks, ucfg)
         from .panoptic import write_panoptic_prediction
 
         entry = write_panoptic_prediction(seg, info, pngs[n], _image_id(p), cat_ids)

@@ -223,7 +223,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def _forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         features = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in features]
         coarse_first = list(features[self.num_fpn_levels :][::-1])
-        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in coarse_first]
+        shapes = [(f.shape[-2], f.shape[-1]) for f in coarse_first]  # traced values while exporting
         srcs, pos = [], []
         level_embed = self.transformer.level_embed
         for lvl, (x, proj) in enumerate(zip(coarse_first, self.input_proj)):

@@ -139,8 +139,7 @@ def allowed_positions(mask_logits: Tensor) -> Tensor:
     heads. Detached."""
     with torch.no_grad():
         hidden = mask_logits.flatten(2).sigmoid() < 0.5
-        hidden &= ~hidden.all(-1, keepdim=True)
-        return hidden.logical_not_().unsqueeze(1)
+        return (~hidden | hidden.all(-1, keepdim=True)).unsqueeze(1)  # out of place: the ONNX exporter has no &=
 
 
 class MultiScaleMaskedTransformerDecoder(nn.Module):
@@ -236,7 +235,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             raise ValueError(f"expected {self.num_feature_levels} feature maps, got {len(multi_scale)}")
         srcs, pos, sizes = [], [], []
         for i, x in enumerate(multi_scale):
-            h, w = int(x.shape[-2]), int(x.shape[-1])
+            h, w = x.shape[-2], x.shape[-1]  # traced values while exporting
             sizes.append((h, w))
             pe = sine_position_embedding(h, w, self.hidden_dim // 2, x.device, x.dtype).to(x.dtype)
             pos.append(pe.flatten(1).t().unsqueeze(0))
