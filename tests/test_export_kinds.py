@@ -186,6 +186,32 @@ def test_every_segmentor_exports_checked_and_predicts_the_same_on_onnxruntime(na
                 assert [[s.get(k) for k in key] for s in b["segments_info"]] == [
                     [s.get(k) for k in key] for s in a["segments_info"]
                 ]
+        if scale is None:  # the instance outputs (not written by predict) against the checkpoint's inference
+            from focalnet.segmentation import load_segmentor
+            from focalnet.segmentation.evaluate import TestConfig
+            from focalnet.segmentation.mask2former.postprocess import instance_inference
+            from focalnet.segmentation.universal_eval import infer_logits
+
+            image = np.asarray(Image.open(files[0]).convert("RGB"))
+            model, extra = load_segmentor(ckpt)
+            with torch.no_grad():
+                logits = infer_logits(model, image, TestConfig.from_stored(extra["test"]))
+                ref = instance_inference(*logits, topk=100, boxes=False)
+            got = open_exported(tmp_path / "m.onnx", "segmentation").run({"image": image})
+            assert len(got["instance_labels"]) == len(ref["labels"]) > 0
+            # the same (label, score) pairs; pairs of tied class probability may come in another order
+            pairs = [
+                np.array(sorted(zip(lab.tolist(), sc.tolist())))
+                for lab, sc in (
+                    (got["instance_labels"], got["instance_scores"]),
+                    (ref["labels"], ref["scores"].numpy()),
+                )
+            ]
+            assert (pairs[0][:, 0] == pairs[1][:, 0]).all()
+            np.testing.assert_allclose(pairs[0][:, 1], pairs[1][:, 1], atol=1e-4)
+            confident = ref["scores"].numpy() > 0.05  # distinct, high scores: same order, same masks
+            same = got["instance_masks"][confident].astype(bool) == ref["masks"].numpy()[confident]
+            assert confident.any() and same.mean() >= 0.999
 
 
 def test_classifier_export_predicts_the_same_and_carries_its_preprocessing(tmp_path):

@@ -14,10 +14,13 @@ resize and normalisation, padding to a multiple of 32, the last prediction, the 
 the image (detectron2's ``sem_seg_postprocess``) and both inferences of
 :mod:`~focalnet.segmentation.mask2former.postprocess`. Outputs: ``label_map`` (semantic argmax),
 ``panoptic_map`` (int64 segment ids, 0 void) and per query ``segment_ids`` (0: dropped),
-``segment_scores``, ``segment_labels`` (``panoptic_maps``, thresholds stored at export);
+``segment_scores``, ``segment_labels`` (``panoptic_maps``, thresholds stored at export), and the instance
+output ``instance_masks`` (uint8 ``k x H x W``), ``instance_scores``, ``instance_labels``
+(``instance_inference`` without boxes, top ``max_instances``);
 :meth:`OnnxUniversal.panoptic` makes ``panoptic_inference``'s ``segments_info`` of them, so ``predict``
-writes the same COCO panoptic PNGs + JSON, label PNGs and overlays as on the checkpoint. Its check: both
-maps and the per-query ids and labels at least 99.9 % equal, scores within 1e-4.
+writes the same COCO panoptic PNGs + JSON, label PNGs and overlays as on the checkpoint (the instance
+output is for deployers; predict writes none). Its check: the maps, the instance masks and the ids and
+labels at least 99.9 % equal, scores within 1e-4.
 
 Differences from the PyTorch ``predict`` path, said in ``docs/deploy.md``: the graph resizes the image
 with ``F.interpolate`` (bilinear, on 0-255 floats; PyTorch's predict resizes the uint8 image with Pillow,
@@ -40,7 +43,7 @@ from torch import Tensor, nn
 
 from ..engine.onnx import check_close, check_label_maps, export_metadata, open_exported, sample_image, write_checked
 from .evaluate import TestConfig
-from .mask2former.postprocess import panoptic_maps, semantic_inference
+from .mask2former.postprocess import instance_inference, panoptic_maps, semantic_inference
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -233,6 +236,9 @@ UNIVERSAL_OUTPUTS: tuple[tuple[str, str], ...] = (
     ("segment_ids", "int64"),
     ("segment_scores", "float32"),
     ("segment_labels", "int64"),
+    ("instance_masks", "uint8"),
+    ("instance_scores", "float32"),
+    ("instance_labels", "int64"),
 )
 SIZE_DIVISIBILITY = 32  # detectron2's padding of the batch
 
@@ -250,9 +256,11 @@ class UniversalGraph(nn.Module):
         is_thing: Sequence[bool],
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
+        max_instances: int = 100,
     ) -> None:
         super().__init__()
         self.model = model
+        self.max_instances = int(max_instances)
         self.scale = tuple(scale) if scale else None
         self.thresholds = (float(object_mask_threshold), float(overlap_threshold))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -275,7 +283,17 @@ class UniversalGraph(nn.Module):
         cls, masks = cls[0].float(), masks[0].float()
         label_map = semantic_inference(cls, masks).argmax(0)
         seg_map, segment_id, scores, labels = panoptic_maps(cls, masks, self.is_thing, *self.thresholds)
-        return label_map, seg_map.to(torch.int64), segment_id, scores, labels
+        inst = instance_inference(cls, masks, topk=self.max_instances, boxes=False)
+        return (
+            label_map,
+            seg_map.to(torch.int64),
+            segment_id,
+            scores,
+            labels,
+            inst["masks"].to(torch.uint8),
+            inst["scores"],
+            inst["labels"],
+        )
 
 
 def export_universal(
@@ -300,9 +318,10 @@ def export_universal(
     std = tuple(extra.get("std") or (58.395, 57.12, 57.375))
     stored = dict((extra.get("config") or {}).get("universal") or {})
     thresholds = (float(stored.get("object_mask_threshold", 0.8)), float(stored.get("overlap_threshold", 0.8)))
+    max_instances = int(stored.get("max_instances", 100))
     things = [bool(t) for t in (meta.get("thing_classes") or [False] * len(names))]
     seg = inference_path(copy.deepcopy(model).cpu().eval())
-    graph = UniversalGraph(seg, test.scale, mean, std, things, *thresholds).eval()
+    graph = UniversalGraph(seg, test.scale, mean, std, things, *thresholds, max_instances).eval()
     info = export_metadata(
         "segmentation",
         str(meta.get("segmentor", "mask2former")),
@@ -321,6 +340,7 @@ def export_universal(
             "size_divisibility": SIZE_DIVISIBILITY,
             "object_mask_threshold": thresholds[0],
             "overlap_threshold": thresholds[1],
+            "max_instances": max_instances,
         },
         dtype="float16" if fp16 else "float32",
     )
@@ -333,9 +353,11 @@ def export_universal(
             with torch.no_grad():
                 ref = dict(zip(output_names, (t.numpy() for t in graph(img))))
             got = dict(zip(output_names, session.run(output_names, {"image": img.numpy()})))
-            for name in ("label_map", "panoptic_map", "segment_ids", "segment_labels"):
+            for name in ("label_map", "panoptic_map", "segment_ids", "segment_labels", "instance_labels"):
                 check_label_maps(name, ref[name], got[name], where=where)
-            check_close("segment_scores", ref["segment_scores"], got["segment_scores"], 1e-4, where=where)
+            check_label_maps("instance_masks", ref["instance_masks"], got["instance_masks"], where=where)
+            for name in ("segment_scores", "instance_scores"):
+                check_close(name, ref[name], got[name], 1e-4, where=where)
 
     hw = {0: "height", 1: "width"}
     return write_checked(
@@ -344,7 +366,14 @@ def export_universal(
         path,
         input_names=["image"],
         output_names=output_names,
-        dynamic_axes={"image": hw, "label_map": hw, "panoptic_map": hw},
+        dynamic_axes={
+            "image": hw,
+            "label_map": hw,
+            "panoptic_map": hw,
+            "instance_masks": {0: "instances", 1: "height", 2: "width"},
+            "instance_scores": {0: "instances"},
+            "instance_labels": {0: "instances"},
+        },
         metadata=info,
         check=None if fp16 else check,
         opset=opset,
