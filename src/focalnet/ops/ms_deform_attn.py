@@ -96,9 +96,8 @@ def level_sizes(spatial_shapes: Sequence[tuple[Any, Any]], dtype: torch.dtype, d
     """``[L, 2]`` ``(W_l, H_l)`` of ``spatial_shapes`` as a tensor; while tracing, built from the traced sizes
     (``torch.tensor`` would freeze them into constants)."""
     if exporting():
-        return torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]).to(
-            device, dtype
-        )
+        sizes = [v if isinstance(v, Tensor) else torch.tensor(v) for h, w in spatial_shapes for v in (w, h)]
+        return torch.stack(sizes).view(-1, 2).to(device, dtype)
     return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
 
 
