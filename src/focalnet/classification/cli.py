@@ -262,7 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     payload = {"weights": loaded.source, "results": results}
     if args.json is True:
         print(json.dumps(payload, indent=2))
-    for r in results if args.json is False else []:
+    for r in results if args.json is not True else []:  # the table, also with the old --json FILE
         print(f"\n{r['image']}")
         if "error" in r:
             print(f"  error: {r['error']}")
