@@ -145,7 +145,7 @@ def test_predict_cli_draws_and_writes_json(trained):
     assert len(dets) >= 2 and box_iou(gt_boxes, pred_boxes).max(1).values.min() > 0.7
     assert {d["label"] for d in dets} <= {"square", "disc"} and "segmentation" in dets[0]
     rc, _, stderr = run_cli("detection", "predict", str(root / "missing.png"), "--checkpoint", str(out / "model.pt"))
-    assert rc == 2 and "not found" in stderr
+    assert rc == 2 and stderr.strip() == f"error: no such image or folder: {root / 'missing.png'}"
 
 
 def test_resume_auto_continues_and_bad_flags_are_reported(trained):
@@ -188,4 +188,4 @@ def test_resume_auto_continues_and_bad_flags_are_reported(trained):
     rc, _, stderr = run_cli("detection", "train", "--output", str(root / "x"))
     assert rc == 2 and "--data" in stderr
     rc, _, stderr = run_cli("detection", "evaluate", "--checkpoint", str(Path(root / "nope.pt")), "--data", str(root))
-    assert rc == 2 and "not found" in stderr
+    assert rc == 2 and stderr.strip() == f"error: no such image or folder: {root / 'missing.png'}"
