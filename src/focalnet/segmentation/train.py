@@ -9,7 +9,6 @@ rebuild the model (:func:`~focalnet.segmentation.load_segmentor`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,13 +38,13 @@ from ..engine import (
     save_config,
     set_group_lrs,
     setup_logging,
-    write_json,
 )
 from ..engine.schedule import Warmup, batch_text, fit_warmup
 from ..weights.checks import check_config_size
 from .data import DataConfig, build_dataset
 from .evaluate import MS_RATIOS, TestConfig, evaluate
-from .load import build_segmentor, read_segmentor, save_segmentor
+from .finish import finish_run
+from .load import build_segmentor, read_segmentor
 from .model import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, UPerNet, upernet, upernet_from_meta
 from .registry import DEFAULT_SEGMENTOR, get_segmentor
 from .transforms import TrainTransform
@@ -414,7 +413,9 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     r = cfg.train
     run_id = prepare_run_folder(out, resume=r.resume, overwrite=overwrite, task="segmentation", is_main=dist.is_main)
     setup_logging(out, dist.is_main)
-    if cfg.model.segmentor != DEFAULT_SEGMENTOR:  # the universal segmentors: their data, loss and metrics, the same loop
+    if (
+        cfg.model.segmentor != DEFAULT_SEGMENTOR
+    ):  # the universal segmentors: their data, loss and metrics, the same loop
         return train_universal(cfg, out, dist, run_id, _extra(cfg))
     per_proc = r.batch_size  # per process and micro-batch, as in every task
     random.seed(r.seed + dist.rank)
@@ -551,29 +552,4 @@ def _train(cfg: SegmentationConfig, out: Path, overwrite: bool, dist: DistInfo) 
     final = trainer.fit()
     if final.get("interrupted"):
         return final
-    if trainer.ckpt.paths() == [] or not trainer.ckpt.paths()[-1].name.endswith(f"{trainer.step:09d}.pt"):
-        trainer.save_checkpoint()
-    problems = train_set.problems + (val_set.problems if val_set is not None else [])
-    if dist.is_main:
-        save_segmentor(model, out / "model.pt", extra)
-        metrics_path = out / "metrics.json"
-        data = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        data.update(
-            {
-                "data_problems": problems,
-                "num_skipped_samples": len(problems),
-                "num_train_images": len(train_set),
-                "num_val_images": len(val_set) if val_set is not None else 0,
-                "model_file": str(out / "model.pt"),
-                "iters": trainer.step,
-            }
-        )
-        write_json(metrics_path, data)
-        if final.get("mIoU") is not None:
-            log.info("final: mIoU %.2f  mAcc %.2f  aAcc %.2f", final["mIoU"], final["mAcc"], final["aAcc"])
-        log.info("saved %s", out / "model.pt")
-    result = {k: v for k, v in final.items() if k != "per_class"}
-    result.update({"num_skipped_samples": len(problems), "model_file": str(out / "model.pt")})
-    if "per_class" in final:
-        result["per_class"] = final["per_class"]
-    return result
+    return finish_run(trainer, model, final, train_set, val_set, out, extra, dist)

@@ -18,7 +18,6 @@ differs is gathered here:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Mapping
@@ -30,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import ConfigError, DistInfo, Trainer, TrainerConfig, param_groups, save_config, set_group_lrs, write_json
+from ..engine import ConfigError, DistInfo, Trainer, TrainerConfig, param_groups, save_config, set_group_lrs
 from ..engine.schedule import Warmup, batch_text, fit_warmup, run_updates
 from ..weights.checks import check_config_size
 from .data import build_dataset
-from .load import build_segmentor, read_segmentor, save_segmentor
+from .finish import finish_run
+from .load import build_segmentor, read_segmentor
 from .registry import get_segmentor
 from .transforms import TrainTransform
 from .universal_data import CocoInstanceMasks, LargeScaleJitter, SemanticMasks, universal_collate
@@ -357,25 +357,4 @@ def train_universal(cfg: Any, out: Path, dist: DistInfo, run_id: str, extra: Map
     final = trainer.fit()
     if final.get("interrupted"):
         return final
-    if trainer.ckpt.paths() == [] or not trainer.ckpt.paths()[-1].name.endswith(f"{trainer.step:09d}.pt"):
-        trainer.save_checkpoint()
-    problems = list(train_set.problems) + (list(val_set.problems) if val_set is not None else [])
-    if dist.is_main:
-        save_segmentor(model, out / "model.pt", extra)
-        metrics_path = out / "metrics.json"
-        data = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        data.update(
-            {
-                "data_problems": problems,
-                "num_skipped_samples": len(problems),
-                "num_train_images": len(train_set),
-                "num_val_images": len(val_set) if val_set is not None else 0,
-                "model_file": str(out / "model.pt"),
-                "iters": trainer.step,
-            }
-        )
-        write_json(metrics_path, data)
-        log.info("saved %s", out / "model.pt")
-    result = {k: v for k, v in final.items() if k != "per_class"}
-    result.update({"num_skipped_samples": len(problems), "model_file": str(out / "model.pt")})
-    return result
+    return finish_run(trainer, model, final, train_set, val_set, out, extra, dist, keep_per_class=False)
