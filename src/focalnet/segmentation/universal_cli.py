@@ -241,6 +241,7 @@ def predict_command(
         rule=rule,
     )
     write_json(out / "predictions.json", {"checkpoint": str(args.checkpoint), "predictions": records})
+    rule.finish()  # every file written: the manifest records them all (a later run may replace them)
     for r in records:
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)

@@ -347,6 +347,7 @@ def predict_universal(
     labels = output_paths(paths, out, "_label", ".png", create=False)
     overlays = output_paths(paths, out, "_overlay", ".png", create=False)
     json_path = out / "panoptic.json"
+    own_rule = rule is None  # a caller's rule is finished by the caller, after its own files
     rule = rule or OutputRule("segmentation predict", paths)
     rule.claim([*pngs, *labels, *overlays, json_path], out)
     records: list[dict[str, Any]] = []
@@ -391,5 +392,6 @@ def predict_universal(
         )
     categories = [{"id": int(c), "name": n, "isthing": int(t)} for c, n, t in zip(cat_ids, names, things)]
     write_json(json_path, {"annotations": annotations, "categories": categories})
-    rule.finish()
+    if own_rule:
+        rule.finish()
     return records, json_path
