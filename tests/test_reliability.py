@@ -187,7 +187,10 @@ def _tiny_segmentor_file(path):
     "change, message",
     [
         (lambda o: o["meta"]["backbone_config"].update(embed_dim=4096), "backbone_config disagrees"),
-        (lambda o: o["meta"]["backbone_config"].update(embed_dim=100000), r"embed_dim: 100000 is outside .*\[1, 4096\]"),
+        (
+            lambda o: o["meta"]["backbone_config"].update(embed_dim=100000),
+            r"embed_dim: 100000 is outside .*\[1, 4096\]",
+        ),
         (lambda o: o["meta"]["head"].update(bogus=1), r"head settings \['bogus'\] are not HeadConfig fields"),
         (lambda o: o["meta"].update(num_classes=10**9), "does not fit the model"),
         (lambda o: o["state_dict"]["decode_head.conv_seg.weight"].fill_(float("nan")), "decode_head.conv_seg.weight"),

@@ -41,7 +41,9 @@ def _traced_resize(image: Tensor, min_size: float, max_size: float) -> Tensor:
     limits = torch.tensor([min_size, max_size], dtype=torch.float64)
     scale = torch.amin(limits / torch.sort(hw).values, dim=0, keepdim=True)
     size = torch.floor(hw * scale).to(torch.int64)
-    return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]
+    return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[
+        0
+    ]
 
 
 def detection_transform(
@@ -57,7 +59,9 @@ def detection_transform(
     check_bounds({"min_size": min_size, "max_size": max_size}, {"min_size": SIDE, "max_size": SIDE}, "model.")
     if image_mean is not None or image_std is not None:
         check_normalization(
-            list(image_mean or IMAGENET_DEFAULT_MEAN), list(image_std or IMAGENET_DEFAULT_STD), "detector image_mean/std"
+            list(image_mean or IMAGENET_DEFAULT_MEAN),
+            list(image_std or IMAGENET_DEFAULT_STD),
+            "detector image_mean/std",
         )
     return DetectionTransform(
         min_size,

@@ -47,7 +47,6 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.unlink(missing_ok=True)  # a failed write or rename leaves no temporary file
 
 
-
 def finite_json(data: Any) -> Any:
     """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that it is valid JSON.
 
