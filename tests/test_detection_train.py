@@ -188,4 +188,4 @@ def test_resume_auto_continues_and_bad_flags_are_reported(trained):
     rc, _, stderr = run_cli("detection", "train", "--output", str(root / "x"))
     assert rc == 2 and "--data" in stderr
     rc, _, stderr = run_cli("detection", "evaluate", "--checkpoint", str(Path(root / "nope.pt")), "--data", str(root))
-    assert rc == 2 and stderr.strip() == f"error: no such image or folder: {root / 'missing.png'}"
+    assert rc == 2 and stderr.strip() == f"error: checkpoint not found: {root / 'nope.pt'}"
