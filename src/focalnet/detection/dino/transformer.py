@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...ops.deformable_encoder import DeformableEncoderLayer
 from ...ops.ms_deform_attn import MSDeformAttn
 
 __all__ = [
@@ -110,35 +111,6 @@ def gen_encoder_output_proposals(
     return memory, proposals_t
 
 
-class EncoderLayer(nn.Module):
-    """Deformable self-attention then FFN, each followed by residual add and LayerNorm."""
-
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(
-        self,
-        src: Tensor,
-        pos: Tensor,
-        reference_points: Tensor,
-        spatial_shapes: Sequence[tuple[int, int]],
-        padding_mask: Tensor | None,
-    ) -> Tensor:
-        src = self.norm1(
-            src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask))
-        )
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
-
-
 class DecoderLayer(nn.Module):
     """Self-attention among queries, deformable cross-attention to the memory, FFN (post-norm each)."""
 
@@ -176,7 +148,7 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, layers: list[EncoderLayer]) -> None:
+    def __init__(self, layers: list[DeformableEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
@@ -280,7 +252,7 @@ class DeformableTransformer(nn.Module):
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.encoder = Encoder(
             [
-                EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points)
+                DeformableEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points)
                 for _ in range(num_encoder_layers)
             ]
         )

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops import MSDeformAttn
+from ...ops import DeformableEncoderLayer, MSDeformAttn
 
-__all__ = ["ConvNorm", "DeformableEncoderLayer", "GroupNorm32", "MSDeformAttnPixelDecoder", "sine_position_embedding"]
+__all__ = ["ConvNorm", "GroupNorm32", "MSDeformAttnPixelDecoder", "sine_position_embedding"]
 
 
 def sine_position_embedding(
@@ -95,29 +95,6 @@ def _c2_xavier_fill(conv: nn.Conv2d) -> None:
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
-
-
-class DeformableEncoderLayer(nn.Module):
-    """Post-norm encoder layer: deformable self-attention (``self_attn``, ``norm1``) and FFN (``linear1``,
-    ``linear2``, ``norm2``), ReLU, dropout after the attention and around the FFN."""
-
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
-    ) -> Tensor:
-        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
 
 
 class _DeformableEncoder(nn.Module):
